@@ -1,0 +1,1 @@
+"""The ``gigi-crdt`` command line."""

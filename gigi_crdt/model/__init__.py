@@ -1,0 +1,23 @@
+"""Conversation documents over pycrdt: pure data, no I/O, no trio."""
+
+from .clock import HybridClock as HybridClock
+from .content import Content as Content
+from .content import FileShare as FileShare
+from .content import GroupInvite as GroupInvite
+from .content import Text as Text
+from .conversation import LOCAL_ORIGIN as LOCAL_ORIGIN
+from .conversation import Changes as Changes
+from .conversation import Conversation as Conversation
+from .conversation import Written as Written
+from .conversation import new_id as new_id
+from .metadata import ConversationKind as ConversationKind
+from .metadata import Member as Member
+from .metadata import Metadata as Metadata
+from .metadata import Receipt as Receipt
+from .metadata import ReceiptKind as ReceiptKind
+from .metadata import Role as Role
+from .ops import BUCKET_SIZE as BUCKET_SIZE
+from .ops import StreamEntry as StreamEntry
+from .view import HistoryFold as HistoryFold
+from .view import Message as Message
+from .view import fold_history as fold_history

@@ -1,0 +1,538 @@
+"""One conversation as one Yjs document, behind typed accessors.
+
+Document layout (root types of the pycrdt ``Doc``)::
+
+    meta     Map   id, kind, title, created_at, retention_days
+    members  Map   peer id -> {nick, role, since, left?}   (members are never deleted)
+    streams  Map   "<author>/<bucket>" -> Array of at most BUCKET_SIZE plain op dicts
+    acks     Map   "<member>/<delivered|read>/<author>" -> highest seq of author's stream
+
+Why this shape: pycrdt slows down with long arrays and with arrays of nested maps, so each
+author appends plain values to its own short buckets; nobody else ever writes there, so a
+stream position is stable and receipts can name it. Receipts are per-author counters that
+only their member writes and that only grow, so they converge and never shift under
+concurrent inserts. Finding what a remote update brought costs one length check per
+member, not a scan of history.
+
+Nothing outside this module touches the pycrdt structures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycrdt import Array, Doc, Map, merge_updates
+
+from ..errors import NotAllowed, SchemaError, UnknownMessage
+from .clock import HybridClock
+from .content import Content
+from .metadata import (
+    ConversationKind,
+    Member,
+    Metadata,
+    Receipt,
+    ReceiptKind,
+    Role,
+    encode_member,
+    encode_metadata,
+    parse_member,
+    parse_metadata,
+    parse_receipt,
+    receipt_key,
+)
+from .ops import (
+    BUCKET_SIZE,
+    Deleted,
+    Edited,
+    Op,
+    Posted,
+    Reacted,
+    Redacted,
+    StreamEntry,
+    Tombstone,
+    bucket_key,
+    check_id,
+    check_nickname,
+    encode_op,
+    parse_op,
+    split_bucket_key,
+)
+from .view import Message, fold_history
+
+log = logging.getLogger(__name__)
+
+LOCAL_ORIGIN = "gigi-crdt:local"
+
+
+def new_id() -> str:
+    """A fresh random id: 96 bits, URL-safe, 16 characters."""
+    return secrets.token_urlsafe(12)
+
+
+@dataclass(slots=True)
+class Changes:
+    """What one transaction (local or remote) changed, as the index needs to know it."""
+
+    entries: list[StreamEntry] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    metadata_changed: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.receipts or self.metadata_changed)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The result of a local write: the update to persist and forward, and what it changed."""
+
+    update: bytes
+    changes: Changes
+    message_id: str | None = None
+
+
+class Conversation:
+    """A conversation document. Create with ``create`` or ``from_updates``."""
+
+    def __init__(self, doc: Doc, local_peer: str, clock: HybridClock) -> None:
+        self._doc = doc
+        self._local_peer = check_id(local_peer, "peer id")
+        self._clock = clock
+        self._meta: Map[Any] = doc.get("meta", type=Map)
+        self._members: Map[Any] = doc.get("members", type=Map)
+        self._streams: Map[Any] = doc.get("streams", type=Map)
+        self._acks: Map[Any] = doc.get("acks", type=Map)
+        self._outbox: list[bytes] = []
+        self._acked: list[tuple[str, Any]] = []
+        self._appended: list[tuple[str, int, list[Any] | None]] = []
+        self._meta_changed = False
+        self._member_cache: dict[str, Member] | None = None
+        self._cursors = self._stream_lengths()
+        self._own_places: dict[str, list[int]] | None = None
+        self._own_receipt_cache: dict[str, int] = {}
+        # pycrdt's observe wrappers convert every field of every event into Python objects up
+        # front (state vectors, delete sets, paths), which more than doubled the cost of a live
+        # message; the raw events compute only the fields read here. Keep the subscriptions:
+        # dropping one unsubscribes.
+        self._subscriptions = (
+            doc._doc.observe(lambda event: self._outbox.append(event.update)),
+            self._acks.integrated.observe(self._on_acks),
+            self._members.integrated.observe(self._on_meta),
+            self._meta.integrated.observe(self._on_meta),
+            self._streams.integrated.observe_deep(self._on_streams),
+        )
+
+    # -- creation and loading ------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        kind: ConversationKind,
+        title: str,
+        local_peer: str,
+        nickname: str,
+        clock: HybridClock,
+        others: Mapping[str, str] = {},
+        conversation_id: str | None = None,
+        retention_days: int | None = None,
+    ) -> tuple[Conversation, Written]:
+        """A new conversation with the local peer as admin and ``others`` (peer id -> nickname)."""
+        if kind is ConversationKind.DIRECT and len(others) != 1:
+            raise SchemaError("a direct conversation has exactly one other member")
+        conversation = cls(Doc(), local_peer, clock)
+        now = clock.tick()
+        meta = Metadata(conversation_id or new_id(), kind, title, now, retention_days)
+        parse_metadata(encode_metadata(meta))
+        with conversation._doc.transaction(origin=LOCAL_ORIGIN):
+            conversation._meta.update(encode_metadata(meta))
+            conversation._members[local_peer] = encode_member(
+                Member(local_peer, check_nickname(nickname), Role.ADMIN, now)
+            )
+            role = Role.ADMIN if kind is ConversationKind.DIRECT else Role.MEMBER
+            for peer_id, nick in others.items():
+                member = Member(check_id(peer_id, "peer id"), check_nickname(nick), role, now)
+                conversation._members[peer_id] = encode_member(member)
+        return conversation, conversation._written(Changes(metadata_changed=True))
+
+    @classmethod
+    def from_updates(cls, updates: Iterable[bytes], local_peer: str, clock: HybridClock) -> Conversation:
+        """A conversation rebuilt from its stored updates."""
+        doc = Doc()
+        for update in updates:
+            _apply(doc, update)
+        conversation = cls(doc, local_peer, clock)
+        for author in conversation._cursors:
+            conversation._observe_last_timestamp(author)
+        return conversation
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The conversation id (also the room name when syncing through a relay)."""
+        return self.metadata().id
+
+    @property
+    def local_peer(self) -> str:
+        """The peer id this replica writes as."""
+        return self._local_peer
+
+    def metadata(self) -> Metadata:
+        """Kind, title, creation time and retention; ``SchemaError`` if the document has none."""
+        return parse_metadata(self._meta.to_py() or {})
+
+    def members(self) -> dict[str, Member]:
+        """Everyone who is or was a member, by peer id; malformed records are skipped."""
+        if self._member_cache is None:
+            self._member_cache = {}
+            for peer_id, raw in self._members.items():
+                try:
+                    self._member_cache[peer_id] = parse_member(peer_id, raw)
+                except SchemaError as exc:
+                    log.warning("conversation member %r skipped: %s", peer_id, exc)
+        return dict(self._member_cache)
+
+    def receipts(self) -> list[Receipt]:
+        """Every delivered/read counter in the document."""
+        result = []
+        for key, value in self._acks.items():
+            try:
+                result.append(parse_receipt(key, value))
+            except SchemaError as exc:
+                log.warning("receipt %r skipped: %s", key, exc)
+        return result
+
+    def entries(self) -> Iterator[StreamEntry]:
+        """Every valid stream entry, each author's in order (for export and index rebuilds)."""
+        members = set(self.members())
+        buckets: dict[str, list[int]] = {}
+        for key in self._streams.keys():
+            try:
+                author, number = split_bucket_key(key)
+            except SchemaError as exc:
+                log.warning("stream %r skipped: %s", key, exc)
+                continue
+            buckets.setdefault(author, []).append(number)
+        for author, numbers in buckets.items():
+            if author not in members:
+                log.warning("stream of non-member %r skipped", author)
+                continue
+            for number in sorted(numbers):
+                yield from self._read_bucket(author, number, 0)
+
+    def history(self) -> list[Message]:
+        """The whole ordered history, computed from the document (linear in its size)."""
+        return fold_history(self.entries())
+
+    def stream_length(self, author: str) -> int:
+        """How many entries of ``author``'s stream this replica holds."""
+        return self._cursors.get(author, 0)
+
+    def state_vector(self) -> bytes:
+        """The Yjs state vector, for sync step 1."""
+        return self._doc.get_state()
+
+    def diff(self, state_vector: bytes | None = None) -> bytes:
+        """What a peer with ``state_vector`` lacks (the whole document for ``None``)."""
+        return self._doc.get_update(state_vector)
+
+    # -- remote changes ------------------------------------------------------------
+
+    def apply_remote(self, update: bytes) -> Changes:
+        """Merge an update from a peer and return what it changed."""
+        _apply(self._doc, update)
+        self._outbox.clear()  # never echo a remote update back
+        changes = self._drain(Changes())
+        self.members()  # refresh the cache if membership changed
+        members = self._member_cache or {}
+        for author, entries in self._take_appended().items():
+            if author not in members:
+                log.warning("%d stream entries of non-member %r skipped", len(entries), author)
+                continue
+            changes.entries.extend(entries)
+            self._clock.observe(_timestamp(entries[-1].op))
+        return changes
+
+    def _on_streams(self, events: list[Any]) -> None:
+        # Runs inside the transaction: note where entries landed; new buckets are read after.
+        for event in events:
+            if hasattr(event, "keys"):
+                for key, change in event.keys.items():
+                    if change.get("action") == "add":
+                        self._appended.append((key, 0, None))
+                continue
+            position = 0
+            for step in event.delta:
+                if "retain" in step:
+                    position += step["retain"]
+                elif "insert" in step:
+                    self._appended.append((event.path[0], position, step["insert"]))
+                    position += len(step["insert"])
+
+    def _take_appended(self) -> dict[str, list[StreamEntry]]:
+        """New stream entries since the last call, by author, each author's in order."""
+        found: dict[str, list[StreamEntry]] = {}
+        for key, position, values in self._appended:
+            try:
+                author, bucket = split_bucket_key(key)
+            except SchemaError as exc:
+                log.warning("stream %r skipped: %s", key, exc)
+                continue
+            if values is None:
+                array = self._streams.get(key)
+                values = json.loads(str(array)) if isinstance(array, Array) else []
+            for offset, raw in enumerate(values):
+                seq = bucket * BUCKET_SIZE + position + offset
+                if position + offset >= BUCKET_SIZE or seq < self._cursors.get(author, 0):
+                    continue  # past a bucket's end, or an in-place redaction of a known entry
+                try:
+                    found.setdefault(author, []).append(StreamEntry(author, seq, parse_op(raw)))
+                except SchemaError as exc:
+                    log.warning("stream entry %s/%d skipped: %s", author, seq, exc)
+        self._appended.clear()
+        for author, entries in found.items():
+            entries.sort(key=lambda entry: entry.seq)
+            self._cursors[author] = max(self._cursors.get(author, 0), entries[-1].seq + 1)
+        return found
+
+    # -- local writes --------------------------------------------------------------
+
+    def post(self, content: Content, nickname: str, read_upto: Mapping[str, int] = {}) -> Written:
+        """Append a new message by the local peer.
+
+        ``read_upto`` (author -> seq) moves the local read receipts forward in the same
+        transaction: replying implies having read, and one update instead of two halves the
+        cost of a conversation's live traffic.
+        """
+        self._require_member()
+        op = Posted(new_id(), self._clock.tick(), check_nickname(nickname), content)
+        with self._doc.transaction(origin=LOCAL_ORIGIN):
+            entry = self._append_in_transaction(op)
+            self._advance(ReceiptKind.READ, read_upto)
+        self._places()[op.id] = [entry.seq]
+        written = self._written(Changes(entries=[entry]))
+        return Written(written.update, written.changes, op.id)
+
+    def edit(self, message_id: str, content: Content) -> Written:
+        """Replace the content of one of the local peer's messages."""
+        places = self._own_message(message_id)
+        written = self._append(Edited(message_id, self._clock.tick(), content))
+        places.append(written.changes.entries[0].seq)
+        return written
+
+    def delete(self, message_id: str) -> Written:
+        """Delete one of the local peer's messages, removing its content and its edits'."""
+        places = self._own_message(message_id)
+        original = self._entry_at(self._local_peer, places[0]).op
+        if not isinstance(original, Posted):
+            raise UnknownMessage(f"message {message_id} is already deleted")
+        with self._doc.transaction(origin=LOCAL_ORIGIN):
+            self._replace(places[0], Tombstone(message_id, original.timestamp, original.nickname))
+            for seq in places[1:]:
+                self._replace(seq, Redacted(message_id))
+            entry = self._append_in_transaction(Deleted(message_id, self._clock.tick()))
+        return self._written(Changes(entries=[entry]))
+
+    def react(self, message_id: str, emoji: str, on: bool = True) -> Written:
+        """Add (or with ``on=False`` withdraw) the local peer's reaction to any message."""
+        self._require_member()
+        check_id(message_id, "message id")
+        return self._append(Reacted(message_id, self._clock.tick(), emoji, on))
+
+    def mark(self, kind: ReceiptKind, upto: Mapping[str, int]) -> Written:
+        """Move the local peer's receipts forward to ``upto`` (author -> seq); never back."""
+        with self._doc.transaction(origin=LOCAL_ORIGIN):
+            self._advance(kind, upto)
+        return self._written(Changes())
+
+    def _advance(self, kind: ReceiptKind, upto: Mapping[str, int]) -> None:
+        for author, seq in upto.items():
+            key = receipt_key(self._local_peer, kind, check_id(author, "peer id"))
+            if seq > self._own_receipts().get(key, -1):
+                self._acks[key] = seq
+                self._own_receipt_cache[key] = seq
+
+    def _own_receipts(self) -> dict[str, int]:
+        """The local peer's counters (only it writes them, so a cache stays true)."""
+        if not self._own_receipt_cache:
+            prefix = f"{self._local_peer}/"
+            for receipt in self.receipts():
+                if receipt.member == self._local_peer:
+                    key = receipt_key(receipt.member, receipt.kind, receipt.author)
+                    self._own_receipt_cache[key] = receipt.seq
+            self._own_receipt_cache.setdefault(prefix, -1)  # marks the cache as loaded
+        return self._own_receipt_cache
+
+    def set_title(self, title: str) -> Written:
+        """Rename the conversation (admins only in groups)."""
+        self._require_admin()
+        meta = self.metadata()
+        values = encode_metadata(Metadata(meta.id, meta.kind, title, meta.created_at, meta.retention_days))
+        parse_metadata(values)
+        with self._doc.transaction(origin=LOCAL_ORIGIN):
+            self._meta["title"] = title
+        return self._written(Changes())
+
+    def add_member(self, peer_id: str, nickname: str, role: Role = Role.MEMBER) -> Written:
+        """Add (or re-add) a member to a group; admins only."""
+        self._require_admin(group_only=False)
+        if self.metadata().kind is ConversationKind.DIRECT:
+            raise NotAllowed("a direct conversation cannot gain members")
+        member = Member(check_id(peer_id, "peer id"), check_nickname(nickname), role, self._clock.tick())
+        with self._doc.transaction(origin=LOCAL_ORIGIN):
+            self._members[peer_id] = encode_member(member)
+        return self._written(Changes())
+
+    def remove_member(self, peer_id: str) -> Written:
+        """Mark a member as gone (admins, or the member itself leaving)."""
+        if peer_id != self._local_peer:
+            self._require_admin(group_only=False)
+        member = self.members().get(peer_id)
+        if member is None:
+            raise NotAllowed(f"{peer_id} is not a member")
+        gone = Member(member.peer_id, member.nickname, member.role, member.joined_at, self._clock.tick())
+        with self._doc.transaction(origin=LOCAL_ORIGIN):
+            self._members[peer_id] = encode_member(gone)
+        return self._written(Changes())
+
+    # -- internals -----------------------------------------------------------------
+
+    def _append(self, op: Op) -> Written:
+        with self._doc.transaction(origin=LOCAL_ORIGIN):
+            entry = self._append_in_transaction(op)
+        return self._written(Changes(entries=[entry]))
+
+    def _append_in_transaction(self, op: Op) -> StreamEntry:
+        seq = self._cursors.get(self._local_peer, 0)
+        bucket, index = divmod(seq, BUCKET_SIZE)
+        key = bucket_key(self._local_peer, bucket)
+        value = encode_op(op)
+        if index == 0:
+            self._streams[key] = Array([value])
+        else:
+            # Array.append re-reads the length and goes through slice assignment; the index
+            # is known, so insert there directly (a third of a live message's cost).
+            self._streams[key]._set(index, value)
+        self._cursors[self._local_peer] = seq + 1
+        return StreamEntry(self._local_peer, seq, op)
+
+    def _replace(self, seq: int, op: Op) -> None:
+        bucket, index = divmod(seq, BUCKET_SIZE)
+        array = self._streams[bucket_key(self._local_peer, bucket)]
+        del array[index]
+        array.insert(index, encode_op(op))
+
+    def _written(self, changes: Changes) -> Written:
+        update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
+        self._outbox.clear()
+        self._appended.clear()  # the local entries are already in ``changes``
+        return Written(update, self._drain(changes))
+
+    def _drain(self, changes: Changes) -> Changes:
+        for key, value in self._acked:
+            try:
+                changes.receipts.append(parse_receipt(key, value))
+            except SchemaError as exc:
+                log.warning("receipt %r skipped: %s", key, exc)
+        self._acked.clear()
+        changes.metadata_changed = changes.metadata_changed or self._meta_changed
+        self._meta_changed = False
+        return changes
+
+    def _on_acks(self, event: Any) -> None:
+        for key, change in event.keys.items():
+            if "newValue" in change:
+                self._acked.append((key, change["newValue"]))
+
+    def _on_meta(self, event: Any) -> None:
+        self._meta_changed = True
+        self._member_cache = None
+
+    def _require_member(self) -> None:
+        self.members()
+        member = (self._member_cache or {}).get(self._local_peer)
+        if member is None or not member.active:
+            raise NotAllowed("the local peer is not a member of this conversation")
+
+    def _require_admin(self, group_only: bool = True) -> None:
+        self._require_member()
+        if group_only and self.metadata().kind is ConversationKind.DIRECT:
+            return
+        if self.members()[self._local_peer].role is not Role.ADMIN:
+            raise NotAllowed("only an admin may do this")
+
+    def _own_message(self, message_id: str) -> list[int]:
+        self._require_member()
+        places = self._places().get(message_id)
+        if places is None:
+            raise UnknownMessage(f"no message {message_id} by the local peer")
+        return places
+
+    def _places(self) -> dict[str, list[int]]:
+        """Where each of the local peer's posts and their edits stand (built on first use)."""
+        if self._own_places is None:
+            self._own_places = {}
+            for number in range(self._cursors.get(self._local_peer, 0) // BUCKET_SIZE + 1):
+                for entry in self._read_bucket(self._local_peer, number, 0):
+                    if isinstance(entry.op, Posted | Tombstone):
+                        self._own_places[entry.op.id] = [entry.seq]
+                    elif isinstance(entry.op, Edited | Redacted) and entry.op.target in self._own_places:
+                        self._own_places[entry.op.target].append(entry.seq)
+        return self._own_places
+
+    def _entry_at(self, author: str, seq: int) -> StreamEntry:
+        bucket, index = divmod(seq, BUCKET_SIZE)
+        return next(self._read_bucket(author, bucket, index, limit=1))
+
+    def _bucket_exists(self, author: str, bucket: int) -> bool:
+        return bucket_key(author, bucket) in self._streams
+
+    def _bucket_length(self, author: str, bucket: int) -> int:
+        array = self._streams.get(bucket_key(author, bucket))
+        return min(len(array), BUCKET_SIZE) if isinstance(array, Array) else 0
+
+    def _read_bucket(self, author: str, bucket: int, start: int, limit: int | None = None) -> Iterator[StreamEntry]:
+        array = self._streams.get(bucket_key(author, bucket))
+        if not isinstance(array, Array):
+            return
+        if len(array) > BUCKET_SIZE:
+            log.warning("stream bucket %s/%d is over-long; extra entries ignored", author, bucket)
+        end = min(len(array), BUCKET_SIZE) if limit is None else min(len(array), BUCKET_SIZE, start + limit)
+        if end - start > 8:
+            # One JSON round trip through Rust beats converting a long run item by item.
+            raw_items = json.loads(str(array))[start:end]
+        else:
+            raw_items = [array[index] for index in range(start, end)]
+        for offset, raw in enumerate(raw_items):
+            try:
+                yield StreamEntry(author, bucket * BUCKET_SIZE + start + offset, parse_op(raw))
+            except SchemaError as exc:
+                log.warning("stream entry %s/%d skipped: %s", author, bucket * BUCKET_SIZE + start + offset, exc)
+
+    def _stream_lengths(self) -> dict[str, int]:
+        lengths: dict[str, int] = {}
+        for key in self._streams.keys():
+            try:
+                author, number = split_bucket_key(key)
+            except SchemaError:
+                continue
+            end = number * BUCKET_SIZE + self._bucket_length(author, number)
+            lengths[author] = max(lengths.get(author, 0), end)
+        return lengths
+
+
+def _apply(doc: Doc, update: bytes) -> None:
+    try:
+        doc.apply_update(update)
+    except ValueError as exc:
+        raise SchemaError(f"malformed Yjs update: {exc}") from exc
+
+
+def _timestamp(op: Op) -> int:
+    """The op's hybrid timestamp; a redacted edit keeps none, so it counts as zero."""
+    return 0 if isinstance(op, Redacted) else op.timestamp

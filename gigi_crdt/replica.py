@@ -1,0 +1,278 @@
+"""The local-first replica: every conversation of one peer, readable and writable offline.
+
+``open_replica`` ties the conversation documents (``model``) to the durable store
+(``store``). Every write returns only once its update is on disk. Reads of history,
+unread counts and search come from the index and never load a document; a document is
+loaded on first write or sync and kept in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import trio
+
+from .errors import SchemaError, UnknownConversation, UnknownMessage
+from .model import (
+    Changes,
+    Content,
+    Conversation,
+    ConversationKind,
+    HybridClock,
+    Message,
+    ReceiptKind,
+    Written,
+    new_id,
+)
+from .model.clock import TICKS_PER_MS
+from .model.metadata import Member, Metadata
+from .model.ops import check_id, check_nickname
+from .store import ConversationSummary, Record, Store, StoreWorker, index
+from .store.store import MIN_COMPACTION_BYTES
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@contextlib.asynccontextmanager
+async def open_replica(
+    data_dir: str | Path,
+    *,
+    nickname: str,
+    peer_id: str | None = None,
+    now_ms: Callable[[], int] = _wall_ms,
+) -> AsyncIterator[Replica]:
+    """Open the replica stored in ``data_dir`` (created if missing) for the duration of the block.
+
+    ``peer_id`` is fixed on first open (a random id if not given) and checked afterwards.
+    """
+    store = await trio.to_thread.run_sync(Store.open, Path(data_dir))
+    try:
+        worker = StoreWorker(store)
+        stored_id = store.setting("peer_id")
+        if stored_id is None:
+            stored_id = check_id(peer_id or new_id(), "peer id")
+            store.set_setting("peer_id", stored_id)
+        elif peer_id is not None and peer_id != stored_id:
+            raise ValueError(f"{data_dir} belongs to peer {stored_id}, not {peer_id}")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            yield Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms))
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+class Replica:
+    """All conversations of one peer. Get one from ``open_replica``."""
+
+    def __init__(self, worker: StoreWorker, peer_id: str, nickname: str, clock: HybridClock) -> None:
+        self._worker = worker
+        self._store = worker.store
+        self.peer_id = peer_id
+        self.nickname = nickname
+        self._clock = clock
+        self._conversations: dict[str, Conversation] = {}
+        self._loading = trio.Lock()
+        self._unchecked_bytes: dict[str, int] = {}
+
+    # -- conversations -------------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        kind: ConversationKind,
+        *,
+        title: str = "",
+        others: dict[str, str],
+        retention_days: int | None = None,
+    ) -> str:
+        """Create a conversation with ``others`` (peer id -> nickname); returns its id."""
+        conversation, written = Conversation.create(
+            kind=kind,
+            title=title,
+            local_peer=self.peer_id,
+            nickname=self.nickname,
+            clock=self._clock,
+            others=others,
+            retention_days=retention_days,
+        )
+        await self._persist(conversation, written)
+        self._conversations[conversation.id] = conversation
+        return conversation.id
+
+    async def conversations(self) -> list[ConversationSummary]:
+        """Every conversation with its last message and unread count, most recent first."""
+        return await self._read(index.summaries, self.peer_id)
+
+    async def metadata(self, conversation: str) -> Metadata:
+        """A conversation's kind, title and creation time."""
+        meta = await self._read(index.metadata, conversation)
+        if meta is None:
+            raise UnknownConversation(f"no conversation {conversation}")
+        return meta
+
+    async def members(self, conversation: str) -> dict[str, Member]:
+        """Everyone who is or was a member."""
+        return await self._read(index.members, conversation)
+
+    # -- writing messages ----------------------------------------------------------
+
+    async def send(self, conversation: str, content: Content) -> str:
+        """Post a message; returns its id once it is on disk."""
+        doc = await self._document(conversation)
+        written = doc.post(content, self.nickname)
+        await self._persist(doc, written)
+        assert written.message_id is not None
+        return written.message_id
+
+    async def edit(self, conversation: str, message_id: str, content: Content) -> None:
+        """Replace the content of one of our messages."""
+        doc = await self._document(conversation)
+        await self._persist(doc, doc.edit(message_id, content))
+
+    async def delete(self, conversation: str, message_id: str) -> None:
+        """Delete one of our messages; a tombstone stays in the history."""
+        doc = await self._document(conversation)
+        await self._persist(doc, doc.delete(message_id))
+
+    async def react(self, conversation: str, message_id: str, emoji: str, on: bool = True) -> None:
+        """Add (or withdraw) our reaction to a message."""
+        doc = await self._document(conversation)
+        await self._persist(doc, doc.react(message_id, emoji, on))
+
+    async def mark_read(self, conversation: str, message_id: str | None = None) -> None:
+        """Mark everything up to ``message_id`` (default: the latest message) as read."""
+        if message_id is None:
+            latest = await self.history(conversation, limit=1)
+            if not latest:
+                return
+            message = latest[-1]
+        else:
+            found = await self._read(index.find_message, conversation, message_id)
+            if found is None:
+                raise UnknownMessage(f"no message {message_id} in {conversation}")
+            message = found
+        upto = await self._read(index.receipts_upto, conversation, message.sort_key)
+        doc = await self._document(conversation)
+        await self._persist(doc, doc.mark(ReceiptKind.READ, upto))
+
+    # -- reading -------------------------------------------------------------------
+
+    async def history(
+        self, conversation: str, *, before: Message | None = None, limit: int = 50
+    ) -> list[Message]:
+        """Up to ``limit`` messages before ``before`` (default: the latest), oldest first."""
+        await self.metadata(conversation)
+        key = None if before is None else before.sort_key
+        return await self._read(index.page, conversation, key, limit)
+
+    async def unread_count(self, conversation: str) -> int:
+        """Messages from others that we have not marked read."""
+        return await self._read(index.unread_count, conversation, self.peer_id)
+
+    async def search(self, text: str, conversation: str | None = None, limit: int = 50) -> list[tuple[str, Message]]:
+        """Full-text search, newest first, as (conversation id, message)."""
+        return await self._read(index.search, text, conversation, limit)
+
+    async def receipts(self, conversation: str, message: Message) -> dict[ReceiptKind, list[str]]:
+        """Which members have delivered and read ``message``."""
+        return await self._read(index.receipt_state, conversation, message)
+
+    async def export(self, conversation: str) -> list[Message]:
+        """The whole ordered history, computed from the document itself."""
+        return (await self._document(conversation)).history()
+
+    # -- sync (used by the sync engine and by tests) ---------------------------------
+
+    async def state_vector(self, conversation: str) -> bytes:
+        """Our Yjs state vector for a conversation (sync step 1)."""
+        return (await self._document(conversation)).state_vector()
+
+    async def diff(self, conversation: str, state_vector: bytes | None) -> bytes:
+        """What a peer with ``state_vector`` lacks (sync step 2)."""
+        return (await self._document(conversation)).diff(state_vector)
+
+    async def receive(self, conversation: str, update: bytes) -> Changes:
+        """Merge and persist an update from a peer, then acknowledge it as delivered.
+
+        A conversation seen for the first time is created from the update.
+        """
+        try:
+            doc = await self._document(conversation)
+        except UnknownConversation:
+            doc = Conversation.from_updates([], self.peer_id, self._clock)
+            self._conversations[conversation] = doc
+        try:
+            changes = doc.apply_remote(update)
+            if doc.metadata().id != conversation:
+                raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
+        except BaseException:
+            self._conversations.pop(conversation, None)  # reload what is on disk next time
+            raise
+        await self._persist(doc, Written(update, changes), conversation)
+        delivered = {e.author: doc.stream_length(e.author) - 1 for e in changes.entries if e.author != self.peer_id}
+        if delivered:
+            await self._persist(doc, doc.mark(ReceiptKind.DELIVERED, delivered))
+        return changes
+
+    # -- maintenance ---------------------------------------------------------------
+
+    async def compact(self, conversation: str) -> None:
+        """Fold a conversation's update log into one snapshot and apply its retention."""
+        doc = await self._document(conversation)
+        meta = doc.metadata()
+        if meta.retention_days is not None:
+            cutoff = (self._clock.tick() // TICKS_PER_MS - meta.retention_days * DAY_MS) * TICKS_PER_MS
+            await self._worker.write(self._store.purge_expired, conversation, cutoff)
+        await self._worker.write(self._store.compact, conversation, doc.diff(), doc.state_vector())
+
+    async def rebuild_index(self, conversation: str) -> None:
+        """Recreate a conversation's index rows from its document."""
+        doc = await self._document(conversation)
+        record = Record(conversation, b"", Changes(list(doc.entries()), doc.receipts()), doc.metadata(), list(doc.members().values()))
+        await self._worker.write(self._store.rebuild_index, conversation, [record])
+
+    # -- internals -----------------------------------------------------------------
+
+    async def _document(self, conversation: str) -> Conversation:
+        doc = self._conversations.get(conversation)
+        if doc is not None:
+            return doc
+        async with self._loading:
+            doc = self._conversations.get(conversation)
+            if doc is None:
+                updates = await self._worker.read(self._store.load_updates, conversation)
+                doc = await trio.to_thread.run_sync(Conversation.from_updates, updates, self.peer_id, self._clock)
+                self._conversations[conversation] = doc
+        return doc
+
+    async def _persist(self, doc: Conversation, written: Written, conversation: str | None = None) -> None:
+        if not written.update and not written.changes:
+            return
+        conv = conversation or doc.id
+        meta, members = None, ()
+        if written.changes.metadata_changed:
+            meta, members = doc.metadata(), tuple(doc.members().values())
+        try:
+            await self._worker.commit(Record(conv, written.update, written.changes, meta, members))
+        except BaseException:
+            # The document already holds the change; drop it so memory never runs ahead of disk.
+            self._conversations.pop(conv, None)
+            raise
+        self._unchecked_bytes[conv] = self._unchecked_bytes.get(conv, 0) + len(written.update)
+        if self._unchecked_bytes[conv] >= MIN_COMPACTION_BYTES:
+            self._unchecked_bytes[conv] = 0
+            if await self._worker.read(self._store.needs_compaction, conv):
+                await self._worker.write(self._store.compact, conv, doc.diff(), doc.state_vector())
+
+    async def _read(self, function: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
+        return await self._worker.read(self._store.query, lambda db: function(db, *args))

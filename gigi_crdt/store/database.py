@@ -1,0 +1,126 @@
+"""The SQLite file: opening it, its schema, the directory lock, and error translation.
+
+The update log uses pycrdt-store's own tables (``yupdates``, ``ycheckpoints``, schema
+version 2), so ``pycrdt.store.SQLiteYStore`` (and a pycrdt-websocket server built on it)
+can read a gigi-crdt database. Everything else (the index) lives in tables of our own.
+We do not write through pycrdt-store: it swallows storage errors, loses data when
+squashing, and commits once per update; see ``docs`` in the README.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from ..errors import StorageError, StoreCorrupt, StoreFull, StoreInUse, StoreReadOnly
+
+DATABASE_NAME = "gigi.sqlite3"
+LOCK_NAME = "gigi.lock"
+SCHEMA_VERSION = 1
+YSTORE_VERSION = 2  # pycrdt.store.BaseYStore.version
+
+_SCHEMA = """
+CREATE TABLE yupdates (path TEXT NOT NULL, yupdate BLOB, metadata BLOB, timestamp REAL NOT NULL);
+CREATE INDEX idx_yupdates_path_timestamp ON yupdates (path, timestamp);
+CREATE TABLE ycheckpoints (
+    path TEXT NOT NULL, checkpoint BLOB NOT NULL, timestamp REAL NOT NULL, PRIMARY KEY(path));
+CREATE TABLE gigi_settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, title TEXT NOT NULL, created_at INTEGER NOT NULL,
+    retention_days INTEGER, log_bytes INTEGER NOT NULL DEFAULT 0,
+    snapshot_bytes INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE members (
+    conv TEXT NOT NULL, peer TEXT NOT NULL, nickname TEXT NOT NULL, role TEXT NOT NULL,
+    joined_at INTEGER NOT NULL, left_at INTEGER, PRIMARY KEY (conv, peer)) WITHOUT ROWID;
+CREATE TABLE messages (
+    conv TEXT NOT NULL, id TEXT NOT NULL, author TEXT NOT NULL, seq INTEGER NOT NULL,
+    nickname TEXT NOT NULL, ts INTEGER NOT NULL, kind TEXT, content TEXT,
+    edited_at INTEGER, deleted_at INTEGER, UNIQUE (conv, id));
+CREATE INDEX messages_order ON messages (conv, ts, id);
+CREATE INDEX messages_unread ON messages (conv, author, seq) WHERE deleted_at IS NULL;
+CREATE TABLE reactions (
+    conv TEXT NOT NULL, target TEXT NOT NULL, emoji TEXT NOT NULL, reactor TEXT NOT NULL,
+    seq INTEGER NOT NULL, active INTEGER NOT NULL,
+    PRIMARY KEY (conv, target, emoji, reactor)) WITHOUT ROWID;
+CREATE TABLE receipts (
+    conv TEXT NOT NULL, member TEXT NOT NULL, kind TEXT NOT NULL, author TEXT NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (conv, member, kind, author)) WITHOUT ROWID;
+CREATE VIRTUAL TABLE message_text USING fts5(text);
+"""
+
+
+def translate(exc: sqlite3.Error, path: Path) -> StorageError:
+    """Our exact error for an sqlite3 failure on ``path``."""
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text:
+        return StoreReadOnly(f"{path}: cannot write: {exc}")
+    if "full" in text:
+        return StoreFull(f"{path}: disk full: {exc}")
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return StoreCorrupt(f"{path}: database is damaged: {exc}")
+    if "locked" in text or "busy" in text:
+        return StoreInUse(f"{path}: database is locked by another connection: {exc}")
+    return StorageError(f"{path}: {exc}")
+
+
+@contextlib.contextmanager
+def translated(path: Path) -> Iterator[None]:
+    """Run a block, raising ``StorageError`` subclasses instead of sqlite3 errors."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise translate(exc, path) from exc
+
+
+def lock_directory(directory: Path) -> IO[bytes]:
+    """Take the data directory for this process; ``StoreInUse`` if another one has it."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle = open(os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600), "rb+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreInUse(f"{directory} is already in use by another gigi-crdt process") from None
+    return handle
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and check the database; one connection per thread of use."""
+    if not path.exists():
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    with translated(path):
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA busy_timeout = 0")
+            if connection.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+                raise StorageError(f"{path}: cannot switch to write-ahead logging")
+            # FULL: a commit that returned is on disk even if the machine loses power.
+            connection.execute("PRAGMA synchronous = FULL")
+            # An empty file is a database whose creation was interrupted: create it again.
+            if connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                connection.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+                connection.execute(f"PRAGMA user_version = {YSTORE_VERSION}")
+                connection.execute(
+                    "INSERT INTO gigi_settings VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+            _check_schema(connection, path)
+        except BaseException:
+            connection.close()
+            raise
+    return connection
+
+
+def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
+    try:
+        row = connection.execute("SELECT value FROM gigi_settings WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    if row is None:
+        raise StoreCorrupt(f"{path}: not a gigi-crdt database (no schema version)")
+    if row[0] != SCHEMA_VERSION:
+        raise StorageError(f"{path}: schema version {row[0]} is not supported (this is {SCHEMA_VERSION})")

@@ -1,0 +1,288 @@
+"""The local index: messages, receipts and members as SQL rows, for paging, unread counts
+and full-text search without loading a conversation document.
+
+The index is derived data: ``Store.rebuild_index`` recreates it from the documents. It is
+written in the same SQLite transaction as the update it derives from, so the two never
+disagree on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..model import (
+    Changes,
+    Content,
+    ConversationKind,
+    Member,
+    Message,
+    Metadata,
+    ReceiptKind,
+    Role,
+    StreamEntry,
+)
+from ..model.content import decode_content, encode_content, searchable_text
+from ..model.ops import Deleted, Edited, Posted, Reacted, Tombstone
+from ..model.view import SortKey
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """One line of a conversation list."""
+
+    metadata: Metadata
+    last_message: Message | None
+    unread: int
+
+
+def record_metadata(db: sqlite3.Connection, meta: Metadata, members: Iterable[Member]) -> None:
+    """Store a conversation's metadata and member list."""
+    db.execute(
+        "INSERT INTO conversations (id, kind, title, created_at, retention_days) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET title = excluded.title, retention_days = excluded.retention_days",
+        (meta.id, meta.kind.value, meta.title, meta.created_at, meta.retention_days),
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?)",
+        [(meta.id, m.peer_id, m.nickname, m.role.value, m.joined_at, m.left_at) for m in members],
+    )
+
+
+def record_changes(db: sqlite3.Connection, conv: str, changes: Changes) -> None:
+    """Fold a transaction's entries and receipts into the index."""
+    for entry in changes.entries:
+        _record_entry(db, conv, entry)
+    for receipt in changes.receipts:
+        db.execute(
+            "INSERT INTO receipts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq = excluded.seq "
+            "WHERE excluded.seq > receipts.seq",
+            (conv, receipt.member, receipt.kind.value, receipt.author, receipt.seq),
+        )
+
+
+def _record_entry(db: sqlite3.Connection, conv: str, entry: StreamEntry) -> None:
+    op = entry.op
+    if isinstance(op, Posted | Tombstone):
+        kind, fields = encode_content(op.content) if isinstance(op, Posted) else (None, None)
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO messages (conv, id, author, seq, nickname, ts, kind, content) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (conv, op.id, entry.author, entry.seq, op.nickname, op.timestamp, kind, _json(fields)),
+        )
+        if cursor.rowcount and isinstance(op, Posted):
+            db.execute(
+                "INSERT INTO message_text (rowid, text) VALUES (?, ?)",
+                (cursor.lastrowid, searchable_text(op.content)),
+            )
+    elif isinstance(op, Edited):
+        row = _own_live_row(db, conv, op.target, entry.author)
+        if row is not None:
+            kind, fields = encode_content(op.content)
+            db.execute(
+                "UPDATE messages SET kind = ?, content = ?, edited_at = ? WHERE rowid = ?",
+                (kind, _json(fields), op.timestamp, row),
+            )
+            db.execute("UPDATE message_text SET text = ? WHERE rowid = ?", (searchable_text(op.content), row))
+    elif isinstance(op, Deleted):
+        row = _own_live_row(db, conv, op.target, entry.author)
+        if row is not None:
+            db.execute(
+                "UPDATE messages SET kind = NULL, content = NULL, edited_at = NULL, deleted_at = ? WHERE rowid = ?",
+                (op.timestamp, row),
+            )
+            db.execute("DELETE FROM message_text WHERE rowid = ?", (row,))
+    elif isinstance(op, Reacted):
+        db.execute(
+            "INSERT INTO reactions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+            "SET seq = excluded.seq, active = excluded.active WHERE excluded.seq > reactions.seq",
+            (conv, op.target, op.emoji, entry.author, entry.seq, int(op.on)),
+        )
+
+
+def _own_live_row(db: sqlite3.Connection, conv: str, message_id: str, author: str) -> int | None:
+    row = db.execute(
+        "SELECT rowid FROM messages WHERE conv = ? AND id = ? AND author = ? AND deleted_at IS NULL",
+        (conv, message_id, author),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _json(fields: object) -> str | None:
+    return None if fields is None else json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- queries -----------------------------------------------------------------------
+
+_MESSAGE_COLUMNS = "id, author, nickname, ts, seq, kind, content, edited_at, deleted_at"
+
+
+def page(
+    db: sqlite3.Connection, conv: str, before: SortKey | None = None, limit: int = 50
+) -> list[Message]:
+    """Up to ``limit`` messages preceding ``before`` (the newest if ``None``), oldest first."""
+    if before is None:
+        rows = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? ORDER BY ts DESC, id DESC LIMIT ?",
+            (conv, limit),
+        ).fetchall()
+    else:
+        rows = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND (ts, id) < (?, ?) "
+            "ORDER BY ts DESC, id DESC LIMIT ?",
+            (conv, before[0], before[1], limit),
+        ).fetchall()
+    rows.reverse()
+    return _messages(db, conv, rows)
+
+
+def all_messages(db: sqlite3.Connection, conv: str) -> list[Message]:
+    """The whole history from the index, oldest first."""
+    rows = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? ORDER BY ts, id", (conv,)
+    ).fetchall()
+    return _messages(db, conv, rows)
+
+
+def find_message(db: sqlite3.Connection, conv: str, message_id: str) -> Message | None:
+    """One message by id, or ``None``."""
+    rows = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND id = ?", (conv, message_id)
+    ).fetchall()
+    found = _messages(db, conv, rows)
+    return found[0] if found else None
+
+
+def search(db: sqlite3.Connection, text: str, conv: str | None = None, limit: int = 50) -> list[tuple[str, Message]]:
+    """Messages whose words match ``text`` (as a phrase), newest first, as (conversation, message)."""
+    phrase = '"' + text.replace('"', '""') + '"'
+    rows = db.execute(
+        f"SELECT m.conv, {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))} "
+        "FROM message_text JOIN messages m ON m.rowid = message_text.rowid "
+        "WHERE message_text MATCH ? AND (? IS NULL OR m.conv = ?) ORDER BY m.ts DESC LIMIT ?",
+        (phrase, conv, conv, limit),
+    ).fetchall()
+    return [(row[0], _messages(db, row[0], [row[1:]])[0]) for row in rows]
+
+
+def unread_count(db: sqlite3.Connection, conv: str, reader: str) -> int:
+    """Live messages by others past ``reader``'s read receipts: one index range per author."""
+    authors = db.execute("SELECT peer FROM members WHERE conv = ? AND peer != ?", (conv, reader)).fetchall()
+    total = 0
+    for (author,) in authors:
+        total += db.execute(
+            "SELECT count(*) FROM messages WHERE conv = ? AND author = ? AND deleted_at IS NULL AND seq > "
+            "coalesce((SELECT seq FROM receipts WHERE conv = ? AND member = ? AND kind = 'read' AND author = ?), -1)",
+            (conv, author, conv, reader, author),
+        ).fetchone()[0]
+    return int(total)
+
+
+def receipts_upto(db: sqlite3.Connection, conv: str, key: SortKey) -> dict[str, int]:
+    """For each author, the seq of its last message at or before ``key`` in display order."""
+    result: dict[str, int] = {}
+    for (author,) in db.execute("SELECT peer FROM members WHERE conv = ?", (conv,)).fetchall():
+        row = db.execute(
+            "SELECT max(seq) FROM messages WHERE conv = ? AND author = ? AND (ts, id) <= (?, ?)",
+            (conv, author, key[0], key[1]),
+        ).fetchone()
+        if row[0] is not None:
+            result[author] = int(row[0])
+    return result
+
+
+def receipt_state(db: sqlite3.Connection, conv: str, message: Message) -> dict[ReceiptKind, list[str]]:
+    """Which members have delivered and read ``message``."""
+    rows = db.execute(
+        "SELECT member, kind FROM receipts WHERE conv = ? AND author = ? AND seq >= ?",
+        (conv, message.author, message.seq),
+    ).fetchall()
+    state: dict[ReceiptKind, list[str]] = {ReceiptKind.DELIVERED: [], ReceiptKind.READ: []}
+    for member, kind in rows:
+        if member != message.author:
+            state[ReceiptKind(kind)].append(member)
+    # Reading implies delivery.
+    state[ReceiptKind.DELIVERED] = sorted(set(state[ReceiptKind.DELIVERED]) | set(state[ReceiptKind.READ]))
+    return state
+
+
+def metadata(db: sqlite3.Connection, conv: str) -> Metadata | None:
+    """A conversation's metadata from the index."""
+    row = db.execute(
+        "SELECT id, kind, title, created_at, retention_days FROM conversations WHERE id = ?", (conv,)
+    ).fetchone()
+    return None if row is None else Metadata(row[0], ConversationKind(row[1]), row[2], row[3], row[4])
+
+
+def members(db: sqlite3.Connection, conv: str) -> dict[str, Member]:
+    """A conversation's members from the index."""
+    rows = db.execute(
+        "SELECT peer, nickname, role, joined_at, left_at FROM members WHERE conv = ?", (conv,)
+    ).fetchall()
+    return {r[0]: Member(r[0], r[1], Role(r[2]), r[3], r[4]) for r in rows}
+
+
+def conversation_ids(db: sqlite3.Connection) -> list[str]:
+    """Every conversation in the index."""
+    return [row[0] for row in db.execute("SELECT id FROM conversations ORDER BY created_at")]
+
+
+def summaries(db: sqlite3.Connection, reader: str) -> list[ConversationSummary]:
+    """Every conversation with its last message and unread count, most recent first."""
+    result = []
+    for conv in conversation_ids(db):
+        meta = metadata(db, conv)
+        assert meta is not None  # listed just above, inside one read
+        last = page(db, conv, limit=1)
+        result.append(ConversationSummary(meta, last[0] if last else None, unread_count(db, conv, reader)))
+    result.sort(key=lambda s: s.last_message.sort_key if s.last_message else (s.metadata.created_at, ""), reverse=True)
+    return result
+
+
+def purge_expired(db: sqlite3.Connection, conv: str, before_ts: int) -> int:
+    """Drop messages older than ``before_ts`` from the index (retention); returns how many."""
+    rows = db.execute("SELECT rowid FROM messages WHERE conv = ? AND ts < ?", (conv, before_ts)).fetchall()
+    db.executemany("DELETE FROM message_text WHERE rowid = ?", rows)
+    db.executemany("DELETE FROM messages WHERE rowid = ?", rows)
+    return len(rows)
+
+
+def clear(db: sqlite3.Connection, conv: str) -> None:
+    """Forget everything the index holds about one conversation (before a rebuild)."""
+    db.execute("DELETE FROM message_text WHERE rowid IN (SELECT rowid FROM messages WHERE conv = ?)", (conv,))
+    for table in ("messages", "reactions", "receipts", "members"):
+        db.execute(f"DELETE FROM {table} WHERE conv = ?", (conv,))
+
+
+def _messages(db: sqlite3.Connection, conv: str, rows: Sequence[Sequence[object]]) -> list[Message]:
+    if not rows:
+        return []
+    ids = [row[0] for row in rows]
+    reactions: dict[str, dict[str, set[str]]] = {}
+    for chunk in range(0, len(ids), 500):
+        part = ids[chunk : chunk + 500]
+        for target, emoji, reactor in db.execute(
+            f"SELECT target, emoji, reactor FROM reactions WHERE conv = ? AND active = 1 "
+            f"AND target IN ({', '.join('?' * len(part))})",
+            (conv, *part),
+        ):
+            reactions.setdefault(target, {}).setdefault(emoji, set()).add(reactor)
+    return [_message(row, reactions.get(str(row[0]), {})) for row in rows]
+
+
+def _message(row: Sequence[object], reactions: dict[str, set[str]]) -> Message:
+    message_id, author, nickname, ts, seq, kind, content, edited_at, deleted_at = row
+    body: Content | None = None if content is None else decode_content(kind, json.loads(str(content)))
+    return Message(
+        id=str(message_id),
+        author=str(author),
+        nickname=str(nickname),
+        timestamp=int(ts),  # type: ignore[call-overload]
+        seq=int(seq),  # type: ignore[call-overload]
+        content=body,
+        edited_at=edited_at,  # type: ignore[arg-type]
+        deleted_at=deleted_at,  # type: ignore[arg-type]
+        reactions={emoji: frozenset(who) for emoji, who in reactions.items()} if body is not None else {},
+    )

@@ -1,0 +1,197 @@
+"""The node's database: an append-only log of Yjs updates per conversation plus the index.
+
+Synchronous and thread-confined: the trio layer (``writer.py``) runs every call in a
+worker thread. Each commit is one SQLite transaction holding any number of updates and
+their index rows (group commit), so durability costs one fsync per batch, not per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeVar
+
+from pycrdt import get_state, get_update, merge_updates
+
+from ..errors import StoreClosed, UnknownConversation
+from ..model import Changes, Member, Metadata
+from . import index
+from .database import DATABASE_NAME, connect, lock_directory, translated
+
+T = TypeVar("T")
+
+# Compact when the log since the last snapshot outgrows a quarter of the snapshot: cold
+# loads then stay within 1.25x of applying one snapshot, and compaction work stays
+# proportional to what was written.
+MIN_COMPACTION_BYTES = 64 * 1024
+COMPACTION_RATIO = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One update to persist, with what it changed (for the index)."""
+
+    conversation: str
+    update: bytes
+    changes: Changes
+    metadata: Metadata | None = None
+    members: Sequence[Member] = ()
+
+
+class Store:
+    """One SQLite database per data directory. Open with ``Store.open``."""
+
+    def __init__(self, directory: Path, lock: IO[bytes], writer: sqlite3.Connection, reader: sqlite3.Connection):
+        self.directory = directory
+        self.path = directory / DATABASE_NAME
+        self._lock = lock
+        self._writer: sqlite3.Connection | None = writer
+        self._reader: sqlite3.Connection | None = reader
+
+    @classmethod
+    def open(cls, directory: str | Path) -> Store:
+        """Lock ``directory`` for this process and open (or create) its database."""
+        directory = Path(directory)
+        lock = lock_directory(directory)
+        try:
+            writer = connect(directory / DATABASE_NAME)
+            try:
+                reader = connect(directory / DATABASE_NAME)
+            except BaseException:
+                writer.close()
+                raise
+        except BaseException:
+            lock.close()
+            raise
+        return cls(directory, lock, writer, reader)
+
+    def close(self) -> None:
+        """Close the database and release the directory. Idempotent."""
+        for connection in (self._writer, self._reader):
+            if connection is not None:
+                connection.close()
+        self._writer = self._reader = None
+        self._lock.close()
+
+    # -- writing -------------------------------------------------------------------
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Persist ``records`` atomically: all of them, with their index rows, or none."""
+        with self._transaction() as db:
+            for record in records:
+                self._write(db, record)
+
+    def _write(self, db: sqlite3.Connection, record: Record) -> None:
+        if record.metadata is not None:
+            index.record_metadata(db, record.metadata, record.members)
+        elif index.metadata(db, record.conversation) is None:
+            raise UnknownConversation(f"conversation {record.conversation} has no metadata yet")
+        if record.update:
+            db.execute(
+                "INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (record.conversation, record.update, time.time())
+            )
+            db.execute(
+                "UPDATE conversations SET log_bytes = log_bytes + ? WHERE id = ?",
+                (len(record.update), record.conversation),
+            )
+        index.record_changes(db, record.conversation, record.changes)
+
+    def compact(self, conversation: str, doc_update: bytes, doc_state: bytes) -> None:
+        """Replace a conversation's log by one snapshot.
+
+        ``doc_update``/``doc_state`` come from the in-memory document, whose snapshot has
+        deleted content garbage-collected (a deleted message's text leaves the disk). Any
+        stored update the document could not integrate yet (missing dependencies) is kept
+        by merging in what the log holds beyond ``doc_state``.
+        """
+        with self._transaction() as db:
+            logged = self._log(db, conversation)
+            snapshot = doc_update
+            if logged and get_state(merge_updates(*logged)) != doc_state:
+                snapshot = merge_updates(doc_update, get_update(merge_updates(*logged), doc_state))
+            db.execute("DELETE FROM yupdates WHERE path = ?", (conversation,))
+            db.execute("DELETE FROM ycheckpoints WHERE path = ?", (conversation,))
+            db.execute("INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (conversation, snapshot, time.time()))
+            db.execute(
+                "UPDATE conversations SET log_bytes = 0, snapshot_bytes = ? WHERE id = ?",
+                (len(snapshot), conversation),
+            )
+
+    def purge_expired(self, conversation: str, before_ts: int) -> int:
+        """Apply a retention cut to the index; returns how many messages left it."""
+        with self._transaction() as db:
+            count = index.purge_expired(db, conversation, before_ts)
+        return count
+
+    def rebuild_index(self, conversation: str, records: Sequence[Record]) -> None:
+        """Drop and rewrite one conversation's index rows (the log is left alone)."""
+        with self._transaction() as db:
+            index.clear(db, conversation)
+            for record in records:
+                self._write(db, Record(record.conversation, b"", record.changes, record.metadata, record.members))
+
+    def set_setting(self, key: str, value: str) -> None:
+        """Store a node setting (peer id, nickname)."""
+        db = self._connection(self._writer)
+        with translated(self.path):
+            db.execute("INSERT OR REPLACE INTO gigi_settings VALUES (?, ?)", (key, value))
+
+    # -- reading -------------------------------------------------------------------
+
+    def load_updates(self, conversation: str) -> list[bytes]:
+        """Everything stored for a conversation, to apply to a fresh document."""
+        db = self._connection(self._reader)
+        with translated(self.path):
+            updates = self._log(db, conversation)
+        if not updates:
+            raise UnknownConversation(f"no conversation {conversation} in {self.path}")
+        return updates
+
+    def _log(self, db: sqlite3.Connection, conversation: str) -> list[bytes]:
+        # A checkpoint row may exist if pycrdt-store itself wrote to this file.
+        checkpoint = db.execute("SELECT checkpoint FROM ycheckpoints WHERE path = ?", (conversation,)).fetchall()
+        rows = db.execute("SELECT yupdate FROM yupdates WHERE path = ? ORDER BY rowid", (conversation,)).fetchall()
+        return [bytes(row[0]) for row in checkpoint + rows if row[0]]
+
+    def needs_compaction(self, conversation: str) -> bool:
+        """True once the log since the last snapshot is large relative to the snapshot."""
+        row = self.query(
+            lambda db: db.execute(
+                "SELECT log_bytes, snapshot_bytes FROM conversations WHERE id = ?", (conversation,)
+            ).fetchone()
+        )
+        return row is not None and row[0] > max(MIN_COMPACTION_BYTES, COMPACTION_RATIO * row[1])
+
+    def setting(self, key: str) -> str | None:
+        """A node setting, or ``None``."""
+        row = self.query(lambda db: db.execute("SELECT value FROM gigi_settings WHERE key = ?", (key,)).fetchone())
+        return None if row is None else str(row[0])
+
+    def query(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only index query (see ``index``) on the reading connection."""
+        db = self._connection(self._reader)
+        with translated(self.path):
+            return function(db)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block succeeds, rolled back if not."""
+        db = self._connection(self._writer)
+        with translated(self.path):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def _connection(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
+        if connection is None:
+            raise StoreClosed(f"{self.path} is closed")
+        return connection

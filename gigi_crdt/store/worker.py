@@ -1,0 +1,86 @@
+"""The trio side of the store: every database call in a worker thread, commits batched.
+
+Writers queue a record and wait until it is on disk. One task takes everything queued
+so far and commits it in one SQLite transaction (group commit): with many concurrent
+senders the cost of an fsync is shared, with one sender it is paid at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import trio
+
+from ..errors import GigiError, StoreClosed
+from .store import Record, Store
+
+T = TypeVar("T")
+
+MAX_BATCH = 512
+QUEUE_SIZE = 1024
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: Record
+    done: trio.Event = field(default_factory=trio.Event)
+    error: GigiError | None = None
+
+
+class StoreWorker:
+    """Runs ``Store`` calls off the trio thread; start ``run`` in a nursery first."""
+
+    def __init__(self, store: Store, *, max_batch: int = MAX_BATCH, queue_size: int = QUEUE_SIZE) -> None:
+        self.store = store
+        self._max_batch = max_batch
+        # Bounded: when the disk cannot keep up, senders wait instead of piling up memory.
+        self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
+        self._write_thread = trio.CapacityLimiter(1)
+        self._read_thread = trio.CapacityLimiter(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit queued records until cancelled."""
+        task_status.started()
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self.write(self.store.commit, [pending.record for pending in batch])
+        except GigiError as exc:
+            if len(batch) > 1:
+                # One bad record must not fail its neighbours: retry them one by one.
+                for pending in batch:
+                    await self._commit([pending])
+                return
+            batch[0].error = exc
+        for pending in batch:
+            pending.done.set()
+
+    async def commit(self, record: Record) -> None:
+        """Return once ``record`` is durably stored; raise ``StorageError`` if it cannot be."""
+        pending = _Pending(record)
+        try:
+            await self._send.send(pending)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StoreClosed(f"{self.store.path} is closed") from None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    async def write(self, function: Callable[..., T], *args: object) -> T:
+        """Run a writing ``Store`` method in the writer thread (serialised with commits)."""
+        return await trio.to_thread.run_sync(function, *args, limiter=self._write_thread)
+
+    async def read(self, function: Callable[..., T], *args: object) -> T:
+        """Run a reading ``Store`` method in the reader thread (never waits for an fsync)."""
+        return await trio.to_thread.run_sync(function, *args, limiter=self._read_thread)
