@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar, TypeVarTuple
 
 import trio
 
@@ -37,6 +39,8 @@ from .store.store import MIN_COMPACTION_BYTES
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 60 * 60 * 1000
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def _wall_ms() -> int:
@@ -167,9 +171,7 @@ class Replica:
 
     # -- reading -------------------------------------------------------------------
 
-    async def history(
-        self, conversation: str, *, before: Message | None = None, limit: int = 50
-    ) -> list[Message]:
+    async def history(self, conversation: str, *, before: Message | None = None, limit: int = 50) -> list[Message]:
         """Up to ``limit`` messages before ``before`` (default: the latest), oldest first."""
         await self.metadata(conversation)
         key = None if before is None else before.sort_key
@@ -238,7 +240,13 @@ class Replica:
     async def rebuild_index(self, conversation: str) -> None:
         """Recreate a conversation's index rows from its document."""
         doc = await self._document(conversation)
-        record = Record(conversation, b"", Changes(list(doc.entries()), doc.receipts()), doc.metadata(), list(doc.members().values()))
+        record = Record(
+            conversation,
+            b"",
+            Changes(list(doc.entries()), doc.receipts()),
+            doc.metadata(),
+            list(doc.members().values()),
+        )
         await self._worker.write(self._store.rebuild_index, conversation, [record])
 
     # -- internals -----------------------------------------------------------------
@@ -259,7 +267,8 @@ class Replica:
         if not written.update and not written.changes:
             return
         conv = conversation or doc.id
-        meta, members = None, ()
+        meta: Metadata | None = None
+        members: tuple[Member, ...] = ()
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
         try:
@@ -274,5 +283,5 @@ class Replica:
             if await self._worker.read(self._store.needs_compaction, conv):
                 await self._worker.write(self._store.compact, conv, doc.diff(), doc.state_vector())
 
-    async def _read(self, function: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
+    async def _read(self, function: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         return await self._worker.read(self._store.query, lambda db: function(db, *args))

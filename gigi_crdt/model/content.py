@@ -96,9 +96,7 @@ def decode_content(kind: object, raw: object) -> Content:
     if kind == "text":
         return Text(_text(raw, "text", MAX_TEXT_CHARS))
     if kind == "file":
-        return FileShare(
-            _text(raw, "share_code"), _text(raw, "filename"), _size(raw, "size"), _text(raw, "mime_type")
-        )
+        return FileShare(_text(raw, "share_code"), _text(raw, "filename"), _size(raw, "size"), _text(raw, "mime_type"))
     if kind == "invite":
         return GroupInvite(_text(raw, "group_id"), _text(raw, "group_name"), _text(raw, "inviter"))
     raise SchemaError(f"unknown content kind {kind!r}")

@@ -98,7 +98,7 @@ class Written:
 class Conversation:
     """A conversation document. Create with ``create`` or ``from_updates``."""
 
-    def __init__(self, doc: Doc, local_peer: str, clock: HybridClock) -> None:
+    def __init__(self, doc: Doc[Any], local_peer: str, clock: HybridClock) -> None:
         self._doc = doc
         self._local_peer = check_id(local_peer, "peer id")
         self._clock = clock
@@ -162,7 +162,7 @@ class Conversation:
     @classmethod
     def from_updates(cls, updates: Iterable[bytes], local_peer: str, clock: HybridClock) -> Conversation:
         """A conversation rebuilt from its stored updates."""
-        doc = Doc()
+        doc: Doc[Any] = Doc()
         for update in updates:
             _apply(doc, update)
         conversation = cls(doc, local_peer, clock)
@@ -274,6 +274,13 @@ class Conversation:
                     self._appended.append((event.path[0], position, step["insert"]))
                     position += len(step["insert"])
 
+    def _observe_last_timestamp(self, author: str) -> None:
+        """Let the clock follow the newest timestamp an author has written."""
+        seq = self._cursors.get(author, 0) - 1
+        if seq >= 0:
+            for entry in self._read_bucket(author, seq // BUCKET_SIZE, seq % BUCKET_SIZE):
+                self._clock.observe(_timestamp(entry.op))
+
     def _take_appended(self) -> dict[str, list[StreamEntry]]:
         """New stream entries since the last call, by author, each author's in order."""
         found: dict[str, list[StreamEntry]] = {}
@@ -291,9 +298,11 @@ class Conversation:
                 if position + offset >= BUCKET_SIZE or seq < self._cursors.get(author, 0):
                     continue  # past a bucket's end, or an in-place redaction of a known entry
                 try:
-                    found.setdefault(author, []).append(StreamEntry(author, seq, parse_op(raw)))
+                    entry = StreamEntry(author, seq, parse_op(raw))
                 except SchemaError as exc:
                     log.warning("stream entry %s/%d skipped: %s", author, seq, exc)
+                    continue
+                found.setdefault(author, []).append(entry)
         self._appended.clear()
         for author, entries in found.items():
             entries.sort(key=lambda entry: entry.seq)
@@ -489,9 +498,6 @@ class Conversation:
         bucket, index = divmod(seq, BUCKET_SIZE)
         return next(self._read_bucket(author, bucket, index, limit=1))
 
-    def _bucket_exists(self, author: str, bucket: int) -> bool:
-        return bucket_key(author, bucket) in self._streams
-
     def _bucket_length(self, author: str, bucket: int) -> int:
         array = self._streams.get(bucket_key(author, bucket))
         return min(len(array), BUCKET_SIZE) if isinstance(array, Array) else 0
@@ -526,11 +532,17 @@ class Conversation:
         return lengths
 
 
-def _apply(doc: Doc, update: bytes) -> None:
+def _apply(doc: Doc[Any], update: bytes) -> None:
     try:
         doc.apply_update(update)
     except ValueError as exc:
         raise SchemaError(f"malformed Yjs update: {exc}") from exc
+    except BaseException as exc:
+        # yrs panics surface as pyo3's PanicException, a BaseException that cannot be
+        # imported: match it by name so one crafted update cannot kill the process.
+        if type(exc).__name__ == "PanicException":
+            raise SchemaError(f"Yjs update rejected by yrs: {exc}") from None
+        raise
 
 
 def _timestamp(op: Op) -> int:

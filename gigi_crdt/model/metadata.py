@@ -89,7 +89,7 @@ def encode_metadata(meta: Metadata) -> dict[str, Any]:
 def parse_metadata(raw: dict[str, Any]) -> Metadata:
     """Metadata from the ``meta`` root map, or ``SchemaError``."""
     try:
-        kind = ConversationKind(raw.get("kind"))
+        kind = ConversationKind(str(raw.get("kind")))
     except ValueError:
         raise SchemaError(f"unknown conversation kind {raw.get('kind')!r}") from None
     title = raw.get("title", "")
@@ -98,7 +98,9 @@ def parse_metadata(raw: dict[str, Any]) -> Metadata:
     retention = raw.get("retention_days")
     if retention is not None:
         retention = parse_timestamp(retention)
-    return Metadata(check_id(raw.get("id"), "conversation id"), kind, title, parse_timestamp(raw.get("created_at")), retention)
+    return Metadata(
+        check_id(raw.get("id"), "conversation id"), kind, title, parse_timestamp(raw.get("created_at")), retention
+    )
 
 
 def encode_member(member: Member) -> dict[str, Any]:
@@ -114,7 +116,7 @@ def parse_member(peer_id: str, raw: object) -> Member:
     if not isinstance(raw, dict):
         raise SchemaError("member record is not a map")
     try:
-        role = Role(raw.get("role"))
+        role = Role(str(raw.get("role")))
     except ValueError:
         raise SchemaError(f"unknown role {raw.get('role')!r}") from None
     left = raw.get("left")

@@ -92,9 +92,7 @@ class HistoryFold:
                 content=d.content,
                 edited_at=d.edited_at,
                 deleted_at=d.deleted_at,
-                reactions={
-                    emoji: frozenset(who) for emoji, who in reactions.get(message_id, {}).items()
-                }
+                reactions={emoji: frozenset(who) for emoji, who in reactions.get(message_id, {}).items()}
                 if d.content is not None
                 else {},
             )

@@ -105,9 +105,7 @@ def connect(path: Path) -> sqlite3.Connection:
             if connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
                 connection.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
                 connection.execute(f"PRAGMA user_version = {YSTORE_VERSION}")
-                connection.execute(
-                    "INSERT INTO gigi_settings VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-                )
+                connection.execute("INSERT INTO gigi_settings VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             _check_schema(connection, path)
         except BaseException:
             connection.close()

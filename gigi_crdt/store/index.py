@@ -119,9 +119,7 @@ def _json(fields: object) -> str | None:
 _MESSAGE_COLUMNS = "id, author, nickname, ts, seq, kind, content, edited_at, deleted_at"
 
 
-def page(
-    db: sqlite3.Connection, conv: str, before: SortKey | None = None, limit: int = 50
-) -> list[Message]:
+def page(db: sqlite3.Connection, conv: str, before: SortKey | None = None, limit: int = 50) -> list[Message]:
     """Up to ``limit`` messages preceding ``before`` (the newest if ``None``), oldest first."""
     if before is None:
         rows = db.execute(
@@ -140,9 +138,7 @@ def page(
 
 def all_messages(db: sqlite3.Connection, conv: str) -> list[Message]:
     """The whole history from the index, oldest first."""
-    rows = db.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? ORDER BY ts, id", (conv,)
-    ).fetchall()
+    rows = db.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? ORDER BY ts, id", (conv,)).fetchall()
     return _messages(db, conv, rows)
 
 
@@ -218,9 +214,7 @@ def metadata(db: sqlite3.Connection, conv: str) -> Metadata | None:
 
 def members(db: sqlite3.Connection, conv: str) -> dict[str, Member]:
     """A conversation's members from the index."""
-    rows = db.execute(
-        "SELECT peer, nickname, role, joined_at, left_at FROM members WHERE conv = ?", (conv,)
-    ).fetchall()
+    rows = db.execute("SELECT peer, nickname, role, joined_at, left_at FROM members WHERE conv = ?", (conv,)).fetchall()
     return {r[0]: Member(r[0], r[1], Role(r[2]), r[3], r[4]) for r in rows}
 
 

@@ -91,9 +91,7 @@ class Store:
         elif index.metadata(db, record.conversation) is None:
             raise UnknownConversation(f"conversation {record.conversation} has no metadata yet")
         if record.update:
-            db.execute(
-                "INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (record.conversation, record.update, time.time())
-            )
+            db.execute("INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (record.conversation, record.update, time.time()))
             db.execute(
                 "UPDATE conversations SET log_bytes = log_bytes + ? WHERE id = ?",
                 (len(record.update), record.conversation),

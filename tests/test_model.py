@@ -1,0 +1,269 @@
+"""The conversation document on its own: no store, no trio."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Array, Doc, Map
+
+from gigi_crdt import FileShare, GroupInvite, NotAllowed, SchemaError, Text, UnknownMessage
+from gigi_crdt.model import BUCKET_SIZE, Conversation, ConversationKind, HybridClock, ReceiptKind, Role
+
+ALICE, BOB, CAROL = "alice-peer-01", "bob-peer-0002", "carol-peer-03"
+
+
+def fixed_clock(start: int = 1_700_000_000_000) -> HybridClock:
+    counter = itertools.count(start)
+    return HybridClock(lambda: next(counter))
+
+
+def pair() -> tuple[Conversation, Conversation]:
+    alice, written = Conversation.create(
+        kind=ConversationKind.DIRECT,
+        title="",
+        local_peer=ALICE,
+        nickname="alice",
+        clock=fixed_clock(),
+        others={BOB: "bob"},
+    )
+    bob = Conversation.from_updates([written.update], BOB, fixed_clock())
+    return alice, bob
+
+
+def texts(conversation: Conversation) -> list[str | None]:
+    return [m.content.text if isinstance(m.content, Text) else None for m in conversation.history()]
+
+
+def test_post_reaches_peer_with_author_and_order() -> None:
+    alice, bob = pair()
+    first = alice.post(Text("hi"), "alice")
+    changes = bob.apply_remote(first.update)
+    assert [(e.author, e.seq) for e in changes.entries] == [(ALICE, 0)]
+    reply = bob.post(Text("hello"), "bob")
+    alice.apply_remote(reply.update)
+    assert texts(alice) == texts(bob) == ["hi", "hello"]
+    assert [m.nickname for m in alice.history()] == ["alice", "bob"]
+
+
+def test_all_content_kinds_round_trip() -> None:
+    alice, bob = pair()
+    contents = [Text("t"), FileShare("code-1", "a.txt", 12, "text/plain"), GroupInvite("group-id-1", "g", "alice")]
+    for content in contents:
+        bob.apply_remote(alice.post(content, "alice").update)
+    assert [m.content for m in bob.history()] == contents
+
+
+def test_buckets_roll_over_and_stay_bounded() -> None:
+    alice, bob = pair()
+    for i in range(BUCKET_SIZE * 2 + 3):
+        bob.apply_remote(alice.post(Text(str(i)), "alice").update)
+    assert bob.stream_length(ALICE) == BUCKET_SIZE * 2 + 3
+    assert texts(bob) == [str(i) for i in range(BUCKET_SIZE * 2 + 3)]
+
+
+def test_catch_up_through_state_vector_sends_only_the_missing_part() -> None:
+    alice, bob = pair()
+    for i in range(300):
+        bob.apply_remote(alice.post(Text(f"m{i}"), "alice").update)
+    for i in range(5):
+        alice.post(Text(f"offline {i}"), "alice")
+    delta = alice.diff(bob.state_vector())
+    changes = bob.apply_remote(delta)
+    assert [e.seq for e in changes.entries] == [300, 301, 302, 303, 304]
+    assert len(delta) < 1000
+    assert texts(bob) == texts(alice)
+
+
+def test_edit_delete_react() -> None:
+    alice, bob = pair()
+    message_id = alice.post(Text("draft"), "alice").message_id
+    assert message_id is not None
+    bob.apply_remote(alice.diff(bob.state_vector()))
+    bob.apply_remote(alice.edit(message_id, Text("final")).update)
+    assert texts(bob) == ["final"]
+    assert bob.history()[0].edited_at is not None
+    alice.apply_remote(bob.react(message_id, "👍").update)
+    assert alice.history()[0].reactions == {"👍": frozenset({BOB})}
+    alice.apply_remote(bob.react(message_id, "👍", on=False).update)
+    assert alice.history()[0].reactions == {}
+    bob.apply_remote(alice.delete(message_id).update)
+    tombstone = bob.history()[0]
+    assert tombstone.deleted
+    assert tombstone.deleted_at is not None
+    assert tombstone.nickname == "alice"
+    # The deleted text has left the document, not just the view.
+    assert b"draft" not in alice.diff()
+    assert b"final" not in alice.diff()
+    fresh = Conversation.from_updates([alice.diff()], CAROL, fixed_clock())
+    assert fresh.history() == bob.history()
+
+
+def test_only_the_author_edits_or_deletes() -> None:
+    alice, bob = pair()
+    message_id = alice.post(Text("mine"), "alice").message_id
+    assert message_id is not None
+    bob.apply_remote(alice.diff(bob.state_vector()))
+    with pytest.raises(UnknownMessage):
+        bob.edit(message_id, Text("yours now"))
+    with pytest.raises(UnknownMessage):
+        bob.delete(message_id)
+
+
+def test_receipts_only_move_forward() -> None:
+    alice, bob = pair()
+    for _ in range(3):
+        bob.apply_remote(alice.post(Text("x"), "alice").update)
+    alice.apply_remote(bob.mark(ReceiptKind.READ, {ALICE: 2}).update)
+    assert bob.mark(ReceiptKind.READ, {ALICE: 1}).update == b""  # never backwards
+    receipts = {(r.member, r.kind, r.author): r.seq for r in alice.receipts()}
+    assert receipts == {(BOB, ReceiptKind.READ, ALICE): 2}
+
+
+def test_group_membership_needs_an_admin() -> None:
+    admin, written = Conversation.create(
+        kind=ConversationKind.GROUP,
+        title="g",
+        local_peer=ALICE,
+        nickname="alice",
+        clock=fixed_clock(),
+        others={BOB: "bob"},
+    )
+    member = Conversation.from_updates([written.update], BOB, fixed_clock())
+    with pytest.raises(NotAllowed):
+        member.add_member(CAROL, "carol")
+    member.apply_remote(admin.add_member(CAROL, "carol").update)
+    assert member.members()[CAROL].role is Role.MEMBER
+    member.apply_remote(admin.remove_member(CAROL).update)
+    assert not member.members()[CAROL].active
+
+
+def test_removed_member_cannot_post() -> None:
+    admin, written = Conversation.create(
+        kind=ConversationKind.GROUP,
+        title="g",
+        local_peer=ALICE,
+        nickname="alice",
+        clock=fixed_clock(),
+        others={BOB: "bob"},
+    )
+    bob = Conversation.from_updates([written.update], BOB, fixed_clock())
+    bob.apply_remote(admin.remove_member(BOB).update)
+    with pytest.raises(NotAllowed):
+        bob.post(Text("still here?"), "bob")
+
+
+def test_invalid_content_is_refused_locally() -> None:
+    alice, _ = pair()
+    with pytest.raises(SchemaError):
+        alice.post(FileShare("c", "f", -1, "x"), "alice")
+    with pytest.raises(SchemaError):
+        alice.post(Text("x" * 70_000), "alice")
+
+
+def test_schema_violating_remote_entries_are_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    alice, bob = pair()
+    bob.apply_remote(alice.post(Text("good"), "alice").update)
+    # A hostile or buggy peer writes straight into alice's stream with raw pycrdt.
+    rogue = Doc()
+    rogue.apply_update(alice.diff())
+    streams = rogue.get("streams", type=Map)
+    streams[f"{ALICE}/0"].append({"o": "post", "i": "short", "t": "yesterday"})
+    streams[f"{ALICE}/0"].append({"o": "post", "i": "valid-id-123", "t": 5, "n": "x", "k": "text", "c": {"text": 7}})
+    streams["not a key"] = Array([1, 2, 3])
+    with caplog.at_level(logging.WARNING):
+        changes = bob.apply_remote(rogue.get_update(bob.state_vector()))
+    assert changes.entries == []
+    assert texts(bob) == ["good"]
+    assert "skipped" in caplog.text
+    bob.apply_remote(alice.post(Text("still fine"), "alice").update)
+    assert texts(bob) == ["good", "still fine"]
+
+
+def test_garbage_update_is_a_schema_error() -> None:
+    alice, _ = pair()
+    with pytest.raises(SchemaError):
+        alice.apply_remote(b"\xff\xff\xff\x00garbage")
+
+
+def test_clock_follows_remote_timestamps() -> None:
+    alice, bob = pair()
+    late = Conversation.from_updates([alice.diff()], CAROL, HybridClock(lambda: 1))
+    late.apply_remote(alice.post(Text("from the future"), "alice").update)
+    # carol's wall clock says 1 ms, but her reply must still sort after what she saw.
+    bob.apply_remote(alice.diff(bob.state_vector()))
+    assert late.history()[-1].timestamp > 1
+
+
+# -- convergence -------------------------------------------------------------------
+
+PEERS = (ALICE, BOB, CAROL)
+operation = st.one_of(
+    st.tuples(st.just("post"), st.integers(0, 2), st.text(max_size=5)),
+    st.tuples(st.just("edit"), st.integers(0, 2), st.integers(0, 50)),
+    st.tuples(st.just("delete"), st.integers(0, 2), st.integers(0, 50)),
+    st.tuples(st.just("react"), st.integers(0, 2), st.integers(0, 50)),
+    st.tuples(st.just("read"), st.integers(0, 2), st.integers(0, 50)),
+    st.tuples(st.just("deliver"), st.integers(0, 2), st.integers(0, 2)),
+)
+
+
+def group() -> list[Conversation]:
+    first, written = Conversation.create(
+        kind=ConversationKind.GROUP,
+        title="g",
+        local_peer=ALICE,
+        nickname="alice",
+        clock=fixed_clock(),
+        others={BOB: "bob", CAROL: "carol"},
+    )
+    return [first] + [Conversation.from_updates([written.update], peer, fixed_clock()) for peer in PEERS[1:]]
+
+
+def run_operation(replicas: list[Conversation], outboxes: list[list[bytes]], op: tuple[str, int, object]) -> None:
+    name, who, arg = op
+    replica = replicas[who]
+    own = [m for m in replica.history() if m.author == PEERS[who] and not m.deleted]
+    seen = replica.history()
+    written = None
+    if name == "post":
+        written = replica.post(Text(str(arg)), "n")
+    elif name in ("edit", "delete") and own:
+        target = own[int(arg) % len(own)].id  # type: ignore[call-overload]
+        written = replica.edit(target, Text("edited")) if name == "edit" else replica.delete(target)
+    elif name == "react" and seen:
+        written = replica.react(seen[int(arg) % len(seen)].id, "+1", on=int(arg) % 2 == 0)  # type: ignore[call-overload]
+    elif name == "read" and seen:
+        message = seen[int(arg) % len(seen)]  # type: ignore[call-overload]
+        written = replica.mark(ReceiptKind.READ, {message.author: message.seq})
+    elif name == "deliver":
+        target = int(arg)  # type: ignore[call-overload]
+        for update in outboxes[who]:
+            if target != who:
+                replicas[target].apply_remote(update)
+        return
+    if written is not None and written.update:
+        for index in range(len(replicas)):
+            outboxes[index].append(written.update)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(operation, max_size=40), st.randoms(use_true_random=False))
+def test_random_concurrent_edits_converge_to_one_ordered_view(ops: list[tuple[str, int, object]], rnd: object) -> None:
+    replicas = group()
+    outboxes: list[list[bytes]] = [[] for _ in replicas]
+    for op in ops:
+        run_operation(replicas, outboxes, op)
+    # Heal: everyone exchanges state vectors with everyone, in a drawn order.
+    order = [(a, b) for a in range(3) for b in range(3) if a != b]
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    for _ in range(2):
+        for a, b in order:
+            replicas[b].apply_remote(replicas[a].diff(replicas[b].state_vector()))
+    views = [replica.history() for replica in replicas]
+    assert views[0] == views[1] == views[2]
+    receipts = [sorted((r.member, r.kind, r.author, r.seq) for r in replica.receipts()) for replica in replicas]
+    assert receipts[0] == receipts[1] == receipts[2]

@@ -1,0 +1,225 @@
+"""The replica: documents and the SQLite store together, under trio."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from gigi_crdt import (
+    ConversationKind,
+    ReceiptKind,
+    Replica,
+    SchemaError,
+    StoreInUse,
+    Text,
+    UnknownConversation,
+    open_replica,
+)
+
+HOSTILE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hostile-updates"
+
+
+async def sync(a: Replica, b: Replica, conversation: str) -> None:
+    """Both ways, by state vector: what the sync engine does on connect."""
+    for source, target in ((a, b), (b, a)):
+        try:
+            state: bytes | None = await target.state_vector(conversation)
+        except UnknownConversation:
+            state = None
+        await target.receive(conversation, await source.diff(conversation, state))
+
+
+async def direct(alice: Replica, bob: Replica) -> str:
+    conversation = await alice.create_conversation(ConversationKind.DIRECT, others={bob.peer_id: "bob"})
+    await sync(alice, bob, conversation)
+    return conversation
+
+
+def texts(messages: list) -> list[str | None]:  # type: ignore[type-arg]
+    return [m.content.text if isinstance(m.content, Text) else None for m in messages]
+
+
+async def test_messages_survive_reopening(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        conversation = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
+        for i in range(5):
+            await alice.send(conversation, Text(f"m{i}"))
+        peer_id = alice.peer_id
+    async with open_replica(tmp_path / "a", nickname="alice") as again:
+        assert again.peer_id == peer_id
+        # Served from the index: no document is loaded for this.
+        assert texts(await again.history(conversation)) == [f"m{i}" for i in range(5)]
+        assert again._conversations == {}
+        assert texts(await again.export(conversation)) == [f"m{i}" for i in range(5)]
+        await again.send(conversation, Text("after reopening"))
+        assert texts(await again.history(conversation, limit=2)) == ["m4", "after reopening"]
+
+
+async def test_offline_peer_catches_up_in_order_and_receipts_flow_back(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+    ):
+        conversation = await direct(alice, bob)
+        sent = [await alice.send(conversation, Text(f"offline {i}")) for i in range(1000)]
+        assert await bob.unread_count(conversation) == 0
+        await sync(alice, bob, conversation)
+        history = await bob.history(conversation, limit=2000)
+        assert [m.id for m in history] == sent
+        assert await bob.unread_count(conversation) == 1000
+        last = history[-1]
+        assert (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED] == [bob.peer_id]
+        assert (await alice.receipts(conversation, last))[ReceiptKind.READ] == []
+        await bob.mark_read(conversation, history[499].id)
+        assert await bob.unread_count(conversation) == 500
+        await sync(alice, bob, conversation)
+        assert (await alice.receipts(conversation, history[499]))[ReceiptKind.READ] == [bob.peer_id]
+        assert (await alice.receipts(conversation, history[500]))[ReceiptKind.READ] == []
+
+
+async def test_paging_search_edit_delete_react_through_the_index(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+    ):
+        conversation = await direct(alice, bob)
+        ids = [
+            await alice.send(conversation, Text(f"note {i} about kayaks" if i % 10 == 0 else f"n{i}"))
+            for i in range(60)
+        ]
+        await alice.edit(conversation, ids[10], Text("now about canoes"))
+        await alice.delete(conversation, ids[20])
+        await sync(alice, bob, conversation)
+        await bob.react(conversation, ids[0], "🛶")
+        await sync(alice, bob, conversation)
+        for replica in (alice, bob):
+            newest = await replica.history(conversation, limit=25)
+            older = await replica.history(conversation, before=newest[0], limit=50)
+            assert [m.id for m in older + newest] == ids
+            found = await replica.search("kayaks", conversation)
+            assert sorted(m.id for _, m in found) == sorted(ids[i] for i in (0, 30, 40, 50))
+            assert [m.id for _, m in await replica.search("canoes")] == [ids[10]]
+            assert (await replica.history(conversation, limit=60))[20].deleted
+            assert (await replica.history(conversation, limit=60))[0].reactions == {"🛶": frozenset({bob.peer_id})}
+            # The index and the document agree exactly.
+            assert await replica.history(conversation, limit=100) == await replica.export(conversation)
+
+
+async def test_compaction_keeps_history_and_drops_deleted_text(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        conversation = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
+        secret = await alice.send(conversation, Text("the-secret-word"))
+        for i in range(300):
+            await alice.send(conversation, Text(f"m{i}"))
+        await alice.delete(conversation, secret)
+        await alice.compact(conversation)
+        before = await alice.history(conversation, limit=400)
+    database = tmp_path / "a" / "gigi.sqlite3"
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT count(*) FROM yupdates WHERE path = ?", (conversation,)).fetchone()[0] == 1
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")
+    assert b"the-secret-word" not in database.read_bytes()
+    async with open_replica(tmp_path / "a", nickname="alice") as again:
+        assert await again.export(conversation) == before
+        assert await again.history(conversation, limit=400) == before
+
+
+async def test_rebuilt_index_matches_the_original(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+    ):
+        conversation = await direct(alice, bob)
+        for i in range(20):
+            await (alice if i % 3 else bob).send(conversation, Text(f"m{i}"))
+            await sync(alice, bob, conversation)
+        await bob.mark_read(conversation)
+        await sync(alice, bob, conversation)
+        before = (
+            await alice.history(conversation),
+            await alice.unread_count(conversation),
+            await bob.unread_count(conversation),
+        )
+        await alice.rebuild_index(conversation)
+        after = (
+            await alice.history(conversation),
+            await alice.unread_count(conversation),
+            await bob.unread_count(conversation),
+        )
+        assert before == after
+
+
+async def test_retention_purges_old_messages_from_the_index(tmp_path: Path) -> None:
+    day = 24 * 60 * 60 * 1000
+    now = [1_700_000_000_000]
+    async with open_replica(tmp_path / "a", nickname="alice", now_ms=lambda: now[0]) as alice:
+        conversation = await alice.create_conversation(
+            ConversationKind.DIRECT, others={"bob-peer-0002": "bob"}, retention_days=7
+        )
+        await alice.send(conversation, Text("old"))
+        now[0] += 10 * day
+        await alice.send(conversation, Text("recent"))
+        await alice.compact(conversation)
+        assert texts(await alice.history(conversation)) == ["recent"]
+
+
+async def test_a_second_process_gets_store_in_use(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "a", nickname="alice"):
+        with pytest.raises(StoreInUse, match="already in use"):
+            async with open_replica(tmp_path / "a", nickname="alice"):
+                pass
+
+
+async def test_update_for_another_conversation_is_refused(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+    ):
+        conversation = await direct(alice, bob)
+        with pytest.raises(SchemaError):
+            await bob.receive("someOtherConversation", await alice.diff(conversation, None))
+        assert [s.metadata.id for s in await bob.conversations()] == [conversation]
+
+
+@pytest.mark.parametrize("fixture", ["panic-clock-overflow.hex", "hang-string-in-array-root.hex"])
+async def test_hostile_fixture_updates_do_not_crash_or_hang(tmp_path: Path, fixture: str) -> None:
+    updates = [bytes.fromhex(line) for line in (HOSTILE / fixture).read_text().split()]
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+    ):
+        conversation = await direct(alice, bob)
+        await alice.send(conversation, Text("before"))
+        await sync(alice, bob, conversation)
+        with trio.fail_after(10):
+            for update in updates:
+                try:
+                    await bob.receive(conversation, update)
+                except SchemaError:
+                    pass
+            await alice.send(conversation, Text("after"))
+            await sync(alice, bob, conversation)
+            assert texts(await bob.history(conversation)) == ["before", "after"]
+            assert texts(await bob.export(conversation)) == ["before", "after"]
+
+
+async def test_concurrent_senders_all_land_in_order_everywhere(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        conversation = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
+        counter = itertools.count()
+
+        async def sender() -> None:
+            for _ in range(20):
+                await alice.send(conversation, Text(f"m{next(counter)}"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(sender)
+        history = await alice.history(conversation, limit=500)
+        assert sorted(texts(history)) == sorted(f"m{i}" for i in range(200))  # type: ignore[type-var]
+        assert history == await alice.export(conversation)
