@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
@@ -68,12 +68,28 @@ async def open_replica(
             store.set_setting("peer_id", stored_id)
         elif peer_id is not None and peer_id != stored_id:
             raise ValueError(f"{data_dir} belongs to peer {stored_id}, not {peer_id}")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(worker.run)
-            yield Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms))
-            nursery.cancel_scope.cancel()
+        with _single_errors_unwrapped():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(worker.run)
+                yield Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms))
+                nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _single_errors_unwrapped() -> Iterator[None]:
+    """Let an error raised in the caller's block leave as itself, not inside a group.
+
+    The background worker only fails by raising into the block, so a group of one is the
+    caller's own error; ``except StoreCorrupt`` around ``open_replica`` must catch it.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 class Replica:

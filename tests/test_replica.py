@@ -223,3 +223,9 @@ async def test_concurrent_senders_all_land_in_order_everywhere(tmp_path: Path) -
         history = await alice.history(conversation, limit=500)
         assert sorted(texts(history)) == sorted(f"m{i}" for i in range(200))  # type: ignore[type-var]
         assert history == await alice.export(conversation)
+
+
+async def test_errors_inside_the_block_are_not_wrapped_in_a_group(tmp_path: Path) -> None:
+    with pytest.raises(UnknownConversation):
+        async with open_replica(tmp_path / "a", nickname="alice") as alice:
+            await alice.history("noSuchConversation")

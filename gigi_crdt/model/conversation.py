@@ -188,6 +188,10 @@ class Conversation:
 
     def members(self) -> dict[str, Member]:
         """Everyone who is or was a member, by peer id; malformed records are skipped."""
+        return dict(self._member_map())
+
+    def _member_map(self) -> dict[str, Member]:
+        """The cached member map (rebuilt after membership changes); do not mutate."""
         if self._member_cache is None:
             self._member_cache = {}
             for peer_id, raw in self._members.items():
@@ -195,7 +199,7 @@ class Conversation:
                     self._member_cache[peer_id] = parse_member(peer_id, raw)
                 except SchemaError as exc:
                     log.warning("conversation member %r skipped: %s", peer_id, exc)
-        return dict(self._member_cache)
+        return self._member_cache
 
     def receipts(self) -> list[Receipt]:
         """Every delivered/read counter in the document."""
@@ -248,8 +252,7 @@ class Conversation:
         _apply(self._doc, update)
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes())
-        self.members()  # refresh the cache if membership changed
-        members = self._member_cache or {}
+        members = self._member_map()
         for author, entries in self._take_appended().items():
             if author not in members:
                 log.warning("%d stream entries of non-member %r skipped", len(entries), author)
@@ -463,8 +466,7 @@ class Conversation:
         self._member_cache = None
 
     def _require_member(self) -> None:
-        self.members()
-        member = (self._member_cache or {}).get(self._local_peer)
+        member = self._member_map().get(self._local_peer)
         if member is None or not member.active:
             raise NotAllowed("the local peer is not a member of this conversation")
 

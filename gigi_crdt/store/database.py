@@ -10,6 +10,7 @@ squashing, and commits once per update; see ``docs`` in the README.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -79,8 +80,11 @@ def translated(path: Path) -> Iterator[None]:
 
 def lock_directory(directory: Path) -> IO[bytes]:
     """Take the data directory for this process; ``StoreInUse`` if another one has it."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle = open(os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600), "rb+")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle = open(os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600), "rb+")
+    except OSError as exc:
+        raise _os_error(exc, directory) from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -89,28 +93,65 @@ def lock_directory(directory: Path) -> IO[bytes]:
     return handle
 
 
+def _os_error(exc: OSError, path: Path) -> StorageError:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreReadOnly(f"{path}: cannot write: {exc.strerror}")
+    if exc.errno == errno.ENOSPC:
+        return StoreFull(f"{path}: disk full")
+    return StorageError(f"{path}: {exc.strerror}")
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) and check the database; one connection per thread of use."""
+    """Open and check the database, creating it first if there is none.
+
+    Creation happens under a temporary name that is renamed into place once the schema
+    is committed, so a database file that exists but is empty or schema-less was damaged
+    after the fact (``StoreCorrupt``), never half-created.
+    """
     if not path.exists():
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        _create(path)
     with translated(path):
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            connection.execute("PRAGMA busy_timeout = 0")
-            if connection.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
-                raise StorageError(f"{path}: cannot switch to write-ahead logging")
-            # FULL: a commit that returned is on disk even if the machine loses power.
-            connection.execute("PRAGMA synchronous = FULL")
-            # An empty file is a database whose creation was interrupted: create it again.
-            if connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                connection.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
-                connection.execute(f"PRAGMA user_version = {YSTORE_VERSION}")
-                connection.execute("INSERT INTO gigi_settings VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            _configure(connection, path)
             _check_schema(connection, path)
         except BaseException:
             connection.close()
             raise
     return connection
+
+
+def _configure(connection: sqlite3.Connection, path: Path) -> None:
+    connection.execute("PRAGMA busy_timeout = 0")
+    if connection.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+        raise StorageError(f"{path}: cannot switch to write-ahead logging")
+    # FULL: a commit that returned is on disk even if the machine loses power.
+    connection.execute("PRAGMA synchronous = FULL")
+
+
+def _create(path: Path) -> None:
+    draft = path.with_name(path.name + ".new")
+    for leftover in (draft, draft.with_name(draft.name + "-wal"), draft.with_name(draft.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    try:
+        os.close(os.open(draft, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+    with translated(draft):
+        connection = sqlite3.connect(draft, isolation_level=None)
+        try:
+            connection.executescript(
+                f"PRAGMA user_version = {YSTORE_VERSION}; BEGIN; {_SCHEMA} "
+                f"INSERT INTO gigi_settings VALUES ('schema_version', {SCHEMA_VERSION}); COMMIT;"
+            )
+        finally:
+            connection.close()
+    os.replace(draft, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
 
 
 def _check_schema(connection: sqlite3.Connection, path: Path) -> None:

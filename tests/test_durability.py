@@ -1,0 +1,254 @@
+"""Durability across SIGKILL, and exclusive use of a data directory.
+
+A child process (``tests/sigkill_writer.py``) sends messages in a loop and prints each
+message id once ``send`` has returned. The parent kills it with SIGKILL at a random
+moment, reopens the data directory in-process and checks that every acknowledged message
+is in the index (``history``) and in the CRDT document (``export``), in order, with no
+phantom or duplicate messages.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+
+from gigi_crdt.errors import StoreCorrupt, StoreInUse
+from gigi_crdt.replica import open_replica
+from gigi_crdt.store.database import _SCHEMA, DATABASE_NAME
+
+WRITER = Path(__file__).with_name("sigkill_writer.py")
+PEER_ID = "writer-peer-0001"  # must match sigkill_writer.PEER_ID
+NICKNAME = "writer"
+CHILD_TIMEOUT = 30  # seconds; a guard against a hung child, not synchronisation
+
+
+@dataclass
+class Writer:
+    """A running sigkill_writer child and what it has acknowledged so far."""
+
+    process: trio.Process
+    conversation: str | None = None
+    acked: dict[int, str] = field(default_factory=dict)  # index -> message id
+    _buffer: bytes = b""
+    _eof: bool = False
+
+    async def _line(self) -> str | None:
+        while b"\n" not in self._buffer:
+            if self._eof:
+                return None
+            assert self.process.stdout is not None
+            chunk = await self.process.stdout.receive_some(65536)
+            if not chunk:
+                self._eof = True
+                continue
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def _record(self, line: str) -> None:
+        kind, *rest = line.split()
+        if kind == "conv":
+            self.conversation = rest[0]
+        else:
+            assert kind == "sent", line
+            self.acked[int(rest[0])] = rest[1]
+
+    async def read_until(self, predicate) -> None:  # type: ignore[no-untyped-def]
+        while not predicate():
+            line = await self._line()
+            assert line is not None, f"writer exited early with {await self.process.wait()}"
+            self._record(line)
+
+    async def kill_and_drain(self) -> None:
+        """SIGKILL the child, then take every line it managed to print before dying."""
+        self.process.send_signal(signal.SIGKILL)
+        while (line := await self._line()) is not None:
+            self._record(line)
+        assert await self.process.wait() == -signal.SIGKILL
+
+
+async def start_writer(data_dir: Path, conversation: str | None, start: int) -> Writer:
+    # stderr is inherited: pytest's fd capture shows a crashing child's traceback.
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(WRITER), str(data_dir), conversation or "new", str(start)],
+        stdout=subprocess.PIPE,
+    )
+    return Writer(process, conversation)
+
+
+async def check_store(data_dir: Path, conversation: str, acked: dict[int, str], most: int) -> list[str]:
+    """Assert the acknowledged messages are all stored, in order; return the stored ids.
+
+    ``most`` bounds how many messages may be stored at all (acknowledged ones plus at most
+    one per kill that landed between a commit and its print).
+    """
+    async with open_replica(data_dir, nickname=NICKNAME, peer_id=PEER_ID) as replica:
+        history = await replica.history(conversation, limit=1_000_000)
+        exported = await replica.export(conversation)
+    for name, messages in (("history", history), ("export", exported)):
+        texts = [m.content.text for m in messages]  # type: ignore[union-attr]
+        # Contiguous m0..mN in order: nothing lost, duplicated, reordered or invented.
+        assert texts == [f"m{i}" for i in range(len(texts))], f"{name}: {texts}"
+        ids = [m.id for m in messages]
+        for index, message_id in acked.items():
+            assert index < len(ids), f"{name}: acknowledged message m{index} ({message_id}) lost after SIGKILL"
+            assert ids[index] == message_id, f"{name}: m{index} is {ids[index]}, child reported {message_id}"
+        assert all(m.author == PEER_ID for m in messages)
+        assert len(messages) <= most, f"{name}: {len(messages)} stored, at most {most} were sent"
+        timestamps = [m.timestamp for m in messages]
+        assert timestamps == sorted(timestamps)
+    assert [m.id for m in history] == [m.id for m in exported]
+    return [m.id for m in history]
+
+
+async def run_kill_loop(tmp_path: Path, iterations: int, seed: int) -> None:
+    rng = random.Random(seed)
+    data_dir = tmp_path / "data"
+    conversation: str | None = None
+    acked: dict[int, str] = {}
+    kill_points = []
+    stored: list[str] = []
+    with trio.fail_after(CHILD_TIMEOUT * iterations):
+        for _ in range(iterations):
+            start = len(stored)
+            writer = await start_writer(data_dir, conversation, start)
+            # Vary where the kill lands: right after creation/open, or after a random
+            # number of acknowledged sends (the child is then inside the next send).
+            kill_after = rng.choice([0, rng.randint(1, 5), rng.randint(1, 40)])
+            kill_points.append(kill_after)
+            target = start + kill_after
+            await writer.read_until(
+                lambda w=writer, t=target, s=start: w.conversation is not None and (t == s or t - 1 in w.acked)
+            )
+            await writer.kill_and_drain()
+            assert sorted(writer.acked) == list(range(start, start + len(writer.acked)))
+            conversation = writer.conversation
+            acked.update(writer.acked)
+            assert conversation is not None
+            # Reopen after every kill: each crash must leave a store that opens and is complete.
+            stored = await check_store(data_dir, conversation, acked, most=start + len(writer.acked) + 1)
+    assert len(set(kill_points)) > 1, "the kill moment should vary across iterations"
+    assert len(stored) >= len(acked) > 0
+
+
+ITERATIONS = int(os.environ.get("GIGI_DURABILITY_ITERATIONS", "10"))
+
+
+async def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
+    await run_kill_loop(tmp_path, ITERATIONS, seed=20240601)
+
+
+@pytest.mark.slow  # deselected unless --run-slow (tests/conftest.py)
+async def test_acknowledged_messages_survive_many_sigkills(tmp_path: Path) -> None:
+    await run_kill_loop(tmp_path, 100, seed=7)
+
+
+# -- one process per data directory ------------------------------------------------------
+
+
+async def test_second_open_in_same_process_is_store_in_use(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    async with open_replica(data_dir, nickname="first") as first:
+        with pytest.raises(StoreInUse, match=re.escape(str(data_dir)) + ".*already in use"):
+            async with open_replica(data_dir, nickname="second"):
+                pytest.fail("a second replica opened a directory that is in use")
+        # The failed attempt must not have released or broken the first one's lock.
+        with pytest.raises(StoreInUse):
+            async with open_replica(data_dir, nickname="third"):
+                pass
+        assert await first.conversations() == []
+    # Closing releases the directory.
+    async with open_replica(data_dir, nickname="again") as again:
+        assert again.peer_id == first.peer_id
+
+
+_OPEN_IN_CHILD = """
+import sys, trio
+from gigi_crdt.replica import open_replica
+async def main():
+    async with open_replica(sys.argv[1], nickname="child"):
+        print("opened", flush=True)
+try:
+    trio.run(main)
+except Exception as exc:
+    print(type(exc).__name__, exc, flush=True)
+    sys.exit(3)
+"""
+
+
+def open_in_child(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _OPEN_IN_CHILD, str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+
+
+async def test_other_process_gets_store_in_use(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    async with open_replica(data_dir, nickname="parent"):
+        result = await trio.to_thread.run_sync(open_in_child, data_dir)
+        assert result.returncode == 3, result
+        assert result.stdout.startswith("StoreInUse "), result
+        assert str(data_dir) in result.stdout
+        assert "already in use" in result.stdout
+    result = await trio.to_thread.run_sync(open_in_child, data_dir)
+    assert (result.returncode, result.stdout) == (0, "opened\n"), result
+
+
+async def test_lock_held_by_child_then_released_by_sigkill(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with trio.fail_after(CHILD_TIMEOUT):
+        writer = await start_writer(data_dir, None, 0)
+        await writer.read_until(lambda: 0 in writer.acked)
+        with pytest.raises(StoreInUse, match=re.escape(str(data_dir))):
+            async with open_replica(data_dir, nickname=NICKNAME, peer_id=PEER_ID):
+                pass
+        await writer.kill_and_drain()
+    # The kernel drops the dead child's flock: no stale lock file blocks the next open.
+    assert writer.conversation is not None
+    await check_store(data_dir, writer.conversation, writer.acked, most=len(writer.acked) + 1)
+
+
+# -- interrupted creation ---------------------------------------------------------------
+
+
+async def test_database_whose_creation_was_interrupted_can_be_opened(tmp_path: Path) -> None:
+    """A kill during the very first open must not leave a directory that never opens again.
+
+    The database is created under a draft name and renamed into place once its schema is
+    committed, so an interrupted creation leaves only a draft (half-written here: schema
+    but no version) and no database; the next open starts over.
+    """
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    raw = sqlite3.connect(data_dir / (DATABASE_NAME + ".new"), isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+    raw.close()
+    async with open_replica(data_dir, nickname="me") as replica:
+        assert await replica.conversations() == []
+    assert not (data_dir / (DATABASE_NAME + ".new")).exists()
+
+
+async def test_schema_less_database_in_place_is_corrupt_not_recreated(tmp_path: Path) -> None:
+    """A database file that exists but lacks our schema version was damaged after creation."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    raw = sqlite3.connect(data_dir / DATABASE_NAME, isolation_level=None)
+    raw.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+    raw.close()
+    with pytest.raises(StoreCorrupt, match="not a gigi-crdt database"):
+        async with open_replica(data_dir, nickname="me"):
+            pass
