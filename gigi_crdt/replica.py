@@ -246,12 +246,11 @@ class Replica:
 
     async def compact(self, conversation: str) -> None:
         """Fold a conversation's update log into one snapshot and apply its retention."""
-        doc = await self._document(conversation)
-        meta = doc.metadata()
+        meta = await self.metadata(conversation)
         if meta.retention_days is not None:
             cutoff = (self._clock.tick() // TICKS_PER_MS - meta.retention_days * DAY_MS) * TICKS_PER_MS
             await self._worker.write(self._store.purge_expired, conversation, cutoff)
-        await self._worker.write(self._store.compact, conversation, doc.diff(), doc.state_vector())
+        await self._worker.compact(conversation)
 
     async def rebuild_index(self, conversation: str) -> None:
         """Recreate a conversation's index rows from its document."""
@@ -297,7 +296,7 @@ class Replica:
         if self._unchecked_bytes[conv] >= MIN_COMPACTION_BYTES:
             self._unchecked_bytes[conv] = 0
             if await self._worker.read(self._store.needs_compaction, conv):
-                await self._worker.write(self._store.compact, conv, doc.diff(), doc.state_vector())
+                self._worker.request_compaction(conv)
 
     async def _read(self, function: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         return await self._worker.read(self._store.query, lambda db: function(db, *args))

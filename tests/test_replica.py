@@ -229,3 +229,23 @@ async def test_errors_inside_the_block_are_not_wrapped_in_a_group(tmp_path: Path
     with pytest.raises(UnknownConversation):
         async with open_replica(tmp_path / "a", nickname="alice") as alice:
             await alice.history("noSuchConversation")
+
+
+async def test_compaction_keeps_updates_still_waiting_for_a_dependency(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+    ):
+        conversation = await direct(alice, bob)
+        before = await alice.state_vector(conversation)
+        await alice.send(conversation, Text("first"))
+        middle = await alice.state_vector(conversation)
+        await alice.send(conversation, Text("second"))
+        first = await alice.diff(conversation, before)
+        second_only = await alice.diff(conversation, middle)
+        await bob.receive(conversation, second_only)  # cannot integrate yet: "first" is missing
+        await bob.compact(conversation)
+    async with open_replica(tmp_path / "b", nickname="bob") as bob:
+        await bob.receive(conversation, first)
+        assert texts(await bob.export(conversation)) == ["first", "second"]
+        assert texts(await bob.history(conversation)) == ["first", "second"]

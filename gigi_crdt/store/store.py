@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
 
-from pycrdt import get_state, get_update, merge_updates
-
 from ..errors import StoreClosed, UnknownConversation
 from ..model import Changes, Member, Metadata
 from . import index
@@ -98,25 +96,31 @@ class Store:
             )
         index.record_changes(db, record.conversation, record.changes)
 
-    def compact(self, conversation: str, doc_update: bytes, doc_state: bytes) -> None:
-        """Replace a conversation's log by one snapshot.
+    def committed_log(self, conversation: str) -> tuple[int, list[bytes]]:
+        """The last row id and every committed update of a conversation (for compaction)."""
+        db = self._connection(self._reader)
+        with translated(self.path):
+            db.execute("BEGIN")  # one consistent snapshot of the log
+            try:
+                (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM yupdates").fetchone()
+                updates = self._log(db, conversation)
+            finally:
+                db.execute("COMMIT")
+        return int(last), updates
 
-        ``doc_update``/``doc_state`` come from the in-memory document, whose snapshot has
-        deleted content garbage-collected (a deleted message's text leaves the disk). Any
-        stored update the document could not integrate yet (missing dependencies) is kept
-        by merging in what the log holds beyond ``doc_state``.
-        """
+    def replace_log(self, conversation: str, upto_row: int, snapshot: bytes) -> None:
+        """Swap the log rows up to ``upto_row`` for ``snapshot``; later rows stay as they are."""
         with self._transaction() as db:
-            logged = self._log(db, conversation)
-            snapshot = doc_update
-            if logged and get_state(merge_updates(*logged)) != doc_state:
-                snapshot = merge_updates(doc_update, get_update(merge_updates(*logged), doc_state))
-            db.execute("DELETE FROM yupdates WHERE path = ?", (conversation,))
+            db.execute("DELETE FROM yupdates WHERE path = ? AND rowid <= ?", (conversation, upto_row))
             db.execute("DELETE FROM ycheckpoints WHERE path = ?", (conversation,))
             db.execute("INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (conversation, snapshot, time.time()))
+            (remaining,) = db.execute(
+                "SELECT coalesce(sum(length(yupdate)), 0) FROM yupdates WHERE path = ? AND rowid > ?",
+                (conversation, upto_row),
+            ).fetchone()
             db.execute(
-                "UPDATE conversations SET log_bytes = 0, snapshot_bytes = ? WHERE id = ?",
-                (len(snapshot), conversation),
+                "UPDATE conversations SET log_bytes = ?, snapshot_bytes = ? WHERE id = ?",
+                (remaining, len(snapshot), conversation),
             )
 
     def purge_expired(self, conversation: str, before_ts: int) -> int:

@@ -7,6 +7,7 @@ senders the cost of an fsync is shared, with one sender it is paid at once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -14,7 +15,10 @@ from typing import TypeVar
 import trio
 
 from ..errors import GigiError, StoreClosed
+from .compaction import build_snapshot
 from .store import Record, Store
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -39,10 +43,17 @@ class StoreWorker:
         self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
         self._write_thread = trio.CapacityLimiter(1)
         self._read_thread = trio.CapacityLimiter(1)
+        self._compaction_wanted: set[str] = set()
+        self._compaction_wake = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Commit queued records until cancelled."""
-        task_status.started()
+        """Commit queued records and compact logs in the background, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._compact_requested)
+            task_status.started()
+            await self._commit_queued()
+
+    async def _commit_queued(self) -> None:
         async with self._receive:
             async for first in self._receive:
                 batch = [first]
@@ -84,3 +95,34 @@ class StoreWorker:
     async def read(self, function: Callable[..., T], *args: object) -> T:
         """Run a reading ``Store`` method in the reader thread (never waits for an fsync)."""
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_thread)
+
+    # -- compaction ------------------------------------------------------------------
+
+    def request_compaction(self, conversation: str) -> None:
+        """Ask for a conversation's log to be compacted soon; never blocks the caller."""
+        self._compaction_wanted.add(conversation)
+        self._compaction_wake.set()
+
+    async def compact(self, conversation: str) -> None:
+        """Fold everything committed so far for ``conversation`` into one snapshot.
+
+        Only the final swap runs in the writer thread; reading the log and building the
+        snapshot happen beside it, so senders do not wait for a compaction.
+        """
+        upto, updates = await self.read(self.store.committed_log, conversation)
+        if len(updates) > 1:
+            snapshot = await trio.to_thread.run_sync(build_snapshot, updates)
+            await self.write(self.store.replace_log, conversation, upto, snapshot)
+
+    async def _compact_requested(self) -> None:
+        while True:
+            await self._compaction_wake.wait()
+            self._compaction_wake = trio.Event()
+            while self._compaction_wanted:
+                conversation = self._compaction_wanted.pop()
+                try:
+                    await self.compact(conversation)
+                except GigiError:
+                    # Compaction is an optimisation: the log stays complete and valid
+                    # without it, and the next write failure will surface to a caller.
+                    log.exception("compacting %s failed; its log is left as it is", conversation)
