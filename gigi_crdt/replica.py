@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar, TypeVarTuple
+from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 
@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 DAY_MS = 24 * 60 * 60 * 1000
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+class UpdateListener(Protocol):
+    """Something that must hear of each stored update without ever blocking the writer."""
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        """Take note of ``update``; ``origin`` is the peer it came from, ``None`` if local."""
 
 
 def _wall_ms() -> int:
@@ -104,6 +111,7 @@ class Replica:
         self._conversations: dict[str, Conversation] = {}
         self._loading = trio.Lock()
         self._unchecked_bytes: dict[str, int] = {}
+        self._listeners: list[UpdateListener] = []
 
     # -- conversations -------------------------------------------------------------
 
@@ -219,16 +227,18 @@ class Replica:
         """What a peer with ``state_vector`` lacks (sync step 2)."""
         return (await self._document(conversation)).diff(state_vector)
 
-    async def receive(self, conversation: str, update: bytes) -> Changes:
-        """Merge and persist an update from a peer, then acknowledge it as delivered.
+    async def receive(self, conversation: str, update: bytes, origin: str | None = None) -> Changes:
+        """Merge and persist an update from peer ``origin``, then acknowledge it as delivered.
 
-        A conversation seen for the first time is created from the update.
+        A conversation seen for the first time is created from the update. Listeners
+        hear of the update (to pass it on) only if it brought something new.
         """
         try:
             doc = await self._document(conversation)
         except UnknownConversation:
             doc = Conversation.from_updates([], self.peer_id, self._clock)
             self._conversations[conversation] = doc
+        before = doc.state_vector()
         try:
             changes = doc.apply_remote(update)
             if doc.metadata().id != conversation:
@@ -236,11 +246,34 @@ class Replica:
         except BaseException:
             self._conversations.pop(conversation, None)  # reload what is on disk next time
             raise
-        await self._persist(doc, Written(update, changes), conversation)
+        news = bool(changes) or doc.state_vector() != before
+        await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "")
         delivered = {e.author: doc.stream_length(e.author) - 1 for e in changes.entries if e.author != self.peer_id}
         if delivered:
             await self._persist(doc, doc.mark(ReceiptKind.DELIVERED, delivered))
         return changes
+
+    async def shared_conversations(self, peer_id: str) -> list[str]:
+        """Conversations that list ``peer_id`` as a current member."""
+        return await self._read(index.conversations_of, peer_id)
+
+    async def is_member(self, conversation: str, peer_id: str) -> bool:
+        """True if ``peer_id`` is a current member of ``conversation``."""
+        member = (await self.members(conversation)).get(peer_id)
+        return member is not None and member.active
+
+    def loaded_members(self, conversation: str) -> dict[str, Member] | None:
+        """Members from the document if it is in memory (no I/O), else ``None``."""
+        doc = self._conversations.get(conversation)
+        return None if doc is None else doc.members()
+
+    def add_listener(self, listener: UpdateListener) -> None:
+        """Hear of every update once it is on disk (the sync engine fans them out)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: UpdateListener) -> None:
+        """Stop hearing of updates."""
+        self._listeners.remove(listener)
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -278,7 +311,10 @@ class Replica:
                 self._conversations[conversation] = doc
         return doc
 
-    async def _persist(self, doc: Conversation, written: Written, conversation: str | None = None) -> None:
+    async def _persist(
+        self, doc: Conversation, written: Written, conversation: str | None = None, origin: str | None = None
+    ) -> None:
+        """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None: local)."""
         if not written.update and not written.changes:
             return
         conv = conversation or doc.id
@@ -292,6 +328,9 @@ class Replica:
             # The document already holds the change; drop it so memory never runs ahead of disk.
             self._conversations.pop(conv, None)
             raise
+        if written.update:
+            for listener in self._listeners:
+                listener.offer(conv, written.update, origin or None)
         self._unchecked_bytes[conv] = self._unchecked_bytes.get(conv, 0) + len(written.update)
         if self._unchecked_bytes[conv] >= MIN_COMPACTION_BYTES:
             self._unchecked_bytes[conv] = 0

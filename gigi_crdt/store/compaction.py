@@ -6,6 +6,7 @@ Pure functions over update bytes, run in a worker thread away from the writer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pycrdt import Doc, get_update, merge_updates
 
@@ -33,7 +34,7 @@ def build_snapshot(updates: Sequence[bytes]) -> bytes:
     dependency; those are added back from the merged log, so a later update that
     supplies the dependency still finds them.
     """
-    doc: Doc[object] = Doc()
+    doc: Doc[Any] = Doc()
     for update in updates:
         doc.apply_update(update)
     waiting = get_update(merge_all(updates), doc.get_state())

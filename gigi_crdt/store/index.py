@@ -218,6 +218,12 @@ def members(db: sqlite3.Connection, conv: str) -> dict[str, Member]:
     return {r[0]: Member(r[0], r[1], Role(r[2]), r[3], r[4]) for r in rows}
 
 
+def conversations_of(db: sqlite3.Connection, peer: str) -> list[str]:
+    """Conversations that list ``peer`` as a current member."""
+    rows = db.execute("SELECT conv FROM members WHERE peer = ? AND left_at IS NULL ORDER BY conv", (peer,))
+    return [row[0] for row in rows]
+
+
 def conversation_ids(db: sqlite3.Connection) -> list[str]:
     """Every conversation in the index."""
     return [row[0] for row in db.execute("SELECT id FROM conversations ORDER BY created_at")]

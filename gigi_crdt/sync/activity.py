@@ -1,0 +1,130 @@
+"""What applications observe: the events of ``SyncEngine.events()``, as frozen values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from ..model import Changes, Content, Message, Receipt
+from ..model.ops import Deleted, Edited, Posted, Reacted
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A message arrived live."""
+
+    conversation: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineMessagesReceived:
+    """Messages written while we were apart arrived in one catch-up, in display order."""
+
+    conversation: str
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEdited:
+    """A message's author replaced its content."""
+
+    conversation: str
+    message_id: str
+    content: Content
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDeleted:
+    """A message's author deleted it."""
+
+    conversation: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionChanged:
+    """``reactor`` added (``on``) or withdrew a reaction."""
+
+    conversation: str
+    message_id: str
+    reactor: str
+    emoji: str
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptUpdated:
+    """A member delivered or read further into an author's messages."""
+
+    conversation: str
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOnline:
+    """A link to a peer is up and handshaken."""
+
+    peer_id: str
+    nickname: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOffline:
+    """The link to a peer ended."""
+
+    peer_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncProgress:
+    """Catch-up with a peer: ``done`` of ``total`` shared conversations are in sync."""
+
+    peer_id: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventsDropped:
+    """The application fell behind and ``count`` events were not kept; re-read the state."""
+
+    count: int
+
+
+Activity: TypeAlias = (
+    MessageReceived
+    | OfflineMessagesReceived
+    | MessageEdited
+    | MessageDeleted
+    | ReactionChanged
+    | ReceiptUpdated
+    | PeerOnline
+    | PeerOffline
+    | SyncProgress
+    | EventsDropped
+)
+
+
+def describe_changes(conversation: str, changes: Changes, *, catch_up: bool) -> list[Activity]:
+    """The events an application should see for ``changes`` received from a peer."""
+    posted: list[Message] = []
+    events: list[Activity] = []
+    for entry in changes.entries:
+        op = entry.op
+        if isinstance(op, Posted):
+            posted.append(Message(op.id, entry.author, op.nickname, op.timestamp, entry.seq, op.content))
+        elif isinstance(op, Edited):
+            events.append(MessageEdited(conversation, op.target, op.content))
+        elif isinstance(op, Deleted):
+            events.append(MessageDeleted(conversation, op.target))
+        elif isinstance(op, Reacted):
+            events.append(ReactionChanged(conversation, op.target, entry.author, op.emoji, op.on))
+    posted.sort(key=lambda message: message.sort_key)
+    if catch_up and posted:
+        head: list[Activity] = [OfflineMessagesReceived(conversation, tuple(posted))]
+    else:
+        head = [MessageReceived(conversation, message) for message in posted]
+    receipts: list[Activity] = [ReceiptUpdated(conversation, receipt) for receipt in changes.receipts]
+    return head + events + receipts

@@ -1,0 +1,319 @@
+"""The sync engine: links to peers, fan-out of local updates, catch-up and anti-entropy.
+
+``SyncEngine.run_link(stream)`` runs one peer link over any trio stream (TCP, TLS, memory)
+until it ends, and never raises for anything the peer does. Updates the replica stores are
+offered to every linked member of their conversation except the peer they came from.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import GigiError
+from ..protocol import (
+    Announce,
+    Awareness,
+    Close,
+    CloseCode,
+    Connection,
+    Event,
+    Hello,
+    Limits,
+    Ping,
+    Pong,
+    RemoteProtocolError,
+    SyncStep1,
+    SyncStep2,
+    Update,
+)
+from ..replica import Replica
+from .activity import Activity, EventsDropped, PeerOffline, PeerOnline, SyncProgress, describe_changes
+from .link import EMPTY_STATE_VECTOR, LinkSettings, PeerLink, read_events
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 5.0
+EMPTY_UPDATE = b"\x00\x00"  # a Yjs v1 update with no structs and no deletions
+EVENT_BUFFER = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOutcome:
+    """How a link ended: why, and with whom (``None`` if the peer never said hello)."""
+
+    reason: str
+    peer_id: str | None
+
+
+@dataclass(slots=True)
+class _Session:
+    """What one link knows about its peer while it runs."""
+
+    link: PeerLink
+    nursery: trio.Nursery
+    handshake: trio.CancelScope
+    expected_peer: str | None
+    fetching: set[str] = field(default_factory=set)
+    catching_up: set[str] = field(default_factory=set)
+    catch_up_total: int = 0
+    registered: bool = False
+
+
+class SyncEngine:
+    """Keeps a replica's conversations in sync with every peer linked to it."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        *,
+        settings: LinkSettings | None = None,
+        limits: Limits | None = None,
+        awareness_client_id: int = 0,
+        event_buffer: int = EVENT_BUFFER,
+    ) -> None:
+        self.replica = replica
+        self.settings = settings or LinkSettings()
+        self.limits = limits or Limits()
+        self._awareness_client_id = awareness_client_id
+        self._links: dict[str, PeerLink] = {}
+        self._presence: dict[tuple[str, str], Awareness] = {}
+        self._events_send, self._events_receive = trio.open_memory_channel[Activity](event_buffer)
+        self._dropped = 0
+        self._nonces = itertools.count(1)
+
+    # -- the application's view ------------------------------------------------------
+
+    def events(self) -> trio.MemoryReceiveChannel[Activity]:
+        """The engine's events, for one consumer: ``async for event in engine.events()``."""
+        return self._events_receive
+
+    @property
+    def online_peers(self) -> dict[str, str]:
+        """Linked peers: peer id -> nickname."""
+        return {peer: link.peer.nickname for peer, link in self._links.items() if link.peer is not None}
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        """Pass a stored update on to every linked member but its origin (``UpdateListener``).
+
+        A linked peer that has just become a member (a new conversation, an invitation)
+        is told about the conversation instead, and fetches all of it.
+        """
+        members = None
+        for peer_id, link in self._links.items():
+            if peer_id == origin:
+                continue
+            if conversation in link.shared:
+                link.offer_update(conversation, update)
+                continue
+            if members is None:
+                members = self.replica.loaded_members(conversation) or {}
+            member = members.get(peer_id)
+            if member is not None and member.active:
+                link.shared.add(conversation)
+                link.offer(Announce((conversation,)))
+
+    # -- links -----------------------------------------------------------------------
+
+    async def run_link(self, stream: trio.abc.Stream, *, expected_peer: str | None = None) -> LinkOutcome:
+        """Sync with the peer at the other end of ``stream`` until the link ends.
+
+        With ``expected_peer`` the link is refused unless the peer says it is that peer.
+        Nothing the peer does makes this raise.
+        """
+        link = PeerLink(Connection(self.limits), self.settings)
+        reason = "cancelled"
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, link, stream, nursery.cancel_scope)
+                link.offer(Hello(self.replica.peer_id, self.replica.nickname, self._awareness_client_id))
+                handshake = trio.CancelScope(deadline=trio.current_time() + self.settings.handshake_timeout)
+                session = _Session(link, nursery, handshake, expected_peer)
+                reason = await self._read(stream, session)
+                log.info("link to %s ended: %s", self._name(link), reason)
+                link.close()
+                nursery.cancel_scope.deadline = trio.current_time() + FLUSH_SECONDS
+        finally:
+            self._unregister(link, reason)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+        return LinkOutcome(reason, link.peer.peer_id if link.peer else None)
+
+    async def _read(self, stream: trio.abc.Stream, session: _Session) -> str:
+        link = session.link
+
+        async def handle(event: Event) -> None:
+            await self._handle(session, event)
+
+        try:
+            with session.handshake:
+                return await read_events(stream, link.connection, handle, self.settings.idle_timeout)
+            return self._refuse(link, CloseCode.TIMEOUT, "no handshake in time")
+        except RemoteProtocolError as exc:
+            return self._refuse(link, exc.code, exc.reason)
+        except GigiError as exc:
+            # Our side failed to apply or store what the peer sent (e.g. a schema error in an
+            # update): end this link only; the data it carried was not stored.
+            return self._refuse(link, CloseCode.INTERNAL_ERROR, str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            return f"connection lost: {exc or type(exc).__name__}"
+
+    def _refuse(self, link: PeerLink, code: CloseCode, reason: str) -> str:
+        log.warning("closing link to %s: %s (%s)", self._name(link), reason, code.name)
+        link.offer(Close(code, reason[:200]))
+        return reason
+
+    async def _write(self, link: PeerLink, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        try:
+            await link.write_queued(stream, self.replica.diff)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()  # the peer is gone: stop reading too
+
+    # -- handling what the peer says -----------------------------------------------------
+
+    async def _handle(self, session: _Session, event: Event) -> None:
+        link = session.link
+        if isinstance(event, Hello):
+            await self._on_hello(session, event)
+        elif isinstance(event, Announce):
+            await self._on_announce(session, event)
+        elif isinstance(event, SyncStep1):
+            await self._on_step1(session, event)
+        elif isinstance(event, SyncStep2 | Update):
+            await self._on_update(session, event)
+        elif isinstance(event, Awareness):
+            if event.conversation in link.shared and link.peer is not None:
+                self._presence[(event.conversation, link.peer.peer_id)] = event
+        elif isinstance(event, Ping):
+            link.offer(Pong(event.nonce))
+
+    async def _on_hello(self, session: _Session, hello: Hello) -> None:
+        link = session.link
+        session.handshake.deadline = math.inf
+        if hello.peer_id == self.replica.peer_id:
+            raise RemoteProtocolError("connected to ourselves", CloseCode.FORBIDDEN)
+        if session.expected_peer is not None and hello.peer_id != session.expected_peer:
+            raise RemoteProtocolError(
+                f"expected peer {session.expected_peer}, got {hello.peer_id}", CloseCode.FORBIDDEN
+            )
+        if hello.peer_id in self._links:
+            raise RemoteProtocolError("already linked to this peer", CloseCode.GOING_AWAY)
+        link.peer = hello
+        self._links[hello.peer_id] = link
+        session.registered = True
+        self._publish(PeerOnline(hello.peer_id, hello.nickname))
+        shared = await self.replica.shared_conversations(hello.peer_id)
+        link.shared.update(shared)
+        session.catching_up = set(shared)
+        session.catch_up_total = len(shared)
+        link.offer(Announce(tuple(shared)))
+        for conversation in shared:
+            link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+        session.nursery.start_soon(self._keep_alive, link)
+        session.nursery.start_soon(self._repair_periodically, link)
+
+    async def _on_announce(self, session: _Session, announce: Announce) -> None:
+        link = session.link
+        known = {summary.metadata.id for summary in await self.replica.conversations()}
+        for conversation in announce.conversations:
+            if conversation in link.shared or conversation in session.fetching:
+                continue
+            if conversation not in known:
+                # New to us (we were added elsewhere): ask for all of it.
+                session.fetching.add(conversation)
+                session.catching_up.add(conversation)
+                session.catch_up_total += 1
+                link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
+            elif await self._may_share(link, conversation):
+                link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+
+    async def _on_step1(self, session: _Session, step: SyncStep1) -> None:
+        link = session.link
+        if step.conversation in session.fetching:
+            # We are fetching it from this peer and hold nothing of it yet.
+            link.offer(SyncStep2(step.conversation, EMPTY_UPDATE))
+            return
+        if not await self._may_share(link, step.conversation):
+            log.info("%s asked for %s, which we do not share with it", self._name(link), step.conversation)
+            return
+        link.peer_state[step.conversation] = step.state_vector
+        update = await self.replica.diff(step.conversation, step.state_vector)
+        if not link.offer(SyncStep2(step.conversation, update)):
+            link.mark_resync(step.conversation)
+
+    async def _on_update(self, session: _Session, event: SyncStep2 | Update) -> None:
+        link = session.link
+        assert link.peer is not None  # the state machine allows no update before Hello
+        conversation = event.conversation
+        fetched = conversation in session.fetching
+        if fetched and isinstance(event, Update):
+            return  # the step 2 we asked for is still coming, and holds this update too
+        if not fetched and conversation not in link.shared:
+            log.info("%s sent an update for %s; ignored (not shared)", self._name(link), conversation)
+            return
+        changes = await self.replica.receive(conversation, event.update, origin=link.peer.peer_id)
+        if fetched:
+            session.fetching.discard(conversation)
+            if await self.replica.is_member(conversation, link.peer.peer_id):
+                link.shared.add(conversation)
+        catch_up = isinstance(event, SyncStep2)
+        for activity in describe_changes(conversation, changes, catch_up=catch_up):
+            self._publish(activity)
+        if catch_up and conversation in session.catching_up:
+            session.catching_up.discard(conversation)
+            done = session.catch_up_total - len(session.catching_up)
+            self._publish(SyncProgress(link.peer.peer_id, done, session.catch_up_total))
+
+    async def _may_share(self, link: PeerLink, conversation: str) -> bool:
+        if conversation in link.shared:
+            return True
+        if link.peer is not None and await self._is_member(conversation, link.peer.peer_id):
+            link.shared.add(conversation)  # added to the conversation since the link came up
+            return True
+        return False
+
+    async def _is_member(self, conversation: str, peer_id: str) -> bool:
+        try:
+            return await self.replica.is_member(conversation, peer_id)
+        except GigiError:
+            return False
+
+    # -- periodic work -----------------------------------------------------------------
+
+    async def _keep_alive(self, link: PeerLink) -> None:
+        """Ping so that a quiet but healthy peer never hits the idle timeout."""
+        while True:
+            await trio.sleep(self.settings.ping_interval)
+            link.offer(Ping(next(self._nonces)))
+
+    async def _repair_periodically(self, link: PeerLink) -> None:
+        """Anti-entropy: re-announce our state vectors so anything a lost frame dropped is resent."""
+        while True:
+            await trio.sleep(self.settings.anti_entropy_interval)
+            for conversation in sorted(link.shared):
+                link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _unregister(self, link: PeerLink, reason: str) -> None:
+        if link.peer is not None and self._links.get(link.peer.peer_id) is link:
+            del self._links[link.peer.peer_id]
+            self._publish(PeerOffline(link.peer.peer_id, reason))
+
+    def _publish(self, activity: Activity) -> None:
+        """Hand an event to the application; if it has fallen behind, count what is lost."""
+        try:
+            if self._dropped:
+                self._events_send.send_nowait(EventsDropped(self._dropped))
+                self._dropped = 0
+            self._events_send.send_nowait(activity)
+        except trio.WouldBlock:
+            self._dropped += 1
+
+    @staticmethod
+    def _name(link: PeerLink) -> str:
+        return f"{link.peer.nickname} ({link.peer.peer_id})" if link.peer else "an unidentified peer"

@@ -1,0 +1,123 @@
+"""One peer link: a thin trio driver around ``protocol.Connection``.
+
+One reader loop feeds the protocol; one writer task sends everything, in order, from a
+bounded queue. The reader never waits for the queue: a reply that does not fit marks its
+conversation for resync instead, and the writer resends from the peer's last state vector
+once the queue has drained. So a slow or stuck peer costs a bounded amount of memory and
+never holds up anyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..protocol import (
+    Close,
+    CloseCode,
+    Connection,
+    ConnectionClosed,
+    Event,
+    Hello,
+    NeedData,
+    RemoteProtocolError,
+    Update,
+)
+
+log = logging.getLogger(__name__)
+
+EMPTY_STATE_VECTOR = b"\x00"
+RECEIVE_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """Timeouts and bounds of one link (seconds, frames)."""
+
+    handshake_timeout: float = 10.0
+    ping_interval: float = 15.0
+    idle_timeout: float = 45.0
+    anti_entropy_interval: float = 30.0
+    queue_size: int = 256
+
+
+class PeerLink:
+    """The sending side of one link, shared by the engine (fan-out) and the link's own reader."""
+
+    def __init__(self, connection: Connection, settings: LinkSettings) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.peer: Hello | None = None
+        self.shared: set[str] = set()  # conversations this peer may receive
+        self.peer_state: dict[str, bytes] = {}  # last state vector the peer told us
+        self._send, self._receive = trio.open_memory_channel[Event](settings.queue_size)
+        self._resync: set[str] = set()
+        self._wake = trio.Event()
+
+    def offer(self, event: Event) -> bool:
+        """Queue ``event`` without waiting; ``False`` if the queue is full."""
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return True  # the link is ending; nothing more to do
+        self._wake.set()
+        return True
+
+    def offer_update(self, conversation: str, update: bytes) -> None:
+        """Queue a live update, or fall back to a resync if the peer is behind."""
+        if conversation in self._resync or not self.offer(Update(conversation, update)):
+            self.mark_resync(conversation)
+
+    def mark_resync(self, conversation: str) -> None:
+        """Send this conversation's delta from the peer's last state vector once the queue drains."""
+        self._resync.add(conversation)
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop accepting events (the writer ends after what is queued)."""
+        self._send.close()
+
+    async def write_queued(self, stream: trio.abc.Stream, diff: Callable[[str, bytes], Awaitable[bytes]]) -> None:
+        """The writer task: send queued events in order, then pending resyncs; ends after a Close."""
+        while True:
+            try:
+                event = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                if not self._resync:
+                    # No await between the empty check and this wait: no wake-up is lost.
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                conversation = self._resync.pop()
+                state = self.peer_state.get(conversation, EMPTY_STATE_VECTOR)
+                event = Update(conversation, await diff(conversation, state))
+            except trio.EndOfChannel:
+                return
+            await stream.send_all(self.connection.send(event))
+            if isinstance(event, Close):
+                return
+
+
+async def read_events(
+    stream: trio.abc.Stream, connection: Connection, handle: Callable[[Event], Awaitable[None]], idle_timeout: float
+) -> str:
+    """The reader loop: feed bytes to the protocol and hand each event over; returns why it ended."""
+    while True:
+        event = connection.next_event()
+        if isinstance(event, NeedData):
+            with trio.move_on_after(idle_timeout) as idle:
+                data = await stream.receive_some(RECEIVE_CHUNK)
+            if idle.cancelled_caught:
+                raise RemoteProtocolError(f"no traffic for {idle_timeout:g} s", CloseCode.TIMEOUT)
+            connection.receive_data(data)
+            continue
+        if isinstance(event, ConnectionClosed):
+            return "closed by the peer" if event.clean else "the stream ended"
+        await handle(event)
+        if isinstance(event, Close):
+            return f"peer closed: {event.code.name} {event.reason}".rstrip()

@@ -1,0 +1,339 @@
+"""The sync engine end to end: real replicas on SQLite, links over memory streams and TCP."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+
+from gigi_crdt import ConversationKind, Replica, Text, UnknownConversation, open_replica
+from gigi_crdt.protocol import Connection, Hello
+from gigi_crdt.sync import (
+    Activity,
+    LinkSettings,
+    MessageReceived,
+    OfflineMessagesReceived,
+    PeerOffline,
+    PeerOnline,
+    ReceiptUpdated,
+    SyncEngine,
+    SyncProgress,
+    connect_tcp,
+    keep_connected,
+    serve_tcp,
+)
+
+FAST = LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0, anti_entropy_interval=30.0)
+
+
+@dataclass
+class Node:
+    replica: Replica
+    engine: SyncEngine
+
+    @property
+    def peer_id(self) -> str:
+        return self.replica.peer_id
+
+
+@contextlib.asynccontextmanager
+async def nodes(tmp_path: Path, *names: str, settings: LinkSettings = FAST) -> AsyncIterator[list[Node]]:
+    async with contextlib.AsyncExitStack() as stack:
+        result = []
+        for name in names:
+            replica = await stack.enter_async_context(open_replica(tmp_path / name, nickname=name))
+            engine = SyncEngine(replica, settings=settings)
+            replica.add_listener(engine)
+            result.append(Node(replica, engine))
+        yield result
+
+
+def link(nursery: trio.Nursery, a: Node, b: Node) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    left, right = trio.testing.memory_stream_pair()
+    nursery.start_soon(a.engine.run_link, left)
+    nursery.start_soon(b.engine.run_link, right)
+    return left, right
+
+
+async def wait_for(node: Node, done: Callable[[Activity], bool]) -> Activity:
+    async for event in node.engine.events():
+        if done(event):
+            return event
+    raise AssertionError("event stream ended")
+
+
+class StoreWatch:
+    """Wakes a waiting test whenever any watched replica stores an update (no polling sleeps)."""
+
+    def __init__(self) -> None:
+        self._stored = trio.Event()
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        self._stored.set()
+
+    def arm(self) -> trio.Event:
+        self._stored = trio.Event()
+        return self._stored
+
+
+async def until_stored(group: list[Node], check: Callable[[], Awaitable[bool]]) -> None:
+    """Re-check after every stored update until ``check`` holds (20 s at most)."""
+    watch = StoreWatch()
+    for node in group:
+        node.replica.add_listener(watch)
+    try:
+        with trio.fail_after(20):
+            while True:
+                stored = watch.arm()  # armed before checking, so no update slips by
+                if await check():
+                    return
+                await stored.wait()
+    finally:
+        for node in group:
+            node.replica.remove_listener(watch)
+
+
+async def converged(group: list[Node], conversation: str, count: int) -> list[list[str]]:
+    """Wait until every node's index holds ``count`` messages; return their ordered ids."""
+    views: list[list[str]] = []
+
+    async def check() -> bool:
+        views[:] = [await ids(n, conversation, count + 10) for n in group]
+        return all(len(v) == count for v in views)
+
+    await until_stored(group, check)
+    return views
+
+
+async def joined(group: list[Node], conversation: str) -> None:
+    """Wait until every node holds the conversation."""
+
+    async def check() -> bool:
+        for node in group:
+            if not any(s.metadata.id == conversation for s in await node.replica.conversations()):
+                return False
+        return True
+
+    await until_stored(group, check)
+
+
+async def ids(node: Node, conversation: str, limit: int) -> list[str]:
+    try:
+        return [m.id for m in await node.replica.history(conversation, limit=limit)]
+    except UnknownConversation:
+        return []
+
+
+async def group_of(nodes_: list[Node]) -> str:
+    first = nodes_[0]
+    return await first.replica.create_conversation(
+        ConversationKind.GROUP, title="g", others={n.peer_id: n.replica.nickname for n in nodes_[1:]}
+    )
+
+
+async def test_live_message_reaches_peer_and_is_not_echoed(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+        conversation = await group_of([alice, bob])
+        link(nursery, alice, bob)
+        with trio.fail_after(10):
+            await wait_for(bob, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
+            sent = await alice.replica.send(conversation, Text("hello"))
+            event = await wait_for(bob, lambda e: isinstance(e, MessageReceived))
+            assert isinstance(event, MessageReceived)
+            assert event.message.id == sent
+            assert event.message.content == Text("hello")
+            # bob's delivered receipt travels back to alice.
+            receipt = await wait_for(alice, lambda e: isinstance(e, ReceiptUpdated) and e.receipt.member == bob.peer_id)
+            assert isinstance(receipt, ReceiptUpdated)
+        # alice heard nothing of her own message back.
+        assert not any(isinstance(e, MessageReceived) for e in drain(alice))
+        nursery.cancel_scope.cancel()
+
+
+def drain(node: Node) -> list[Activity]:
+    events = []
+    while True:
+        try:
+            events.append(node.engine.events().receive_nowait())
+        except trio.WouldBlock:
+            return events
+
+
+async def test_offline_peer_catches_up_with_one_offline_batch_in_order(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
+        conversation = await group_of([alice, bob])
+        sent = [await alice.replica.send(conversation, Text(f"while you were away {i}")) for i in range(1000)]
+        async with trio.open_nursery() as nursery:
+            link(nursery, alice, bob)
+            with trio.fail_after(20):
+                batch = await wait_for(bob, lambda e: isinstance(e, OfflineMessagesReceived))
+            assert isinstance(batch, OfflineMessagesReceived)
+            assert [m.id for m in batch.messages] == sent
+            assert [m.id for m in await bob.replica.history(conversation, limit=2000)] == sent
+            nursery.cancel_scope.cancel()
+
+
+async def test_reconnect_sends_only_the_delta(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
+        conversation = await group_of([alice, bob])
+        for i in range(2000):
+            await alice.replica.send(conversation, Text(f"message number {i}"))
+        async with trio.open_nursery() as nursery:
+            link(nursery, alice, bob)
+            await converged([alice, bob], conversation, 2000)
+            nursery.cancel_scope.cancel()
+        await alice.replica.send(conversation, Text("one more"))
+        async with trio.open_nursery() as nursery:
+            counted = CountingStream()
+            left, right = trio.testing.memory_stream_pair()
+            counted.inner = left
+            nursery.start_soon(alice.engine.run_link, counted)
+            nursery.start_soon(bob.engine.run_link, right)
+            await converged([alice, bob], conversation, 2001)
+            nursery.cancel_scope.cancel()
+        # Hello, announce, state vectors, one message, receipts: far less than the history.
+        assert counted.sent < 2048, counted.sent
+
+
+class CountingStream(trio.abc.Stream):
+    """Counts what one side sends."""
+
+    inner: trio.abc.Stream
+    sent = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += len(data)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("size", [3, 10])
+async def test_mesh_over_memory_streams_converges(tmp_path: Path, size: int) -> None:
+    names = [f"peer{i}" for i in range(size)]
+    async with nodes(tmp_path, *names) as group, trio.open_nursery() as nursery:
+        conversation = await group_of(group)
+        # A line, not a full mesh: updates must be passed on from peer to peer.
+        for a, b in itertools.pairwise(group):
+            link(nursery, a, b)
+        await joined(group, conversation)
+        for round_ in range(3):
+            for node in group:
+                await node.replica.send(conversation, Text(f"{node.replica.nickname} says {round_}"))
+        views = await converged(group, conversation, 3 * size)
+        assert all(view == views[0] for view in views)
+        nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_sends_while_partitioned_converge_to_one_order(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob", "carol") as group:
+        conversation = await group_of(group)
+        async with trio.open_nursery() as nursery:
+            link(nursery, group[0], group[1])
+            link(nursery, group[1], group[2])
+            await joined(group, conversation)
+            await group[0].replica.send(conversation, Text("before"))
+            await converged(group, conversation, 1)
+            nursery.cancel_scope.cancel()
+        rng = random.Random(3)
+        for i in range(30):  # everyone writes while apart
+            await rng.choice(group).replica.send(conversation, Text(f"apart {i}"))
+        async with trio.open_nursery() as nursery:
+            link(nursery, group[0], group[2])
+            link(nursery, group[1], group[2])
+            views = await converged(group, conversation, 31)
+            assert views[0] == views[1] == views[2]
+            nursery.cancel_scope.cancel()
+
+
+async def test_over_real_tcp_with_reconnect(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob", "carol") as group, trio.open_nursery() as nursery:
+        alice, bob, carol = group
+        conversation = await group_of(group)
+        listeners = await nursery.start(serve_tcp, alice.engine)
+        port = listeners[0].socket.getsockname()[1]
+        for node in (bob, carol):
+            nursery.start_soon(
+                lambda n=node: keep_connected(n.engine, lambda: connect_tcp("127.0.0.1", port), min_backoff=0.05)
+            )
+        await joined(group, conversation)
+        await bob.replica.send(conversation, Text("over tcp"))
+        await carol.replica.send(conversation, Text("me too"))
+        views = await converged(group, conversation, 2)
+        assert views[0] == views[1] == views[2]
+        nursery.cancel_scope.cancel()
+
+
+# -- hostile and broken peers ---------------------------------------------------------
+
+
+async def speak_raw(stream: trio.abc.Stream, data: bytes) -> bytes:
+    """Send raw bytes and collect what the node answers until it hangs up."""
+    await stream.send_all(data)
+    received = b""
+    with trio.fail_after(10):
+        while chunk := await stream.receive_some():
+            received += chunk
+    return received
+
+
+def frames(data: bytes) -> list[list[object]]:
+    result = []
+    while data:
+        length = int.from_bytes(data[:4], "big")
+        result.append(msgpack.unpackb(data[4 : 4 + length], raw=False))
+        data = data[4 + length :]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("attack", "code"),
+    [
+        (b"\x00\x00\x00\x05garbage and more", 1002),
+        (b"\xff\xff\xff\xff", 1004),
+        (Connection().send(Hello("mallory-peer1", "m", 1, protocol="gigi-sync", version=2)), 1003),
+        (b"", 1006),  # says nothing at all: slowloris
+    ],
+    ids=["garbage", "oversized", "wrong-version", "silent"],
+)
+async def test_bad_peer_is_dropped_while_others_keep_syncing(tmp_path: Path, attack: bytes, code: int) -> None:
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+        conversation = await group_of([alice, bob])
+        link(nursery, alice, bob)
+        mallory, victim_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(alice.engine.run_link, victim_side)
+        answer = await speak_raw(mallory, attack)
+        close = frames(answer)[-1]
+        assert close[:2] == [7, code]
+        await alice.replica.send(conversation, Text("still here"))
+        await converged([alice, bob], conversation, 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_peer_online_and_offline_events(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
+        async with trio.open_nursery() as nursery:
+            left, _ = link(nursery, alice, bob)
+            with trio.fail_after(10):
+                online = await wait_for(alice, lambda e: isinstance(e, PeerOnline))
+                assert online == PeerOnline(bob.peer_id, "bob")
+                await left.aclose()
+                offline = await wait_for(alice, lambda e: isinstance(e, PeerOffline))
+                assert isinstance(offline, PeerOffline)
+                assert offline.peer_id == bob.peer_id
+            nursery.cancel_scope.cancel()
