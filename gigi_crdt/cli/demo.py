@@ -1,82 +1,154 @@
-"""The self-contained demo: three peers on their own SQLite stores, one of them offline.
+"""The self-contained demo: three peers on their own SQLite stores, synced over loopback TCP.
 
-Until the network sync engine lands, peers meet in-process: each meeting is the same
-state-vector exchange the engine performs (step 1: my state vector, step 2: only what
-you lack), and the demo prints how many bytes each step carried.
+alice listens on 127.0.0.1; bob and carol dial her. carol goes offline for a while, then
+comes back and catches up with only what she missed. Everything printed comes from the
+engine's events and the replicas' indexes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from .. import ConversationKind, ReceiptKind, Replica, Text, UnknownConversation, open_replica
+from .. import ConversationKind, ReceiptKind, Replica, Text, open_replica
+from ..sync import (
+    Activity,
+    LinkSettings,
+    MessageReceived,
+    OfflineMessagesReceived,
+    PeerOffline,
+    PeerOnline,
+    ReceiptUpdated,
+    SyncEngine,
+    SyncProgress,
+    connect_tcp,
+    keep_connected,
+    serve_tcp,
+)
+
+DEMO_LINKS = LinkSettings(anti_entropy_interval=5.0)
 
 
-async def meet(a: Replica, b: Replica, conversation: str) -> int:
-    """Bring two replicas up to date with each other; returns the bytes exchanged."""
-    carried = 0
-    for source, target in ((a, b), (b, a)):
-        try:
-            state = await target.state_vector(conversation)
-        except UnknownConversation:  # the target has never seen it
-            state = None
-        update = await source.diff(conversation, state)
-        carried += len(update) + len(state or b"")
-        changes = await target.receive(conversation, update)
-        if changes.entries:
-            print(f"  {target.nickname} received {len(changes.entries)} new entries from {source.nickname}")
-    return carried
+@dataclass
+class Peer:
+    replica: Replica
+    engine: SyncEngine
+
+    @property
+    def name(self) -> str:
+        return self.replica.nickname
+
+    async def expect(self, wanted: Callable[[Activity], bool]) -> Activity:
+        """Print this peer's events until one is ``wanted``."""
+        with trio.fail_after(30):
+            async for event in self.engine.events():
+                describe(self.name, event)
+                if wanted(event):
+                    return event
+        raise RuntimeError("the engine stopped")
 
 
-async def show(replica: Replica, conversation: str) -> None:
-    """Print a replica's view of the conversation, with who has read our own messages."""
-    unread = await replica.unread_count(conversation)
-    members = await replica.members(conversation)
-    print(f"  -- {replica.nickname}'s history ({unread} unread)")
-    for message in await replica.history(conversation):
-        text = message.content.text if isinstance(message.content, Text) else "(deleted)"
-        mark = ""
-        if message.author == replica.peer_id:
-            readers = (await replica.receipts(conversation, message))[ReceiptKind.READ]
-            mark = f"   [read by {', '.join(members[p].nickname for p in readers)}]" if readers else ""
-        print(f"     {message.nickname:>6}: {text}{mark}")
+def describe(name: str, event: Activity) -> None:
+    """One line per event, as a chat client would show it."""
+    if isinstance(event, MessageReceived) and isinstance(event.message.content, Text):
+        print(f"  [{name}] {event.message.nickname}: {event.message.content.text}")
+    elif isinstance(event, OfflineMessagesReceived):
+        print(f"  [{name}] {len(event.messages)} message(s) arrived that were sent while apart:")
+        for message in event.messages:
+            text = message.content.text if isinstance(message.content, Text) else "(not text)"
+            print(f"  [{name}]   {message.nickname}: {text}   (missed)")
+    elif isinstance(event, PeerOnline):
+        print(f"  [{name}] {event.nickname} is online")
+    elif isinstance(event, PeerOffline):
+        print(f"  [{name}] a peer went offline ({event.reason})")
+    elif isinstance(event, SyncProgress) and event.done == event.total:
+        print(f"  [{name}] in sync ({event.total} conversation(s))")
+
+
+@contextlib.asynccontextmanager
+async def open_peer(directory: Path, name: str) -> AsyncIterator[Peer]:
+    """A replica on its own SQLite store, with a sync engine listening to it."""
+    async with open_replica(directory / name, nickname=name) as replica:
+        engine = SyncEngine(replica, settings=DEMO_LINKS)
+        replica.add_listener(engine)
+        yield Peer(replica, engine)
 
 
 async def run_demo(directory: Path) -> None:
     """Run the demo scenario with stores under ``directory``."""
     async with (
-        open_replica(directory / "alice", nickname="alice") as alice,
-        open_replica(directory / "bob", nickname="bob") as bob,
-        open_replica(directory / "carol", nickname="carol") as carol,
+        open_peer(directory, "alice") as alice,
+        open_peer(directory, "bob") as bob,
+        open_peer(directory, "carol") as carol,
+        trio.open_nursery() as nursery,
     ):
-        group = await alice.create_conversation(
-            ConversationKind.GROUP, title="hiking", others={bob.peer_id: "bob", carol.peer_id: "carol"}
+        listeners = await nursery.start(serve_tcp, alice.engine)
+        port = listeners[0].socket.getsockname()[1]
+        print(f"alice listens on 127.0.0.1:{port}; stores under {directory}")
+        group = await alice.replica.create_conversation(
+            ConversationKind.GROUP, title="hiking", others={bob.replica.peer_id: "bob", carol.replica.peer_id: "carol"}
         )
-        print(f"alice created group 'hiking' ({group}) on {directory / 'alice'}")
-        await alice.send(group, Text("Saturday at 9?"))
-        for peer in (bob, carol):
-            await meet(alice, peer, group)
-        await bob.send(group, Text("Works for me"))
-        await meet(bob, alice, group)
-        await meet(bob, carol, group)
+
+        def dial(peer: Peer) -> trio.CancelScope:
+            scope = trio.CancelScope()
+
+            async def stay_linked() -> None:
+                with scope:
+                    await keep_connected(peer.engine, lambda: connect_tcp("127.0.0.1", port))
+
+            nursery.start_soon(stay_linked)
+            return scope
+
+        print("\nbob and carol come online")
+        dial(bob)
+        carol_link = dial(carol)
+        for peer in (bob, carol, alice, alice):
+            await peer.expect(lambda e: isinstance(e, SyncProgress) and e.done == e.total)
+
+        await alice.replica.send(group, Text("Saturday at 9?"))
+        await bob.expect(lambda e: isinstance(e, MessageReceived))
+        await carol.expect(lambda e: isinstance(e, MessageReceived))
 
         print("\ncarol goes offline; alice and bob keep talking")
-        for text in ("Bring water", "And a map", "Meeting at the north gate"):
-            await alice.send(group, Text(text))
-        await meet(alice, bob, group)
-        await bob.send(group, Text("See you there"))
-        await meet(bob, alice, group)
+        carol_link.cancel()
+        await alice.expect(lambda e: isinstance(e, PeerOffline))
+        for text in ("Bring water", "And a map"):
+            await alice.replica.send(group, Text(text))
+            await bob.expect(lambda e: isinstance(e, MessageReceived))
+        await bob.replica.send(group, Text("See you at the north gate"))
+        await alice.expect(lambda e: isinstance(e, MessageReceived))
 
-        print("\ncarol comes back and meets bob: only what she lacks crosses the wire")
-        carried = await meet(bob, carol, group)
-        print(f"  {carried} bytes exchanged")
-        await carol.mark_read(group)
-        await meet(carol, alice, group)
-        await show(carol, group)
-        await show(alice, group)
+        print("\ncarol comes back: only what she missed crosses the wire")
+        dial(carol)
+        await carol.expect(lambda e: isinstance(e, OfflineMessagesReceived))
+        await carol.replica.mark_read(group)
+        await alice.expect(
+            lambda e: (
+                isinstance(e, ReceiptUpdated)
+                and e.receipt.member == carol.replica.peer_id
+                and e.receipt.kind is ReceiptKind.READ
+            )
+        )
+        await show(alice.replica, group)
+        nursery.cancel_scope.cancel()
+
+
+async def show(replica: Replica, conversation: str) -> None:
+    """A peer's view, with who has read each of its own messages."""
+    members = await replica.members(conversation)
+    print(f"\n  -- {replica.nickname}'s history")
+    for message in await replica.history(conversation):
+        text = message.content.text if isinstance(message.content, Text) else "(deleted)"
+        mark = ""
+        if message.author == replica.peer_id:
+            readers = (await replica.receipts(conversation, message))[ReceiptKind.READ]
+            mark = f"   [read by {', '.join(sorted(members[p].nickname for p in readers))}]"
+        print(f"     {message.nickname:>6}: {text}{mark}")
 
 
 def main() -> None:

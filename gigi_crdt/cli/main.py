@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug of ours: say so in one line, details in the log
+        logging.getLogger("gigi_crdt").debug("unexpected error", exc_info=True)
+        print(f"gigi-crdt: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 70
     return 0
 
 
