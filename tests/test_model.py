@@ -123,7 +123,8 @@ def test_receipts_only_move_forward() -> None:
     assert receipts == {(BOB, ReceiptKind.READ, ALICE): 2}
 
 
-def test_group_membership_needs_an_admin() -> None:
+def admin_and_member() -> tuple[Conversation, Conversation]:
+    """A group created by alice (admin) with bob as a plain member."""
     admin, written = Conversation.create(
         kind=ConversationKind.GROUP,
         title="g",
@@ -132,7 +133,11 @@ def test_group_membership_needs_an_admin() -> None:
         clock=fixed_clock(),
         others={BOB: "bob"},
     )
-    member = Conversation.from_updates([written.update], BOB, fixed_clock())
+    return admin, Conversation.from_updates([written.update], BOB, fixed_clock())
+
+
+def test_group_membership_needs_an_admin() -> None:
+    admin, member = admin_and_member()
     with pytest.raises(NotAllowed):
         member.add_member(CAROL, "carol")
     member.apply_remote(admin.add_member(CAROL, "carol").update)
@@ -142,15 +147,7 @@ def test_group_membership_needs_an_admin() -> None:
 
 
 def test_removed_member_cannot_post() -> None:
-    admin, written = Conversation.create(
-        kind=ConversationKind.GROUP,
-        title="g",
-        local_peer=ALICE,
-        nickname="alice",
-        clock=fixed_clock(),
-        others={BOB: "bob"},
-    )
-    bob = Conversation.from_updates([written.update], BOB, fixed_clock())
+    admin, bob = admin_and_member()
     bob.apply_remote(admin.remove_member(BOB).update)
     with pytest.raises(NotAllowed):
         bob.post(Text("still here?"), "bob")
