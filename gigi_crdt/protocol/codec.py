@@ -18,6 +18,8 @@ import msgpack  # type: ignore[import-untyped]
 
 from .errors import CloseCode, LocalProtocolError, RemoteProtocolError
 from .events import (
+    PROTOCOL_NAME,
+    PROTOCOL_VERSION,
     Announce,
     Awareness,
     Close,
@@ -62,11 +64,21 @@ class Limits:
     awareness: AwarenessLimits = field(default_factory=AwarenessLimits)
 
 
-def encode_frame(event: Event, limits: Limits) -> bytes:
-    """The bytes of one frame carrying ``event``."""
-    body: bytes = msgpack.packb(_fields(event), use_bin_type=True)
+def encode_frame(event: Event, limits: Limits, awareness_client_id: int | None = None) -> bytes:
+    """The bytes of one frame carrying ``event``, checked as the peer will check them.
+
+    ``awareness_client_id`` is our own (from our Hello): the only one we may announce.
+    """
+    try:
+        body: bytes = msgpack.packb(_fields(event), use_bin_type=True)
+    except (ValueError, TypeError, OverflowError) as exc:  # out-of-range ints, unencodable strings
+        raise LocalProtocolError(f"cannot encode {type(event).__name__}: {exc}") from None
     if len(body) > limits.max_frame_bytes:
         raise LocalProtocolError(f"frame of {len(body)} bytes exceeds the limit", CloseCode.FRAME_TOO_LARGE)
+    try:
+        decode_body(body, limits, awareness_client_id)
+    except RemoteProtocolError as exc:
+        raise LocalProtocolError(f"the peer would reject this {type(event).__name__}: {exc.reason}", exc.code) from None
     return HEADER.pack(len(body)) + body
 
 
@@ -117,12 +129,12 @@ def decode_body(body: bytes, limits: Limits, awareness_client_id: int | None) ->
             max_bin_len=limits.max_frame_bytes,
             max_str_len=limits.max_frame_bytes,
             max_array_len=max(limits.max_conversations, MAX_CAPABILITIES) + 8,
-            max_map_len=0,
+            max_map_len=64,  # no v1 frame has maps; a later version's Hello may
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types; all mean a malformed frame
         raise RemoteProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from None
-    if not isinstance(fields, list) or not fields or not isinstance(fields[0], int):
+    if not isinstance(fields, list) or not fields or not isinstance(fields[0], int) or isinstance(fields[0], bool):
         raise RemoteProtocolError("a frame must be an array starting with its type")
     try:
         kind = FrameType(fields[0])
@@ -146,6 +158,15 @@ def _conversation_id(value: str) -> str:
 
 
 def _hello(fields: list[Any], limits: Limits, _: int | None) -> Hello:
+    # Protocol and version come first and are checked first: a later version may change
+    # everything after them, and must still get a clear VERSION_MISMATCH.
+    protocol, version = (fields + [None, None])[:2]
+    if protocol != PROTOCOL_NAME or version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise RemoteProtocolError(
+            f"peer speaks {str(protocol)[:40]} v{str(version)[:20]}; "
+            f"this node speaks {PROTOCOL_NAME} v{PROTOCOL_VERSION}",
+            CloseCode.VERSION_MISMATCH,
+        )
     protocol, version, peer_id, nickname, client_id, capabilities = _expect(fields, str, int, str, str, int, list)
     if not _ID.fullmatch(peer_id):
         raise RemoteProtocolError(f"malformed peer id {peer_id[:80]!r}")

@@ -20,11 +20,9 @@ from __future__ import annotations
 import enum
 
 from .codec import HEADER, Limits, decode_body, encode_frame, frame_length
-from .errors import CloseCode, LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     NEED_DATA,
-    PROTOCOL_NAME,
-    PROTOCOL_VERSION,
     Announce,
     Awareness,
     Close,
@@ -68,6 +66,7 @@ class Connection:
         self.our_state = State.IDLE
         self.their_state = State.IDLE
         self.their_hello: Hello | None = None
+        self._our_client_id: int | None = None
         self._buffer = bytearray()
         self._ended = False
         self._closed_reported = False
@@ -80,7 +79,9 @@ class Connection:
         following = TRANSITIONS.get((self.our_state, type(event)))
         if following is None:
             raise LocalProtocolError(f"cannot send {type(event).__name__} while {self.our_state.value}")
-        data = encode_frame(event, self.limits)
+        our_client_id = event.awareness_client_id if isinstance(event, Hello) else self._our_client_id
+        data = encode_frame(event, self.limits, our_client_id)
+        self._our_client_id = our_client_id
         self.our_state = following
         return data
 
@@ -140,15 +141,6 @@ class Connection:
         if following is None:
             expected = "Hello" if self.their_state is State.IDLE else "no Hello"
             raise RemoteProtocolError(f"unexpected {type(event).__name__} (expected {expected})")
-        if isinstance(event, Hello):
-            _check_version(event)
+        if isinstance(event, Hello):  # its protocol and version were checked when decoded
             self.their_hello = event
         self.their_state = following
-
-
-def _check_version(hello: Hello) -> None:
-    if hello.protocol != PROTOCOL_NAME or hello.version != PROTOCOL_VERSION:
-        raise RemoteProtocolError(
-            f"peer speaks {hello.protocol} v{hello.version}; this node speaks {PROTOCOL_NAME} v{PROTOCOL_VERSION}",
-            CloseCode.VERSION_MISMATCH,
-        )

@@ -138,10 +138,10 @@ class SyncEngine:
                 link.close()
                 nursery.cancel_scope.deadline = trio.current_time() + FLUSH_SECONDS
         finally:
-            self._unregister(link, reason)
+            self._unregister(link, link.lost or reason)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
-        return LinkOutcome(reason, link.peer.peer_id if link.peer else None)
+        return LinkOutcome(link.lost or reason, link.peer.peer_id if link.peer else None)
 
     async def _read(self, stream: trio.abc.Stream, session: _Session) -> str:
         link = session.link
@@ -168,10 +168,12 @@ class SyncEngine:
         return reason
 
     async def _write(self, link: PeerLink, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        """The writer; when it ends (all flushed, or the peer gone) the whole link ends."""
         try:
             await link.write_queued(stream, self.replica.diff)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            scope.cancel()  # the peer is gone: stop reading too
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            link.lost = f"connection lost while sending: {exc or type(exc).__name__}"
+        scope.cancel()
 
     # -- handling what the peer says -----------------------------------------------------
 

@@ -24,6 +24,7 @@ from ..protocol import (
     Hello,
     NeedData,
     RemoteProtocolError,
+    SyncStep2,
     Update,
 )
 
@@ -53,6 +54,7 @@ class PeerLink:
         self.peer: Hello | None = None
         self.shared: set[str] = set()  # conversations this peer may receive
         self.peer_state: dict[str, bytes] = {}  # last state vector the peer told us
+        self.lost: str | None = None  # why sending failed, if it did
         self._send, self._receive = trio.open_memory_channel[Event](settings.queue_size)
         self._resync: set[str] = set()
         self._wake = trio.Event()
@@ -81,6 +83,7 @@ class PeerLink:
     def close(self) -> None:
         """Stop accepting events (the writer ends after what is queued)."""
         self._send.close()
+        self._wake.set()
 
     async def write_queued(self, stream: trio.abc.Stream, diff: Callable[[str, bytes], Awaitable[bytes]]) -> None:
         """The writer task: send queued events in order, then pending resyncs; ends after a Close."""
@@ -95,7 +98,8 @@ class PeerLink:
                     continue
                 conversation = self._resync.pop()
                 state = self.peer_state.get(conversation, EMPTY_STATE_VECTOR)
-                event = Update(conversation, await diff(conversation, state))
+                # A step 2: it answers a step 1 that overflowed, and completes a fetch.
+                event = SyncStep2(conversation, await diff(conversation, state))
             except trio.EndOfChannel:
                 return
             await stream.send_all(self.connection.send(event))

@@ -1,0 +1,606 @@
+"""The sync engine under faults: lost frames, slow peers, redialling, duplicate links, outsiders.
+
+Real replicas on SQLite in ``tmp_path`` and links over memory streams, except the backoff
+test, which runs under trio's ``MockClock`` (see there why it uses no replica). Negative
+outcomes are decided by events (a later frame on the same ordered link, a Pong), never by
+sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+
+from gigi_crdt import ConversationKind, Replica, Text, UnknownConversation, open_replica
+from gigi_crdt.protocol import (
+    Announce,
+    Close,
+    CloseCode,
+    Connection,
+    ConnectionClosed,
+    Event,
+    Hello,
+    NeedData,
+    Ping,
+    Pong,
+    SyncStep1,
+    SyncStep2,
+    Update,
+)
+from gigi_crdt.sync import (
+    Activity,
+    LinkOutcome,
+    LinkSettings,
+    PeerOffline,
+    PeerOnline,
+    SyncEngine,
+    keep_connected,
+)
+
+FAST = LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0, anti_entropy_interval=3600.0)
+
+# -- helpers (after tests/test_sync.py) -----------------------------------------------
+
+
+@dataclass
+class Node:
+    replica: Replica
+    engine: SyncEngine
+
+    @property
+    def peer_id(self) -> str:
+        return self.replica.peer_id
+
+
+@contextlib.asynccontextmanager
+async def nodes(tmp_path: Path, *names: str, settings: LinkSettings = FAST) -> AsyncIterator[list[Node]]:
+    async with contextlib.AsyncExitStack() as stack:
+        result = []
+        for name in names:
+            replica = await stack.enter_async_context(open_replica(tmp_path / name, nickname=name))
+            engine = SyncEngine(replica, settings=settings)
+            replica.add_listener(engine)
+            result.append(Node(replica, engine))
+        yield result
+
+
+def link(
+    nursery: trio.Nursery,
+    a: Node,
+    b: Node,
+    wrap_a: Callable[[trio.abc.Stream], trio.abc.Stream] = lambda s: s,
+    wrap_b: Callable[[trio.abc.Stream], trio.abc.Stream] = lambda s: s,
+) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    left, right = trio.testing.memory_stream_pair()
+    left_, right_ = wrap_a(left), wrap_b(right)
+    nursery.start_soon(a.engine.run_link, left_)
+    nursery.start_soon(b.engine.run_link, right_)
+    return left_, right_
+
+
+async def wait_for(node: Node, done: Callable[[Activity], bool]) -> Activity:
+    async for event in node.engine.events():
+        if done(event):
+            return event
+    raise AssertionError("event stream ended")
+
+
+def drain(node: Node) -> list[Activity]:
+    events = []
+    while True:
+        try:
+            events.append(node.engine.events().receive_nowait())
+        except trio.WouldBlock:
+            return events
+
+
+class StoreWatch:
+    """Wakes a waiting test whenever any watched replica stores an update (no polling sleeps)."""
+
+    def __init__(self) -> None:
+        self._stored = trio.Event()
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        self._stored.set()
+
+    def arm(self) -> trio.Event:
+        self._stored = trio.Event()
+        return self._stored
+
+
+async def until_stored(group: list[Node], check: Callable[[], Awaitable[bool]]) -> None:
+    """Re-check after every stored update until ``check`` holds (20 s at most)."""
+    watch = StoreWatch()
+    for node in group:
+        node.replica.add_listener(watch)
+    try:
+        with trio.fail_after(20):
+            while True:
+                stored = watch.arm()  # armed before checking, so no update slips by
+                if await check():
+                    return
+                await stored.wait()
+    finally:
+        for node in group:
+            node.replica.remove_listener(watch)
+
+
+async def ids(node: Node, conversation: str, limit: int) -> list[str]:
+    try:
+        return [m.id for m in await node.replica.history(conversation, limit=limit)]
+    except UnknownConversation:
+        return []
+
+
+async def converged(group: list[Node], conversation: str, count: int) -> list[list[str]]:
+    """Wait until every node's index holds ``count`` messages; return their ordered ids."""
+    views: list[list[str]] = []
+
+    async def check() -> bool:
+        views[:] = [await ids(n, conversation, count + 10) for n in group]
+        return all(len(v) == count for v in views)
+
+    await until_stored(group, check)
+    return views
+
+
+async def has_conversation(node: Node, conversation: str) -> bool:
+    return any(s.metadata.id == conversation for s in await node.replica.conversations())
+
+
+async def joined(group: list[Node], conversation: str) -> None:
+    """Wait until every node holds the conversation."""
+
+    async def check() -> bool:
+        for node in group:
+            if not await has_conversation(node, conversation):
+                return False
+        return True
+
+    await until_stored(group, check)
+
+
+async def conversation_of(owner: Node, *others: Node) -> str:
+    return await owner.replica.create_conversation(
+        ConversationKind.GROUP, title="g", others={n.peer_id: n.replica.nickname for n in others}
+    )
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """Whole frames (header included) in ``data``."""
+    result = []
+    while data:
+        length = int.from_bytes(data[:4], "big")
+        result.append(data[: 4 + length])
+        data = data[4 + length :]
+    return result
+
+
+def decode(frame: bytes) -> list[object]:
+    fields = msgpack.unpackb(frame[4:], raw=False)
+    assert isinstance(fields, list)
+    return fields
+
+
+def is_live_update(frame: bytes) -> bool:
+    """A SYNC frame whose y-protocols payload is a sync message of kind update (0x00 0x02)."""
+    fields = decode(frame)
+    return fields[0] == 3 and isinstance(fields[2], bytes) and fields[2][:2] == b"\x00\x02"
+
+
+class WrappedStream(trio.abc.Stream):
+    """Passes everything through to ``inner``; subclasses change one direction."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class RecordingStream(WrappedStream):
+    """Keeps a copy of everything sent and received through it."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.sent = bytearray()
+        self.received = bytearray()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+        await self.inner.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        self.received += data
+        return data
+
+
+# -- 1. anti-entropy repairs a lost frame -----------------------------------------------
+
+
+class LossyStream(WrappedStream):
+    """Once armed, silently drops the first frame carrying a live Update that it is asked to send."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.dropped: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.armed:
+            kept = b""
+            for frame in split_frames(bytes(data)):
+                if self.armed and is_live_update(frame):
+                    self.armed = False
+                    self.dropped.append(frame)
+                else:
+                    kept += frame
+            if not kept:
+                return
+            data = kept
+        await self.inner.send_all(data)
+
+
+@pytest.mark.parametrize(
+    ("anti_entropy_interval", "repaired"),
+    [(0.3, True), (3600.0, False)],
+    ids=["anti-entropy-on", "anti-entropy-off"],
+)
+async def test_anti_entropy_repairs_a_lost_frame(tmp_path: Path, anti_entropy_interval: float, repaired: bool) -> None:
+    settings = LinkSettings(
+        handshake_timeout=2.0, ping_interval=0.5, idle_timeout=5.0, anti_entropy_interval=anti_entropy_interval
+    )
+    lossy: list[LossyStream] = []
+
+    def make_lossy(stream: trio.abc.Stream) -> trio.abc.Stream:
+        lossy.append(LossyStream(stream))
+        return lossy[-1]
+
+    async with nodes(tmp_path, "alice", "bob", "carol", settings=settings) as group, trio.open_nursery() as nursery:
+        alice, bob, carol = group
+        conversation = await conversation_of(alice, bob, carol)
+        link(nursery, alice, bob, wrap_a=make_lossy)  # what alice sends bob may be lost
+        link(nursery, alice, carol)
+        await joined(group, conversation)
+
+        lossy[0].armed = True
+        lost = await alice.replica.send(conversation, Text("LOST-MESSAGE from alice"))
+        # carol (another author, whose stream does not depend on alice's) answers; alice passes
+        # it on to bob over the same ordered link, *after* the frame that was lost.
+        await until_stored([carol], lambda: _holds(carol, conversation, [lost]))
+        later = await carol.replica.send(conversation, Text("later, from carol"))
+
+        await until_stored([bob], lambda: _contains(bob, conversation, later))
+        assert len(lossy[0].dropped) == 1
+        assert b"LOST-MESSAGE" in lossy[0].dropped[0]  # the frame lost was alice's message
+        if repaired:
+            views = await converged([alice, bob, carol], conversation, 2)
+            assert views[0] == views[1] == views[2]
+            assert set(views[1]) == {lost, later}
+        else:
+            # Everything alice sent bob before carol's message has been processed by now, and
+            # nothing but anti-entropy could bring the lost update back.
+            assert await ids(bob, conversation, 10) == [later]
+            assert lost not in [m.id for m in await bob.replica.export(conversation)]
+        nursery.cancel_scope.cancel()
+
+
+async def _holds(node: Node, conversation: str, expected: list[str]) -> bool:
+    return await ids(node, conversation, 10) == expected
+
+
+async def _contains(node: Node, conversation: str, message: str) -> bool:
+    return message in await ids(node, conversation, 10)
+
+
+# -- 2. a slow peer costs bounded memory and is resynced -----------------------------------
+
+
+class GatedStream(WrappedStream):
+    """Sending blocks while the gate is shut: from the sender's view, the peer stopped reading."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.gate: trio.Event | None = None
+        self.blocked_sends = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        while self.gate is not None and not self.gate.is_set():
+            self.blocked_sends += 1
+            await self.gate.wait()
+        await self.inner.send_all(data)
+
+
+async def test_slow_peer_costs_bounded_memory_and_is_resynced(tmp_path: Path) -> None:
+    queue_size = 8
+    settings = LinkSettings(
+        handshake_timeout=5.0,
+        ping_interval=1.0,
+        idle_timeout=120.0,
+        anti_entropy_interval=3600.0,
+        queue_size=queue_size,
+    )
+    gated: list[GatedStream] = []
+
+    def make_gated(stream: trio.abc.Stream) -> trio.abc.Stream:
+        gated.append(GatedStream(stream))
+        return gated[-1]
+
+    async with nodes(tmp_path, "alice", "bob", settings=settings) as (alice, bob), trio.open_nursery() as nursery:
+        conversation = await conversation_of(alice, bob)
+        link(nursery, alice, bob, wrap_a=make_gated)
+        await joined([alice, bob], conversation)
+        with trio.fail_after(10):
+            while bob.peer_id not in alice.engine._links:  # registered at bob's Hello, before joined
+                await wait_for(alice, lambda e: isinstance(e, PeerOnline))
+        peer_link = alice.engine._links[bob.peer_id]
+
+        gated[0].gate = trio.Event()  # bob stops reading
+        sent = []
+        most_queued = 0
+        with trio.fail_after(40):
+            for i in range(2000):
+                sent.append(await alice.replica.send(conversation, Text(f"message {i}")))
+                queued = peer_link._send.statistics().current_buffer_used
+                most_queued = max(most_queued, queued)
+                assert queued <= queue_size, f"queue holds {queued} events after message {i}"
+        assert most_queued == queue_size  # the queue did fill: the bound was exercised
+        assert gated[0].blocked_sends >= 1  # alice's writer was stuck on bob
+        assert conversation in peer_link._resync  # the overflow was turned into a resync
+        assert await ids(bob, conversation, 10) == []  # nothing got through meanwhile
+
+        gated[0].gate.set()  # bob reads again
+        views = await converged([alice, bob], conversation, 2000)
+        assert views[1] == sent
+        assert views[0] == sent
+        nursery.cancel_scope.cancel()
+
+
+# -- 3. keep_connected backs off with jitter, and resets after a handshake -------------------
+
+
+class StubReplica:
+    """Just what ``SyncEngine.run_link`` touches for a peer that shares nothing with us.
+
+    The backoff test runs under ``MockClock(autojump_threshold=0)``: whenever every task
+    waits, virtual time jumps to the next deadline. A real replica does its SQLite work
+    in worker threads, and a task waiting for a thread counts as idle, so time would jump
+    (through handshake, idle and ``fail_after`` deadlines) while SQLite works: the timings
+    measured would depend on thread scheduling. With no thread involved, virtual time only
+    moves during the sleeps under test, so the measured gaps are exact.
+    """
+
+    peer_id = "dialer-peer-1"
+    nickname = "dialer"
+
+    async def shared_conversations(self, peer_id: str) -> list[str]:
+        return []
+
+    async def diff(self, conversation: str, state_vector: bytes | None) -> bytes:
+        raise AssertionError("nothing is shared, so nothing is ever resent")
+
+
+async def remote_that_hangs_up_after_hello(stream: trio.abc.Stream, closed_at: list[float]) -> None:
+    """Say hello back, wait until the engine has accepted us (its Announce), then hang up."""
+    connection = Connection()
+    await stream.send_all(connection.send(Hello("remote-peer-1", "remote", 7)))
+    while True:
+        event = connection.next_event()
+        if isinstance(event, NeedData):
+            connection.receive_data(await stream.receive_some())
+            continue
+        if isinstance(event, Announce):
+            break
+    await stream.aclose()
+    closed_at.append(trio.current_time())
+
+
+async def test_keep_connected_backoff_doubles_with_jitter_and_resets_after_handshake(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    min_backoff, max_backoff, seed = 1.0, 8.0, 7
+    failures_before, success_call, last_call = 6, 7, 9
+    engine = SyncEngine(StubReplica(), settings=FAST)  # type: ignore[arg-type]
+    calls: list[float] = []
+    link_ended: list[float] = []
+    peer_closed: list[float] = []
+    outcomes: list[LinkOutcome] = []
+    finished = trio.Event()
+
+    class TimedEngine:
+        async def run_link(self, stream: trio.abc.Stream, *, expected_peer: str | None = None) -> LinkOutcome:
+            outcome = await engine.run_link(stream, expected_peer=expected_peer)
+            outcomes.append(outcome)
+            link_ended.append(trio.current_time())
+            return outcome
+
+    async with trio.open_nursery() as nursery:
+
+        async def connect() -> trio.abc.Stream:
+            calls.append(trio.current_time())
+            if len(calls) == success_call:
+                ours, theirs = trio.testing.memory_stream_pair()
+                nursery.start_soon(remote_that_hangs_up_after_hello, theirs, peer_closed)
+                return ours
+            if len(calls) == last_call:
+                finished.set()
+                await trio.sleep_forever()
+            raise OSError("connection refused")
+
+        nursery.start_soon(
+            lambda: keep_connected(
+                TimedEngine(),  # type: ignore[arg-type]
+                connect,
+                rng=random.Random(seed),
+                min_backoff=min_backoff,
+                max_backoff=max_backoff,
+            )
+        )
+        with trio.fail_after(600):  # virtual seconds
+            await finished.wait()
+        nursery.cancel_scope.cancel()
+
+    assert len(calls) == last_call
+    assert [o.peer_id for o in outcomes] == ["remote-peer-1"]  # the one link got past the handshake
+    assert len(peer_closed) == 1
+
+    # Waits after each failure, then after the link ended (measured from its end), then one more failure.
+    before = [b - a for a, b in zip(calls[: success_call - 1], calls[1:success_call], strict=True)]
+    after = [calls[success_call] - link_ended[0], calls[success_call + 1] - calls[success_call]]
+    assert len(before) == failures_before
+    nominal_before = [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # doubling from min_backoff, capped at max_backoff
+    nominal_after = [min_backoff, 2 * min_backoff]  # reset by the handshake, then doubling again
+    replay = random.Random(seed)
+    for gap, nominal in zip(before + after, nominal_before + nominal_after, strict=True):
+        assert 0.5 * nominal <= gap < 1.5 * nominal, (gap, nominal)
+        assert gap == pytest.approx(nominal * replay.uniform(0.5, 1.5), abs=1e-6)
+    assert after[0] < 1.5 * min_backoff < 0.5 * max_backoff  # without the reset it would be >= 4 s
+
+
+# -- 4. a duplicate link is refused and the first keeps working -------------------------------
+
+
+async def test_duplicate_link_is_refused_and_the_first_keeps_syncing(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+        conversation = await conversation_of(alice, bob)
+        link(nursery, alice, bob)
+        await joined([alice, bob], conversation)
+        first = alice.engine._links[bob.peer_id]
+        drain(alice)
+
+        # A second link between the same two engines while the first is up.
+        left, right = trio.testing.memory_stream_pair()
+        alice_side, bob_side = RecordingStream(left), RecordingStream(right)  # each records what it sends
+        outcomes: dict[str, LinkOutcome] = {}
+
+        async def run(name: str, node: Node, stream: trio.abc.Stream) -> None:
+            outcomes[name] = await node.engine.run_link(stream)
+
+        with trio.fail_after(10):  # both ends refuse, and both runs end
+            async with trio.open_nursery() as second:
+                second.start_soon(run, "alice", alice, alice_side)
+                second.start_soon(run, "bob", bob, bob_side)
+        for name, side in (("alice", alice_side), ("bob", bob_side)):
+            close = decode(split_frames(bytes(side.sent))[-1])
+            assert close[:2] == [7, int(CloseCode.GOING_AWAY)], (name, close)
+            assert "already linked" in str(close[2])
+            assert "already linked" in outcomes[name].reason
+
+        # The refused link did not unregister the first one, and sync goes on over it.
+        assert alice.engine._links[bob.peer_id] is first
+        assert not [e for e in drain(alice) if isinstance(e, PeerOffline)]
+        from_alice = await alice.replica.send(conversation, Text("still linked?"))
+        from_bob = await bob.replica.send(conversation, Text("yes"))
+        views = await converged([alice, bob], conversation, 2)
+        assert views[0] == views[1]
+        assert set(views[0]) == {from_alice, from_bob}
+        nursery.cancel_scope.cancel()
+
+
+async def test_link_is_released_promptly_when_the_peer_hangs_up(tmp_path: Path) -> None:
+    """After a peer hangs up, the link must end (PeerOffline) at once, not after FLUSH_SECONDS.
+
+    While the dead link stays registered, the same peer redialling is refused as a duplicate
+    ("already linked", CLOSE 1001), so a quick reconnect cannot work.
+    """
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+        conversation = await conversation_of(alice, bob)
+        _, bob_side = link(nursery, alice, bob)
+        await joined([alice, bob], conversation)
+        drain(alice)
+        drain(bob)
+        await bob_side.aclose()  # bob's end goes away: alice reads end of stream
+        with trio.move_on_after(2) as late:  # a bound, not a wait: FLUSH_SECONDS is 5
+            offline = await wait_for(alice, lambda e: isinstance(e, PeerOffline))
+        assert not late.cancelled_caught, (
+            "no PeerOffline within 2 s of the peer hanging up; the dead link is still registered: "
+            f"{bob.peer_id in alice.engine._links=}"
+        )
+        assert isinstance(offline, PeerOffline)
+        assert offline.peer_id == bob.peer_id
+        with trio.fail_after(2):
+            await wait_for(bob, lambda e: isinstance(e, PeerOffline))
+        # bob redials, and the new link is accepted and syncs.
+        link(nursery, alice, bob)
+        message = await alice.replica.send(conversation, Text("welcome back"))
+        views = await converged([alice, bob], conversation, 1)
+        assert views == [[message], [message]]
+        nursery.cancel_scope.cancel()
+
+
+# -- 5. outsiders never get a conversation ---------------------------------------------------
+
+
+async def test_non_member_never_receives_a_conversation(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob", "carol") as group, trio.open_nursery() as nursery:
+        alice, bob, carol = group
+        secret = await conversation_of(alice, bob)  # carol is not a member
+        link(nursery, alice, bob)
+        to_carol, _ = link(nursery, alice, carol, wrap_a=RecordingStream)
+        assert isinstance(to_carol, RecordingStream)
+        await joined([alice, bob], secret)
+        sent = [await alice.replica.send(secret, Text(f"SECRET-TEXT {i}")) for i in range(5)]
+        views = await converged([alice, bob], secret, 5)
+        assert views[1] == sent  # bob got everything...
+
+        # ...and anything alice would have sent carol about it went out before this: a
+        # conversation that carol is in, announced and synced over the same ordered link.
+        canary = await conversation_of(alice, carol)
+        hello = await alice.replica.send(canary, Text("for carol"))
+        await until_stored([carol], lambda: _holds(carol, canary, [hello]))
+
+        assert [s.metadata.id for s in await carol.replica.conversations()] == [canary]
+        with pytest.raises(UnknownConversation):
+            await carol.replica.history(secret)
+        assert secret.encode() not in to_carol.sent
+        assert b"SECRET-TEXT" not in to_carol.sent
+        nursery.cancel_scope.cancel()
+
+
+async def test_non_member_asking_for_a_conversation_gets_nothing(tmp_path: Path) -> None:
+    """A hostile peer that names the conversation (announce, sync step 1) is not answered."""
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+        secret = await conversation_of(alice, bob)
+        await alice.replica.send(secret, Text("SECRET-TEXT"))
+        mallory, alice_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(alice.engine.run_link, alice_side)
+        connection = Connection()
+        for event in (
+            Hello("mallory-peer-1", "mallory", 9),
+            Announce((secret,)),
+            SyncStep1(secret, b"\x00"),
+            Ping(4242),
+        ):
+            await mallory.send_all(connection.send(event))
+        # alice answers in order: whatever she would say about the secret precedes this Pong.
+        heard: list[Event] = []
+        with trio.fail_after(10):
+            while not heard or heard[-1] != Pong(4242):
+                event = connection.next_event()
+                if isinstance(event, NeedData):
+                    connection.receive_data(await mallory.receive_some())
+                    continue
+                assert not isinstance(event, Close | ConnectionClosed), event
+                heard.append(event)
+        about_secret = [e for e in heard if isinstance(e, SyncStep1 | SyncStep2 | Update) and e.conversation == secret]
+        assert about_secret == []
+        assert all(secret not in e.conversations for e in heard if isinstance(e, Announce))
+        nursery.cancel_scope.cancel()
