@@ -114,6 +114,10 @@ class Conversation:
         self._cursors = self._stream_lengths()
         self._own_places: dict[str, list[int]] | None = None
         self._own_receipt_cache: dict[str, int] = {}
+        self._own_new_receipts: list[Receipt] = []
+        self._writing = False
+        self._own_bucket: tuple[str, Array[Any]] | None = None
+        self._bucket_places: dict[str, tuple[str, int]] = {}  # validated bucket keys
         # pycrdt's observe wrappers convert every field of every event into Python objects up
         # front (state vectors, delete sets, paths), which more than doubled the cost of a live
         # message; the raw events compute only the fields read here. Keep the subscriptions:
@@ -249,6 +253,7 @@ class Conversation:
 
     def apply_remote(self, update: bytes) -> Changes:
         """Merge an update from a peer and return what it changed."""
+        self._writing = False  # in case a failed local write left it set
         _apply(self._doc, update)
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes())
@@ -268,6 +273,8 @@ class Conversation:
                 for key, change in event.keys.items():
                     if change.get("action") == "add":
                         self._appended.append((key, 0, None))
+                    if self._own_bucket is not None and key == self._own_bucket[0]:
+                        self._own_bucket = None  # someone replaced it: look it up again
                 continue
             position = 0
             for step in event.delta:
@@ -288,11 +295,14 @@ class Conversation:
         """New stream entries since the last call, by author, each author's in order."""
         found: dict[str, list[StreamEntry]] = {}
         for key, position, values in self._appended:
-            try:
-                author, bucket = split_bucket_key(key)
-            except SchemaError as exc:
-                log.warning("stream %r skipped: %s", key, exc)
-                continue
+            place = self._bucket_places.get(key)
+            if place is None:
+                try:
+                    place = self._bucket_places[key] = split_bucket_key(key)
+                except SchemaError as exc:
+                    log.warning("stream %r skipped: %s", key, exc)
+                    continue
+            author, bucket = place
             if values is None:
                 array = self._streams.get(key)
                 values = json.loads(str(array)) if isinstance(array, Array) else []
@@ -308,7 +318,8 @@ class Conversation:
                 found.setdefault(author, []).append(entry)
         self._appended.clear()
         for author, entries in found.items():
-            entries.sort(key=lambda entry: entry.seq)
+            if len(entries) > 1:
+                entries.sort(key=lambda entry: entry.seq)
             self._cursors[author] = max(self._cursors.get(author, 0), entries[-1].seq + 1)
         return found
 
@@ -327,8 +338,7 @@ class Conversation:
             entry = self._append_in_transaction(op)
             self._advance(ReceiptKind.READ, read_upto)
         self._places()[op.id] = [entry.seq]
-        written = self._written(Changes(entries=[entry]))
-        return Written(written.update, written.changes, op.id)
+        return self._written(Changes(entries=[entry]), op.id)
 
     def edit(self, message_id: str, content: Content) -> Written:
         """Replace the content of one of the local peer's messages."""
@@ -366,8 +376,10 @@ class Conversation:
         for author, seq in upto.items():
             key = receipt_key(self._local_peer, kind, check_id(author, "peer id"))
             if seq > self._own_receipts().get(key, -1):
+                self._writing = True  # cleared when the transaction's update is collected
                 self._acks[key] = seq
                 self._own_receipt_cache[key] = seq
+                self._own_new_receipts.append(Receipt(self._local_peer, kind, author, seq))
 
     def _own_receipts(self) -> dict[str, int]:
         """The local peer's counters (only it writes them, so a cache stays true)."""
@@ -424,12 +436,17 @@ class Conversation:
         bucket, index = divmod(seq, BUCKET_SIZE)
         key = bucket_key(self._local_peer, bucket)
         value = encode_op(op)
-        if index == 0:
-            self._streams[key] = Array([value])
-        else:
-            # Array.append re-reads the length and goes through slice assignment; the index
-            # is known, so insert there directly (a third of a live message's cost).
-            self._streams[key]._set(index, value)
+        if index == 0 or self._own_bucket is None or self._own_bucket[0] != key:
+            if index == 0:
+                self._streams[key] = Array([value])
+            self._own_bucket = (key, self._streams[key])
+            if index == 0:
+                self._cursors[self._local_peer] = seq + 1
+                return StreamEntry(self._local_peer, seq, op)
+        # Array.append re-reads the length and goes through slice assignment, and a map
+        # lookup per message costs as much again: insert at the known index into the
+        # cached bucket (together a third of a live message's cost).
+        self._own_bucket[1]._set(index, value)
         self._cursors[self._local_peer] = seq + 1
         return StreamEntry(self._local_peer, seq, op)
 
@@ -439,11 +456,14 @@ class Conversation:
         del array[index]
         array.insert(index, encode_op(op))
 
-    def _written(self, changes: Changes) -> Written:
+    def _written(self, changes: Changes, message_id: str | None = None) -> Written:
         update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
         self._outbox.clear()
         self._appended.clear()  # the local entries are already in ``changes``
-        return Written(update, self._drain(changes))
+        changes.receipts.extend(self._own_new_receipts)
+        self._own_new_receipts.clear()
+        self._writing = False
+        return Written(update, self._drain(changes), message_id)
 
     def _drain(self, changes: Changes) -> Changes:
         for key, value in self._acked:
@@ -457,6 +477,8 @@ class Conversation:
         return changes
 
     def _on_acks(self, event: Any) -> None:
+        if self._writing:
+            return  # our own receipts: ``_advance`` already noted them, parsed
         for key, change in event.keys.items():
             if "newValue" in change:
                 self._acked.append((key, change["newValue"]))
