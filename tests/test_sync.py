@@ -22,6 +22,7 @@ from gigi_crdt.sync import (
     OfflineMessagesReceived,
     PeerOffline,
     PeerOnline,
+    PresenceChanged,
     ReceiptUpdated,
     SyncEngine,
     SyncProgress,
@@ -342,3 +343,19 @@ async def test_peer_online_and_offline_events(tmp_path: Path) -> None:
                 assert isinstance(offline, PeerOffline)
                 assert offline.peer_id == bob.peer_id
             nursery.cancel_scope.cancel()
+
+
+async def test_presence_and_typing_reach_members(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+        conversation = await group_of([alice, bob])
+        link(nursery, alice, bob)
+        with trio.fail_after(10):
+            online = await wait_for(bob, lambda e: isinstance(e, PresenceChanged) and e.online)
+            assert online == PresenceChanged(conversation, alice.peer_id, "alice", online=True, typing=False)
+            assert [p.peer_id for p in bob.engine.presence(conversation)] == [alice.peer_id]
+            alice.engine.set_typing(conversation, True)
+            typing = await wait_for(bob, lambda e: isinstance(e, PresenceChanged) and e.typing)
+            assert isinstance(typing, PresenceChanged)
+            assert typing.peer_id == alice.peer_id
+            assert bob.engine.presence(conversation)[0].typing
+        nursery.cancel_scope.cancel()

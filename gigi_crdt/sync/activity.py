@@ -78,6 +78,17 @@ class PeerOffline:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    """A peer came, went, or started or stopped typing in a conversation."""
+
+    conversation: str
+    peer_id: str
+    nickname: str
+    online: bool
+    typing: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SyncProgress:
     """Catch-up with a peer: ``done`` of ``total`` shared conversations are in sync."""
 
@@ -102,6 +113,7 @@ Activity: TypeAlias = (
     | ReceiptUpdated
     | PeerOnline
     | PeerOffline
+    | PresenceChanged
     | SyncProgress
     | EventsDropped
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import secrets
 from dataclasses import dataclass, field
 
 import trio
@@ -18,6 +19,7 @@ from ..errors import GigiError
 from ..protocol import (
     Announce,
     Awareness,
+    AwarenessEntry,
     Close,
     CloseCode,
     Connection,
@@ -32,8 +34,17 @@ from ..protocol import (
     Update,
 )
 from ..replica import Replica
-from .activity import Activity, EventsDropped, PeerOffline, PeerOnline, SyncProgress, describe_changes
+from .activity import (
+    Activity,
+    EventsDropped,
+    PeerOffline,
+    PeerOnline,
+    PresenceChanged,
+    SyncProgress,
+    describe_changes,
+)
 from .link import EMPTY_STATE_VECTOR, LinkSettings, PeerLink, read_events
+from .presence import RENEW_SECONDS, Presence, PresenceTable, local_state
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +84,18 @@ class SyncEngine:
         *,
         settings: LinkSettings | None = None,
         limits: Limits | None = None,
-        awareness_client_id: int = 0,
+        awareness_client_id: int | None = None,
         event_buffer: int = EVENT_BUFFER,
     ) -> None:
         self.replica = replica
         self.settings = settings or LinkSettings()
         self.limits = limits or Limits()
-        self._awareness_client_id = awareness_client_id
+        # One awareness client id per engine run, as a Yjs client id is per session.
+        self._awareness_client_id = secrets.randbits(53) if awareness_client_id is None else awareness_client_id
         self._links: dict[str, PeerLink] = {}
-        self._presence: dict[tuple[str, str], Awareness] = {}
+        self._presence = PresenceTable()
+        self._presence_clock = 0
+        self._typing: set[str] = set()
         self._events_send, self._events_receive = trio.open_memory_channel[Activity](event_buffer)
         self._dropped = 0
         self._nonces = itertools.count(1)
@@ -96,6 +110,25 @@ class SyncEngine:
     def online_peers(self) -> dict[str, str]:
         """Linked peers: peer id -> nickname."""
         return {peer: link.peer.nickname for peer, link in self._links.items() if link.peer is not None}
+
+    def presence(self, conversation: str) -> list[Presence]:
+        """Peers present in ``conversation`` right now (renewed within the last 30 s)."""
+        return self._presence.present(trio.current_time(), conversation)
+
+    def set_typing(self, conversation: str, typing: bool) -> None:
+        """Tell the conversation's linked members whether we are typing in it."""
+        if typing == (conversation in self._typing):
+            return
+        (self._typing.add if typing else self._typing.discard)(conversation)
+        for link in self._links.values():
+            if conversation in link.shared:
+                self._announce_presence(link, conversation)
+
+    def _announce_presence(self, link: PeerLink, conversation: str) -> None:
+        self._presence_clock += 1
+        state = local_state(self.replica.nickname, conversation in self._typing)
+        entry = AwarenessEntry(self._awareness_client_id, self._presence_clock, state)
+        link.offer(Awareness(conversation, (entry,)))
 
     def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
         """Pass a stored update on to every linked member but its origin (``UpdateListener``).
@@ -188,8 +221,7 @@ class SyncEngine:
         elif isinstance(event, SyncStep2 | Update):
             await self._on_update(session, event)
         elif isinstance(event, Awareness):
-            if event.conversation in link.shared and link.peer is not None:
-                self._presence[(event.conversation, link.peer.peer_id)] = event
+            self._on_awareness(link, event)
         elif isinstance(event, Ping):
             link.offer(Pong(event.nonce))
 
@@ -215,8 +247,22 @@ class SyncEngine:
         link.offer(Announce(tuple(shared)))
         for conversation in shared:
             link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+            self._announce_presence(link, conversation)
         session.nursery.start_soon(self._keep_alive, link)
         session.nursery.start_soon(self._repair_periodically, link)
+
+    def _on_awareness(self, link: PeerLink, awareness: Awareness) -> None:
+        peer = link.peer
+        if peer is None or awareness.conversation not in link.shared:
+            return  # presence only counts among members
+        for entry in awareness.entries:  # the protocol allowed only the peer's own client id
+            if self._presence.record(trio.current_time(), awareness.conversation, peer.peer_id, peer.nickname, entry):
+                typing = entry.state is not None and entry.state.get("typing") is True
+                self._publish(
+                    PresenceChanged(
+                        awareness.conversation, peer.peer_id, peer.nickname, entry.state is not None, typing
+                    )
+                )
 
     async def _on_announce(self, session: _Session, announce: Announce) -> None:
         link = session.link
@@ -287,10 +333,12 @@ class SyncEngine:
     # -- periodic work -----------------------------------------------------------------
 
     async def _keep_alive(self, link: PeerLink) -> None:
-        """Ping so that a quiet but healthy peer never hits the idle timeout."""
+        """Ping so that a quiet but healthy peer never hits the idle timeout; renew presence."""
         while True:
-            await trio.sleep(self.settings.ping_interval)
+            await trio.sleep(min(self.settings.ping_interval, RENEW_SECONDS))
             link.offer(Ping(next(self._nonces)))
+            for conversation in sorted(link.shared):
+                self._announce_presence(link, conversation)
 
     async def _repair_periodically(self, link: PeerLink) -> None:
         """Anti-entropy: re-announce our state vectors so anything a lost frame dropped is resent."""
@@ -304,6 +352,7 @@ class SyncEngine:
     def _unregister(self, link: PeerLink, reason: str) -> None:
         if link.peer is not None and self._links.get(link.peer.peer_id) is link:
             del self._links[link.peer.peer_id]
+            self._presence.forget_peer(link.peer.peer_id)
             self._publish(PeerOffline(link.peer.peer_id, reason))
 
     def _publish(self, activity: Activity) -> None:
