@@ -30,7 +30,6 @@ from .model import (
     Written,
     new_id,
 )
-from .model.clock import TICKS_PER_MS
 from .model.metadata import Member, Metadata
 from .model.ops import check_id, check_nickname
 from .store import ConversationSummary, Record, Store, StoreWorker, index
@@ -38,7 +37,6 @@ from .store.store import MIN_COMPACTION_BYTES
 
 log = logging.getLogger(__name__)
 
-DAY_MS = 24 * 60 * 60 * 1000
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
@@ -281,7 +279,10 @@ class Replica:
         """Fold a conversation's update log into one snapshot and apply its retention."""
         meta = await self.metadata(conversation)
         if meta.retention_days is not None:
-            cutoff = (self._clock.tick() // TICKS_PER_MS - meta.retention_days * DAY_MS) * TICKS_PER_MS
+            doc = await self._document(conversation)
+            await self._persist(doc, doc.expire())
+            cutoff = doc.retention_cutoff()
+            assert cutoff is not None  # the metadata says there is a retention
             await self._worker.write(self._store.purge_expired, conversation, cutoff)
         await self._worker.compact(conversation)
 
@@ -322,8 +323,9 @@ class Replica:
         members: tuple[Member, ...] = ()
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
+        record = Record(conv, written.update, written.changes, meta, members, doc.retention_cutoff())
         try:
-            await self._worker.commit(Record(conv, written.update, written.changes, meta, members))
+            await self._worker.commit(record)
         except BaseException:
             # The document already holds the change; drop it so memory never runs ahead of disk.
             self._conversations.pop(conv, None)

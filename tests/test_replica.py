@@ -154,18 +154,35 @@ async def test_rebuilt_index_matches_the_original(tmp_path: Path) -> None:
         assert before == after
 
 
-async def test_retention_purges_old_messages_from_the_index(tmp_path: Path) -> None:
+async def test_retention_expires_old_messages_on_every_peer(tmp_path: Path) -> None:
     day = 24 * 60 * 60 * 1000
     now = [1_700_000_000_000]
-    async with open_replica(tmp_path / "a", nickname="alice", now_ms=lambda: now[0]) as alice:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", now_ms=lambda: now[0]) as alice,
+        open_replica(tmp_path / "b", nickname="bob", now_ms=lambda: now[0]) as bob,
+    ):
         conversation = await alice.create_conversation(
-            ConversationKind.DIRECT, others={"bob-peer-0002": "bob"}, retention_days=7
+            ConversationKind.DIRECT, others={bob.peer_id: "bob"}, retention_days=7
         )
-        await alice.send(conversation, Text("old"))
+        for i in range(300):  # more than one bucket
+            await alice.send(conversation, Text(f"old-message-{i}"))
+        await sync(alice, bob, conversation)
         now[0] += 10 * day
         await alice.send(conversation, Text("recent"))
         await alice.compact(conversation)
-        assert texts(await alice.history(conversation)) == ["recent"]
+        # Gone from alice's index and document; the full old bucket left the CRDT itself.
+        assert texts(await alice.history(conversation, limit=500)) == ["recent"]
+        assert texts(await alice.export(conversation)) == ["recent"]
+        assert b"old-message-7" not in await alice.diff(conversation, None)
+        # bob expires them too, whether he compacts or just syncs.
+        await sync(alice, bob, conversation)
+        assert texts(await bob.export(conversation)) == ["recent"]
+        await bob.compact(conversation)
+        assert texts(await bob.history(conversation, limit=500)) == ["recent"]
+        # A new device of carol's never indexes what has expired.
+        async with open_replica(tmp_path / "c", nickname="carol", now_ms=lambda: now[0]) as carol:
+            await carol.receive(conversation, await alice.diff(conversation, None))
+            assert texts(await carol.history(conversation, limit=500)) == ["recent"]
 
 
 async def test_a_second_process_gets_store_in_use(tmp_path: Path) -> None:

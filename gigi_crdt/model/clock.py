@@ -32,6 +32,10 @@ class HybridClock:
         self._last = max(self._last + 1, self._now_ms() * TICKS_PER_MS)
         return self._last
 
+    def now(self) -> int:
+        """The current wall time as a timestamp, without issuing one."""
+        return self._now_ms() * TICKS_PER_MS
+
     def observe(self, timestamp: int) -> None:
         """Move past a timestamp seen on a remote message, unless it is implausibly ahead."""
         if wall_ms(timestamp) <= self._now_ms() + MAX_FUTURE_MS:

@@ -29,7 +29,7 @@ from typing import Any
 from pycrdt import Array, Doc, Map, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
-from .clock import HybridClock
+from .clock import TICKS_PER_MS, HybridClock
 from .content import Content
 from .metadata import (
     ConversationKind,
@@ -67,6 +67,7 @@ from .view import Message, fold_history
 log = logging.getLogger(__name__)
 
 LOCAL_ORIGIN = "gigi-crdt:local"
+DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
 
 
 def new_id() -> str:
@@ -111,6 +112,7 @@ class Conversation:
         self._appended: list[tuple[str, int, list[Any] | None]] = []
         self._meta_changed = False
         self._member_cache: dict[str, Member] | None = None
+        self._metadata_cache: Metadata | None = None
         self._cursors = self._stream_lengths()
         self._own_places: dict[str, list[int]] | None = None
         self._own_receipt_cache: dict[str, int] = {}
@@ -188,7 +190,9 @@ class Conversation:
 
     def metadata(self) -> Metadata:
         """Kind, title, creation time and retention; ``SchemaError`` if the document has none."""
-        return parse_metadata(self._meta.to_py() or {})
+        if self._metadata_cache is None:
+            self._metadata_cache = parse_metadata(self._meta.to_py() or {})
+        return self._metadata_cache
 
     def members(self) -> dict[str, Member]:
         """Everyone who is or was a member, by peer id; malformed records are skipped."""
@@ -234,8 +238,54 @@ class Conversation:
                 yield from self._read_bucket(author, number, 0)
 
     def history(self) -> list[Message]:
-        """The whole ordered history, computed from the document (linear in its size)."""
-        return fold_history(self.entries())
+        """The whole ordered history, computed from the document (linear in its size).
+
+        Messages past the conversation's retention are left out, as every peer does.
+        """
+        cutoff = self.retention_cutoff()
+        messages = fold_history(self.entries())
+        return messages if cutoff is None else [m for m in messages if m.timestamp >= cutoff]
+
+    def retention_cutoff(self) -> int | None:
+        """Messages with timestamps below this have expired (``None``: kept forever)."""
+        try:
+            days = self.metadata().retention_days
+        except SchemaError:
+            return None
+        return None if days is None else self._clock.now() - days * DAY_TICKS
+
+    def expire(self) -> Written:
+        """Drop whole buckets whose every entry is past retention, on any author's stream.
+
+        Each peer does this on its own; deleting a map key twice converges. An author's
+        last bucket is kept, so its stream positions stay known.
+        """
+        cutoff = self.retention_cutoff()
+        expired: list[str] = []
+        if cutoff is not None:
+            last: dict[str, int] = {}
+            for key in self._streams.keys():
+                place = self._place(key)
+                if place is not None:
+                    last[place[0]] = max(last.get(place[0], -1), place[1])
+            for key in list(self._streams.keys()):
+                place = self._place(key)
+                if place is not None and place[1] < last[place[0]] and self._bucket_expired(place, cutoff):
+                    expired.append(key)
+        with self._doc.transaction(origin=LOCAL_ORIGIN):
+            for key in expired:
+                del self._streams[key]
+        return self._written(Changes())
+
+    def _bucket_expired(self, place: tuple[str, int], cutoff: int) -> bool:
+        entries = list(self._read_bucket(place[0], place[1], 0))
+        return len(entries) == BUCKET_SIZE and all(_timestamp(entry.op) < cutoff for entry in entries)
+
+    def _place(self, key: str) -> tuple[str, int] | None:
+        try:
+            return split_bucket_key(key)
+        except SchemaError:
+            return None
 
     def stream_length(self, author: str) -> int:
         """How many entries of ``author``'s stream this replica holds."""
@@ -485,6 +535,7 @@ class Conversation:
 
     def _on_meta(self, event: Any) -> None:
         self._meta_changed = True
+        self._metadata_cache = None
         self._member_cache = None
 
     def _require_member(self) -> None:

@@ -51,9 +51,12 @@ def record_metadata(db: sqlite3.Connection, meta: Metadata, members: Iterable[Me
     )
 
 
-def record_changes(db: sqlite3.Connection, conv: str, changes: Changes) -> None:
-    """Fold a transaction's entries and receipts into the index."""
+def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_before: int | None = None) -> None:
+    """Fold a transaction's entries and receipts into the index, leaving out expired posts."""
     for entry in changes.entries:
+        op = entry.op
+        if expire_before is not None and isinstance(op, Posted | Tombstone) and op.timestamp < expire_before:
+            continue
         _record_entry(db, conv, entry)
     for receipt in changes.receipts:
         db.execute(

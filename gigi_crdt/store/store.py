@@ -38,6 +38,7 @@ class Record:
     changes: Changes
     metadata: Metadata | None = None
     members: Sequence[Member] = ()
+    expire_before: int | None = None  # messages older than this are past retention: not indexed
 
 
 class Store:
@@ -94,7 +95,7 @@ class Store:
                 "UPDATE conversations SET log_bytes = log_bytes + ? WHERE id = ?",
                 (len(record.update), record.conversation),
             )
-        index.record_changes(db, record.conversation, record.changes)
+        index.record_changes(db, record.conversation, record.changes, record.expire_before)
 
     def committed_log(self, conversation: str) -> tuple[int, list[bytes]]:
         """The last row id and every committed update of a conversation (for compaction)."""
