@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Array, Doc, Map, merge_updates
+from pycrdt import Array, Doc, Map, Transaction, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
 from .clock import TICKS_PER_MS, HybridClock
@@ -154,7 +154,7 @@ class Conversation:
         now = clock.tick()
         meta = Metadata(conversation_id or new_id(), kind, title, now, retention_days)
         parse_metadata(encode_metadata(meta))
-        with conversation._doc.transaction(origin=LOCAL_ORIGIN):
+        with conversation._local_transaction():
             conversation._meta.update(encode_metadata(meta))
             conversation._members[local_peer] = encode_member(
                 Member(local_peer, check_nickname(nickname), Role.ADMIN, now)
@@ -272,7 +272,7 @@ class Conversation:
                 place = self._place(key)
                 if place is not None and place[1] < last[place[0]] and self._bucket_expired(place, cutoff):
                     expired.append(key)
-        with self._doc.transaction(origin=LOCAL_ORIGIN):
+        with self._local_transaction():
             for key in expired:
                 del self._streams[key]
         return self._written(Changes())
@@ -318,6 +318,8 @@ class Conversation:
 
     def _on_streams(self, events: list[Any]) -> None:
         # Runs inside the transaction: note where entries landed; new buckets are read after.
+        if self._writing:
+            return  # our own entries are in the write's ``changes`` already
         for event in events:
             if hasattr(event, "keys"):
                 for key, change in event.keys.items():
@@ -384,7 +386,7 @@ class Conversation:
         """
         self._require_member()
         op = Posted(new_id(), self._clock.tick(), check_nickname(nickname), content)
-        with self._doc.transaction(origin=LOCAL_ORIGIN):
+        with self._local_transaction():
             entry = self._append_in_transaction(op)
             self._advance(ReceiptKind.READ, read_upto)
         self._places()[op.id] = [entry.seq]
@@ -403,7 +405,7 @@ class Conversation:
         original = self._entry_at(self._local_peer, places[0]).op
         if not isinstance(original, Posted):
             raise UnknownMessage(f"message {message_id} is already deleted")
-        with self._doc.transaction(origin=LOCAL_ORIGIN):
+        with self._local_transaction():
             self._replace(places[0], Tombstone(message_id, original.timestamp, original.nickname))
             for seq in places[1:]:
                 self._replace(seq, Redacted(message_id))
@@ -418,7 +420,7 @@ class Conversation:
 
     def mark(self, kind: ReceiptKind, upto: Mapping[str, int]) -> Written:
         """Move the local peer's receipts forward to ``upto`` (author -> seq); never back."""
-        with self._doc.transaction(origin=LOCAL_ORIGIN):
+        with self._local_transaction():
             self._advance(kind, upto)
         return self._written(Changes())
 
@@ -426,7 +428,6 @@ class Conversation:
         for author, seq in upto.items():
             key = receipt_key(self._local_peer, kind, check_id(author, "peer id"))
             if seq > self._own_receipts().get(key, -1):
-                self._writing = True  # cleared when the transaction's update is collected
                 self._acks[key] = seq
                 self._own_receipt_cache[key] = seq
                 self._own_new_receipts.append(Receipt(self._local_peer, kind, author, seq))
@@ -448,7 +449,7 @@ class Conversation:
         meta = self.metadata()
         values = encode_metadata(Metadata(meta.id, meta.kind, title, meta.created_at, meta.retention_days))
         parse_metadata(values)
-        with self._doc.transaction(origin=LOCAL_ORIGIN):
+        with self._local_transaction():
             self._meta["title"] = title
         return self._written(Changes())
 
@@ -458,7 +459,7 @@ class Conversation:
         if self.metadata().kind is ConversationKind.DIRECT:
             raise NotAllowed("a direct conversation cannot gain members")
         member = Member(check_id(peer_id, "peer id"), check_nickname(nickname), role, self._clock.tick())
-        with self._doc.transaction(origin=LOCAL_ORIGIN):
+        with self._local_transaction():
             self._members[peer_id] = encode_member(member)
         return self._written(Changes())
 
@@ -470,14 +471,14 @@ class Conversation:
         if member is None:
             raise NotAllowed(f"{peer_id} is not a member")
         gone = Member(member.peer_id, member.nickname, member.role, member.joined_at, self._clock.tick())
-        with self._doc.transaction(origin=LOCAL_ORIGIN):
+        with self._local_transaction():
             self._members[peer_id] = encode_member(gone)
         return self._written(Changes())
 
     # -- internals -----------------------------------------------------------------
 
     def _append(self, op: Op) -> Written:
-        with self._doc.transaction(origin=LOCAL_ORIGIN):
+        with self._local_transaction():
             entry = self._append_in_transaction(op)
         return self._written(Changes(entries=[entry]))
 
@@ -506,10 +507,14 @@ class Conversation:
         del array[index]
         array.insert(index, encode_op(op))
 
+    def _local_transaction(self) -> Transaction:
+        """A transaction of our own: observers skip it (``changes`` says what it did)."""
+        self._writing = True  # cleared when ``_written`` collects the update
+        return self._doc.transaction(origin=LOCAL_ORIGIN)
+
     def _written(self, changes: Changes, message_id: str | None = None) -> Written:
         update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
         self._outbox.clear()
-        self._appended.clear()  # the local entries are already in ``changes``
         changes.receipts.extend(self._own_new_receipts)
         self._own_new_receipts.clear()
         self._writing = False

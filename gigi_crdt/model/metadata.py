@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,13 @@ def receipt_key(member: str, kind: ReceiptKind, author: str) -> str:
 
 def parse_receipt(key: str, value: object) -> Receipt:
     """A receipt from an ``acks`` entry, or ``SchemaError``."""
+    member, kind, author = _receipt_key_parts(key)
+    return Receipt(member, kind, author, parse_timestamp(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _receipt_key_parts(key: str) -> tuple[str, ReceiptKind, str]:
+    # A conversation has a handful of receipt keys rewritten over and over: parse each once.
     parts = key.split("/")
     if len(parts) != 3:
         raise SchemaError(f"malformed receipt key {key!r}")
@@ -144,4 +152,4 @@ def parse_receipt(key: str, value: object) -> Receipt:
         receipt_kind = ReceiptKind(kind)
     except ValueError:
         raise SchemaError(f"unknown receipt kind {kind!r}") from None
-    return Receipt(check_id(member, "peer id"), receipt_kind, check_id(author, "peer id"), parse_timestamp(value))
+    return check_id(member, "peer id"), receipt_kind, check_id(author, "peer id")
