@@ -139,6 +139,10 @@ class Replica:
         """Every conversation with its last message and unread count, most recent first."""
         return await self._read(index.summaries, self.peer_id)
 
+    async def conversation_ids(self) -> list[str]:
+        """The ids of every conversation stored here."""
+        return await self._read(index.conversation_ids)
+
     async def metadata(self, conversation: str) -> Metadata:
         """A conversation's kind, title and creation time."""
         meta = await self._read(index.metadata, conversation)
@@ -225,11 +229,15 @@ class Replica:
         """What a peer with ``state_vector`` lacks (sync step 2)."""
         return (await self._document(conversation)).diff(state_vector)
 
-    async def receive(self, conversation: str, update: bytes, origin: str | None = None) -> Changes:
+    async def receive(
+        self, conversation: str, update: bytes, origin: str | None = None, *, acknowledge: bool = True
+    ) -> Changes:
         """Merge and persist an update from peer ``origin``, then acknowledge it as delivered.
 
         A conversation seen for the first time is created from the update. Listeners
-        hear of the update (to pass it on) only if it brought something new.
+        hear of the update (to pass it on) only if it brought something new. With
+        ``acknowledge=False`` the caller sends the delivered receipt itself, later
+        (``acknowledge``), e.g. after telling the application.
         """
         try:
             doc = await self._document(conversation)
@@ -246,10 +254,16 @@ class Replica:
             raise
         news = bool(changes) or doc.state_vector() != before
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "")
+        if acknowledge:
+            await self.acknowledge(conversation, changes)
+        return changes
+
+    async def acknowledge(self, conversation: str, changes: Changes) -> None:
+        """Mark what ``changes`` brought as delivered (only call once it is stored)."""
+        doc = await self._document(conversation)
         delivered = {e.author: doc.stream_length(e.author) - 1 for e in changes.entries if e.author != self.peer_id}
         if delivered:
             await self._persist(doc, doc.mark(ReceiptKind.DELIVERED, delivered))
-        return changes
 
     async def shared_conversations(self, peer_id: str) -> list[str]:
         """Conversations that list ``peer_id`` as a current member."""

@@ -22,7 +22,6 @@ from ..model import (
     Metadata,
     ReceiptKind,
     Role,
-    StreamEntry,
 )
 from ..model.content import decode_content, encode_content, searchable_text
 from ..model.ops import Deleted, Edited, Posted, Reacted, Tombstone
@@ -52,56 +51,74 @@ def record_metadata(db: sqlite3.Connection, meta: Metadata, members: Iterable[Me
 
 
 def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_before: int | None = None) -> None:
-    """Fold a transaction's entries and receipts into the index, leaving out expired posts."""
+    """Fold a transaction's entries and receipts into the index, leaving out expired posts.
+
+    New posts go in with one statement (a catch-up may bring 10^5 of them); edits,
+    deletions and reactions, which refer to earlier posts, follow in stream order.
+    """
+    posts = []
     for entry in changes.entries:
         op = entry.op
-        if expire_before is not None and isinstance(op, Posted | Tombstone) and op.timestamp < expire_before:
-            continue
-        _record_entry(db, conv, entry)
-    for receipt in changes.receipts:
-        db.execute(
-            "INSERT INTO receipts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq = excluded.seq "
-            "WHERE excluded.seq > receipts.seq",
-            (conv, receipt.member, receipt.kind.value, receipt.author, receipt.seq),
-        )
+        if isinstance(op, Posted | Tombstone):
+            if expire_before is None or op.timestamp >= expire_before:
+                posts.append(_post_row(conv, entry.author, entry.seq, op))
+        elif isinstance(op, Edited | Deleted | Reacted):
+            if posts:
+                _insert_posts(db, posts)
+                posts = []
+            _record_change(db, conv, entry.author, entry.seq, op)
+    if posts:
+        _insert_posts(db, posts)
+    db.executemany(
+        "INSERT INTO receipts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq = excluded.seq "
+        "WHERE excluded.seq > receipts.seq",
+        [(conv, r.member, r.kind.value, r.author, r.seq) for r in changes.receipts],
+    )
 
 
-def _record_entry(db: sqlite3.Connection, conv: str, entry: StreamEntry) -> None:
-    op = entry.op
-    if isinstance(op, Posted | Tombstone):
-        kind, fields = encode_content(op.content) if isinstance(op, Posted) else (None, None)
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO messages (conv, id, author, seq, nickname, ts, kind, content) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (conv, op.id, entry.author, entry.seq, op.nickname, op.timestamp, kind, _json(fields)),
-        )
-        if cursor.rowcount and isinstance(op, Posted):
-            db.execute(
-                "INSERT INTO message_text (rowid, text) VALUES (?, ?)",
-                (cursor.lastrowid, searchable_text(op.content)),
-            )
-    elif isinstance(op, Edited):
-        row = _own_live_row(db, conv, op.target, entry.author)
-        if row is not None:
-            kind, fields = encode_content(op.content)
-            db.execute(
-                "UPDATE messages SET kind = ?, content = ?, edited_at = ? WHERE rowid = ?",
-                (kind, _json(fields), op.timestamp, row),
-            )
-            db.execute("UPDATE message_text SET text = ? WHERE rowid = ?", (searchable_text(op.content), row))
-    elif isinstance(op, Deleted):
-        row = _own_live_row(db, conv, op.target, entry.author)
-        if row is not None:
-            db.execute(
-                "UPDATE messages SET kind = NULL, content = NULL, edited_at = NULL, deleted_at = ? WHERE rowid = ?",
-                (op.timestamp, row),
-            )
-            db.execute("DELETE FROM message_text WHERE rowid = ?", (row,))
-    elif isinstance(op, Reacted):
+def _post_row(conv: str, author: str, seq: int, op: Posted | Tombstone) -> tuple[object, ...]:
+    if isinstance(op, Tombstone):
+        return (conv, op.id, author, seq, op.nickname, op.timestamp, None, None, None)
+    kind, fields = encode_content(op.content)
+    return (conv, op.id, author, seq, op.nickname, op.timestamp, kind, _json(fields), searchable_text(op.content))
+
+
+def _insert_posts(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    (before,) = db.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchone()
+    db.executemany(
+        "INSERT OR IGNORE INTO messages (conv, id, author, seq, nickname, ts, kind, content, body) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    # New rows get row ids above every existing one; index their text in one statement.
+    db.execute(
+        "INSERT INTO message_text (rowid, body) SELECT rowid, body FROM messages WHERE rowid > ? AND body IS NOT NULL",
+        (before,),
+    )
+
+
+def _record_change(db: sqlite3.Connection, conv: str, author: str, seq: int, op: Edited | Deleted | Reacted) -> None:
+    if isinstance(op, Reacted):
         db.execute(
             "INSERT INTO reactions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
             "SET seq = excluded.seq, active = excluded.active WHERE excluded.seq > reactions.seq",
-            (conv, op.target, op.emoji, entry.author, entry.seq, int(op.on)),
+            (conv, op.target, op.emoji, author, seq, int(op.on)),
+        )
+        return
+    row = _own_live_row(db, conv, op.target, author)
+    if row is None:
+        return
+    if isinstance(op, Edited):
+        kind, fields = encode_content(op.content)
+        db.execute(
+            "UPDATE messages SET kind = ?, content = ?, body = ?, edited_at = ? WHERE rowid = ?",
+            (kind, _json(fields), searchable_text(op.content), op.timestamp, row),
+        )
+    else:
+        db.execute(
+            "UPDATE messages SET kind = NULL, content = NULL, body = NULL, edited_at = NULL, deleted_at = ? "
+            "WHERE rowid = ?",
+            (op.timestamp, row),
         )
 
 
@@ -246,15 +263,11 @@ def summaries(db: sqlite3.Connection, reader: str) -> list[ConversationSummary]:
 
 def purge_expired(db: sqlite3.Connection, conv: str, before_ts: int) -> int:
     """Drop messages older than ``before_ts`` from the index (retention); returns how many."""
-    rows = db.execute("SELECT rowid FROM messages WHERE conv = ? AND ts < ?", (conv, before_ts)).fetchall()
-    db.executemany("DELETE FROM message_text WHERE rowid = ?", rows)
-    db.executemany("DELETE FROM messages WHERE rowid = ?", rows)
-    return len(rows)
+    return db.execute("DELETE FROM messages WHERE conv = ? AND ts < ?", (conv, before_ts)).rowcount
 
 
 def clear(db: sqlite3.Connection, conv: str) -> None:
     """Forget everything the index holds about one conversation (before a rebuild)."""
-    db.execute("DELETE FROM message_text WHERE rowid IN (SELECT rowid FROM messages WHERE conv = ?)", (conv,))
     for table in ("messages", "reactions", "receipts", "members"):
         db.execute(f"DELETE FROM {table} WHERE conv = ?", (conv,))
 

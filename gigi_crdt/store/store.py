@@ -25,7 +25,7 @@ T = TypeVar("T")
 # Compact when the log since the last snapshot outgrows a quarter of the snapshot: cold
 # loads then stay within 1.25x of applying one snapshot, and compaction work stays
 # proportional to what was written.
-MIN_COMPACTION_BYTES = 64 * 1024
+MIN_COMPACTION_BYTES = 1024 * 1024
 COMPACTION_RATIO = 0.25
 
 
@@ -80,15 +80,18 @@ class Store:
 
     def commit(self, records: Sequence[Record]) -> None:
         """Persist ``records`` atomically: all of them, with their index rows, or none."""
+        known: set[str] = set()
         with self._transaction() as db:
             for record in records:
-                self._write(db, record)
+                self._write(db, record, known)
 
-    def _write(self, db: sqlite3.Connection, record: Record) -> None:
+    def _write(self, db: sqlite3.Connection, record: Record, known: set[str]) -> None:
+        """Write one record; ``known`` holds conversations already seen in this transaction."""
         if record.metadata is not None:
             index.record_metadata(db, record.metadata, record.members)
-        elif index.metadata(db, record.conversation) is None:
+        elif record.conversation not in known and index.metadata(db, record.conversation) is None:
             raise UnknownConversation(f"conversation {record.conversation} has no metadata yet")
+        known.add(record.conversation)
         if record.update:
             db.execute("INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (record.conversation, record.update, time.time()))
             db.execute(
@@ -108,6 +111,18 @@ class Store:
             finally:
                 db.execute("COMMIT")
         return int(last), updates
+
+    def adopt_snapshot(self, conversation: str, upto_row: int) -> None:
+        """Count the log rows up to ``upto_row`` (a single update) as the snapshot."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE conversations SET "
+                "snapshot_bytes = (SELECT coalesce(sum(length(yupdate)), 0) FROM yupdates "
+                "WHERE path = :conv AND rowid <= :upto), "
+                "log_bytes = (SELECT coalesce(sum(length(yupdate)), 0) FROM yupdates "
+                "WHERE path = :conv AND rowid > :upto) WHERE id = :conv",
+                {"conv": conversation, "upto": upto_row},
+            )
 
     def replace_log(self, conversation: str, upto_row: int, snapshot: bytes) -> None:
         """Swap the log rows up to ``upto_row`` for ``snapshot``; later rows stay as they are."""
@@ -135,7 +150,9 @@ class Store:
         with self._transaction() as db:
             index.clear(db, conversation)
             for record in records:
-                self._write(db, Record(record.conversation, b"", record.changes, record.metadata, record.members))
+                self._write(
+                    db, Record(record.conversation, b"", record.changes, record.metadata, record.members), set()
+                )
 
     def set_setting(self, key: str, value: str) -> None:
         """Store a node setting (peer id, nickname)."""

@@ -44,6 +44,7 @@ class StoreWorker:
         self._write_thread = trio.CapacityLimiter(1)
         self._read_thread = trio.CapacityLimiter(1)
         self._compaction_wanted: set[str] = set()
+        self._compacting: str | None = None
         self._compaction_wake = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -100,8 +101,9 @@ class StoreWorker:
 
     def request_compaction(self, conversation: str) -> None:
         """Ask for a conversation's log to be compacted soon; never blocks the caller."""
-        self._compaction_wanted.add(conversation)
-        self._compaction_wake.set()
+        if conversation != self._compacting:  # the running one already covers this request
+            self._compaction_wanted.add(conversation)
+            self._compaction_wake.set()
 
     async def compact(self, conversation: str) -> None:
         """Fold everything committed so far for ``conversation`` into one snapshot.
@@ -110,7 +112,10 @@ class StoreWorker:
         snapshot happen beside it, so senders do not wait for a compaction.
         """
         upto, updates = await self.read(self.store.committed_log, conversation)
-        if len(updates) > 1:
+        if len(updates) == 1:
+            # A lone update (say, a catch-up that arrived whole) already is a snapshot.
+            await self.write(self.store.adopt_snapshot, conversation, upto)
+        elif updates:
             snapshot = await trio.to_thread.run_sync(build_snapshot, updates)
             await self.write(self.store.replace_log, conversation, upto, snapshot)
 
@@ -119,10 +124,12 @@ class StoreWorker:
             await self._compaction_wake.wait()
             self._compaction_wake = trio.Event()
             while self._compaction_wanted:
-                conversation = self._compaction_wanted.pop()
+                conversation = self._compacting = self._compaction_wanted.pop()
                 try:
                     await self.compact(conversation)
                 except GigiError:
                     # Compaction is an optimisation: the log stays complete and valid
                     # without it, and the next write failure will surface to a caller.
                     log.exception("compacting %s failed; its log is left as it is", conversation)
+                finally:
+                    self._compacting = None

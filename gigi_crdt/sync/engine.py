@@ -266,7 +266,7 @@ class SyncEngine:
 
     async def _on_announce(self, session: _Session, announce: Announce) -> None:
         link = session.link
-        known = {summary.metadata.id for summary in await self.replica.conversations()}
+        known = set(await self.replica.conversation_ids())
         for conversation in announce.conversations:
             if conversation in link.shared or conversation in session.fetching:
                 continue
@@ -303,14 +303,15 @@ class SyncEngine:
         if not fetched and conversation not in link.shared:
             log.info("%s sent an update for %s; ignored (not shared)", self._name(link), conversation)
             return
-        changes = await self.replica.receive(conversation, event.update, origin=link.peer.peer_id)
+        changes = await self.replica.receive(conversation, event.update, origin=link.peer.peer_id, acknowledge=False)
         if fetched:
             session.fetching.discard(conversation)
             if await self.replica.is_member(conversation, link.peer.peer_id):
                 link.shared.add(conversation)
         catch_up = isinstance(event, SyncStep2)
         for activity in describe_changes(conversation, changes, catch_up=catch_up):
-            self._publish(activity)
+            self._publish(activity)  # stored already; the delivered receipt need not hold it up
+        await self.replica.acknowledge(conversation, changes)
         if catch_up and conversation in session.catching_up:
             session.catching_up.discard(conversation)
             done = session.catch_up_total - len(session.catching_up)
