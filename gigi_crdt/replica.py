@@ -290,7 +290,8 @@ class Replica:
     # -- maintenance ---------------------------------------------------------------
 
     async def compact(self, conversation: str) -> None:
-        """Fold a conversation's update log into one snapshot and apply its retention."""
+        """Fold a conversation's update log into one garbage-collected snapshot, after
+        applying its retention."""
         meta = await self.metadata(conversation)
         if meta.retention_days is not None:
             doc = await self._document(conversation)
@@ -298,7 +299,7 @@ class Replica:
             cutoff = doc.retention_cutoff()
             assert cutoff is not None  # the metadata says there is a retention
             await self._worker.write(self._store.purge_expired, conversation, cutoff)
-        await self._worker.compact(conversation)
+        await self._worker.compact(conversation, collect_garbage=True)
 
     async def rebuild_index(self, conversation: str) -> None:
         """Recreate a conversation's index rows from its document."""

@@ -26,16 +26,20 @@ def merge_all(updates: Sequence[bytes]) -> bytes:
     return level[0] if level else b""
 
 
-def build_snapshot(updates: Sequence[bytes]) -> bytes:
-    """A snapshot of committed ``updates``: deleted content garbage-collected, nothing lost.
+def build_snapshot(updates: Sequence[bytes], collect_garbage: bool) -> bytes:
+    """A snapshot of committed ``updates``, losing nothing.
 
-    Applying the log to a fresh document garbage-collects deleted content (a deleted
-    message's text leaves the disk), but drops structs still waiting for a missing
-    dependency; those are added back from the merged log, so a later update that
-    supplies the dependency still finds them.
+    Without ``collect_garbage`` it is a plain merge: linear, and cheap enough to run as
+    the log grows. With it, the log is applied to a fresh document, which drops deleted
+    content (a deleted message's text leaves the disk) but also drops structs still
+    waiting for a missing dependency; those are added back from the merged log, so a
+    later update that supplies the dependency still finds them.
     """
+    merged = merge_all(updates)
+    if not collect_garbage:
+        return merged
     doc: Doc[Any] = Doc()
     for update in updates:
         doc.apply_update(update)
-    waiting = get_update(merge_all(updates), doc.get_state())
+    waiting = get_update(merged, doc.get_state())
     return merge_updates(doc.get_update(), waiting)

@@ -34,7 +34,7 @@ CREATE TABLE gigi_settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE conversations (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, title TEXT NOT NULL, created_at INTEGER NOT NULL,
     retention_days INTEGER, log_bytes INTEGER NOT NULL DEFAULT 0,
-    snapshot_bytes INTEGER NOT NULL DEFAULT 0);
+    snapshot_bytes INTEGER NOT NULL DEFAULT 0, garbage INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE members (
     conv TEXT NOT NULL, peer TEXT NOT NULL, nickname TEXT NOT NULL, role TEXT NOT NULL,
     joined_at INTEGER NOT NULL, left_at INTEGER, PRIMARY KEY (conv, peer)) WITHOUT ROWID;

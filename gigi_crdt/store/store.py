@@ -17,6 +17,7 @@ from typing import IO, TypeVar
 
 from ..errors import StoreClosed, UnknownConversation
 from ..model import Changes, Member, Metadata
+from ..model.ops import Deleted
 from . import index
 from .database import DATABASE_NAME, connect, lock_directory, translated
 
@@ -94,23 +95,30 @@ class Store:
         known.add(record.conversation)
         if record.update:
             db.execute("INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (record.conversation, record.update, time.time()))
+            # A conversation's first update (often a whole catch-up) counts as its snapshot;
+            # later ones as log. Deletions are counted: only they leave garbage to collect.
             db.execute(
-                "UPDATE conversations SET log_bytes = log_bytes + ? WHERE id = ?",
-                (len(record.update), record.conversation),
+                "UPDATE conversations SET "
+                "snapshot_bytes = CASE WHEN snapshot_bytes = 0 AND log_bytes = 0 THEN :n ELSE snapshot_bytes END, "
+                "log_bytes = CASE WHEN snapshot_bytes = 0 AND log_bytes = 0 THEN 0 ELSE log_bytes + :n END, "
+                "garbage = garbage + :deleted WHERE id = :conv",
+                {"n": len(record.update), "deleted": _deletions(record.changes), "conv": record.conversation},
             )
         index.record_changes(db, record.conversation, record.changes, record.expire_before)
 
-    def committed_log(self, conversation: str) -> tuple[int, list[bytes]]:
-        """The last row id and every committed update of a conversation (for compaction)."""
+    def committed_log(self, conversation: str) -> tuple[int, list[bytes], bool]:
+        """The last row id, every committed update of a conversation, and whether deletions
+        since the last garbage collection left garbage (for compaction)."""
         db = self._connection(self._reader)
         with translated(self.path):
             db.execute("BEGIN")  # one consistent snapshot of the log
             try:
                 (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM yupdates").fetchone()
                 updates = self._log(db, conversation)
+                row = db.execute("SELECT garbage FROM conversations WHERE id = ?", (conversation,)).fetchone()
             finally:
                 db.execute("COMMIT")
-        return int(last), updates
+        return int(last), updates, bool(row and row[0])
 
     def adopt_snapshot(self, conversation: str, upto_row: int) -> None:
         """Count the log rows up to ``upto_row`` (a single update) as the snapshot."""
@@ -124,8 +132,11 @@ class Store:
                 {"conv": conversation, "upto": upto_row},
             )
 
-    def replace_log(self, conversation: str, upto_row: int, snapshot: bytes) -> None:
-        """Swap the log rows up to ``upto_row`` for ``snapshot``; later rows stay as they are."""
+    def replace_log(self, conversation: str, upto_row: int, snapshot: bytes, collected: bool) -> None:
+        """Swap the log rows up to ``upto_row`` for ``snapshot``; later rows stay as they are.
+
+        ``collected``: the snapshot was garbage-collected, so the deletion count restarts.
+        """
         with self._transaction() as db:
             db.execute("DELETE FROM yupdates WHERE path = ? AND rowid <= ?", (conversation, upto_row))
             db.execute("DELETE FROM ycheckpoints WHERE path = ?", (conversation,))
@@ -135,8 +146,9 @@ class Store:
                 (conversation, upto_row),
             ).fetchone()
             db.execute(
-                "UPDATE conversations SET log_bytes = ?, snapshot_bytes = ? WHERE id = ?",
-                (remaining, len(snapshot), conversation),
+                "UPDATE conversations SET log_bytes = ?, snapshot_bytes = ?, "
+                "garbage = CASE WHEN ? THEN 0 ELSE garbage END WHERE id = ?",
+                (remaining, len(snapshot), collected, conversation),
             )
 
     def purge_expired(self, conversation: str, before_ts: int) -> int:
@@ -215,3 +227,7 @@ class Store:
         if connection is None:
             raise StoreClosed(f"{self.path} is closed")
         return connection
+
+
+def _deletions(changes: Changes) -> int:
+    return sum(1 for entry in changes.entries if isinstance(entry.op, Deleted))

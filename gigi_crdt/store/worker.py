@@ -105,19 +105,21 @@ class StoreWorker:
             self._compaction_wanted.add(conversation)
             self._compaction_wake.set()
 
-    async def compact(self, conversation: str) -> None:
+    async def compact(self, conversation: str, *, collect_garbage: bool | None = None) -> None:
         """Fold everything committed so far for ``conversation`` into one snapshot.
 
-        Only the final swap runs in the writer thread; reading the log and building the
-        snapshot happen beside it, so senders do not wait for a compaction.
+        Garbage (deleted content) is collected if ``collect_garbage``, or by default when
+        deletions left some. Only the final swap runs in the writer thread; reading the
+        log and building the snapshot happen beside it, so senders do not wait for it.
         """
-        upto, updates = await self.read(self.store.committed_log, conversation)
-        if len(updates) == 1:
+        upto, updates, garbage = await self.read(self.store.committed_log, conversation)
+        collect = garbage if collect_garbage is None else collect_garbage
+        if len(updates) == 1 and not collect:
             # A lone update (say, a catch-up that arrived whole) already is a snapshot.
             await self.write(self.store.adopt_snapshot, conversation, upto)
         elif updates:
-            snapshot = await trio.to_thread.run_sync(build_snapshot, updates)
-            await self.write(self.store.replace_log, conversation, upto, snapshot)
+            snapshot = await trio.to_thread.run_sync(build_snapshot, updates, collect)
+            await self.write(self.store.replace_log, conversation, upto, snapshot, collect)
 
     async def _compact_requested(self) -> None:
         while True:
