@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
 from pathlib import Path
 
@@ -20,7 +21,18 @@ from gigi_crdt import (
     open_replica,
 )
 
-HOSTILE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hostile-updates"
+def _hostile_fixtures() -> Path:
+    """``shared/fixtures/hostile-updates`` beside the checkout (or at $GIGI_SHARED_DIR)."""
+    if "GIGI_SHARED_DIR" in os.environ:
+        return Path(os.environ["GIGI_SHARED_DIR"]) / "fixtures" / "hostile-updates"
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "fixtures" / "hostile-updates"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("shared/fixtures/hostile-updates not found beside the checkout; set GIGI_SHARED_DIR")
+
+
+HOSTILE = _hostile_fixtures()
 
 
 async def sync(a: Replica, b: Replica, conversation: str) -> None:
