@@ -513,7 +513,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--million", action="store_true", help="also measure a 10^6-message conversation")
     parser.add_argument("--messages", type=int, default=100_000, help="size of the large history (default 10^5)")
     parser.add_argument("--sends", type=int, default=2000, help="sequential durable sends")
-    parser.add_argument("--tasks", type=int, default=64, help="concurrent sending tasks")
+    parser.add_argument(
+        "--tasks",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[16, 64],
+        help="concurrent sending tasks, comma-separated runs (default 16,64)",
+    )
     parser.add_argument("--per-task", type=int, default=100, help="sends per concurrent task")
     parser.add_argument("--batch", type=int, default=1000, help="records per Store.commit when building")
     parser.add_argument(
@@ -531,8 +536,9 @@ async def main(args: argparse.Namespace) -> None:
     print_header(args)
     with tempfile.TemporaryDirectory(prefix="gigi-bench-", dir=args.dir) as tmp:
         base = Path(tmp)
-        sends = await bench_sends(base, args.sends, args.tasks, args.per_task)
-        report_sends(sends, args.tasks, args.per_task)
+        for tasks in args.tasks:
+            sends = await bench_sends(base, args.sends, tasks, args.per_task)
+            report_sends(sends, tasks, args.per_task)
         sizes = [args.messages] + ([1_000_000] if args.million else [])
         for messages in sizes:
             await bench_history(base, messages, args)
