@@ -9,6 +9,7 @@ loaded on first write or sync and kept in memory.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import sqlite3
 import time
@@ -18,7 +19,7 @@ from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 
-from .errors import SchemaError, UnknownConversation, UnknownMessage
+from .errors import GigiError, SchemaError, StorageError, UnknownConversation, UnknownMessage
 from .model import (
     Changes,
     Content,
@@ -38,6 +39,7 @@ from .store.store import MIN_COMPACTION_BYTES
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_GENERATIONS = itertools.count(1)  # each document loaded into memory gets a new one
 Ts = TypeVarTuple("Ts")
 
 
@@ -110,6 +112,7 @@ class Replica:
         self._loading = trio.Lock()
         self._unchecked_bytes: dict[str, int] = {}
         self._listeners: list[UpdateListener] = []
+        self._generations: dict[str, int] = {}
 
     # -- conversations -------------------------------------------------------------
 
@@ -131,8 +134,8 @@ class Replica:
             others=others,
             retention_days=retention_days,
         )
+        self._hold(conversation.id, conversation)
         await self._persist(conversation, written)
-        self._conversations[conversation.id] = conversation
         return conversation.id
 
     async def conversations(self) -> list[ConversationSummary]:
@@ -243,14 +246,14 @@ class Replica:
             doc = await self._document(conversation)
         except UnknownConversation:
             doc = Conversation.from_updates([], self.peer_id, self._clock)
-            self._conversations[conversation] = doc
+            self._hold(conversation, doc)
         before = doc.state_vector()
         try:
             changes = doc.apply_remote(update)
             if doc.metadata().id != conversation:
                 raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
-        except BaseException:
-            self._conversations.pop(conversation, None)  # reload what is on disk next time
+        except GigiError:
+            self._release(conversation, doc)  # it may be half-applied: reload what is on disk
             raise
         news = bool(changes) or doc.state_vector() != before
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "")
@@ -324,7 +327,7 @@ class Replica:
             if doc is None:
                 updates = await self._worker.read(self._store.load_updates, conversation)
                 doc = await trio.to_thread.run_sync(Conversation.from_updates, updates, self.peer_id, self._clock)
-                self._conversations[conversation] = doc
+                self._hold(conversation, doc)
         return doc
 
     async def _persist(
@@ -334,16 +337,23 @@ class Replica:
         if not written.update and not written.changes:
             return
         conv = conversation or doc.id
+        generation = self._generations.get(conv, 0)
+        if self._conversations.get(conv) is not doc:
+            raise StorageError(f"conversation {conv} was reloaded after a failed write; try again")
         meta: Metadata | None = None
         members: tuple[Member, ...] = ()
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
-        record = Record(conv, written.update, written.changes, meta, members, doc.retention_cutoff())
+        record = Record(conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation)
         try:
-            await self._worker.commit(record)
-        except BaseException:
-            # The document already holds the change; drop it so memory never runs ahead of disk.
-            self._conversations.pop(conv, None)
+            # The document already holds the change: cancelling now would leave it in memory
+            # but not on disk (nor in the index). Commits are short; let this one finish.
+            with trio.CancelScope(shield=True):
+                await self._worker.commit(record)
+        except GigiError:
+            # The document holds a change the disk does not: reload it from disk. Writes
+            # queued on top of this one fail too (the worker refuses their generation).
+            self._release(conv, doc)
             raise
         if written.update:
             for listener in self._listeners:
@@ -353,6 +363,16 @@ class Replica:
             self._unchecked_bytes[conv] = 0
             if await self._worker.read(self._store.needs_compaction, conv):
                 self._worker.request_compaction(conv)
+
+    def _hold(self, conversation: str, doc: Conversation) -> None:
+        """Keep ``doc`` in memory as a new generation of the conversation."""
+        self._conversations[conversation] = doc
+        self._generations[conversation] = next(_GENERATIONS)
+
+    def _release(self, conversation: str, doc: Conversation) -> None:
+        """Forget ``doc`` (if it is still the one in memory) so the next use reloads from disk."""
+        if self._conversations.get(conversation) is doc:
+            del self._conversations[conversation]
 
     async def _read(self, function: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         return await self._worker.read(self._store.query, lambda db: function(db, *args))

@@ -21,6 +21,7 @@ from gigi_crdt import (
     open_replica,
 )
 
+
 def _hostile_fixtures() -> Path:
     """``shared/fixtures/hostile-updates`` beside the checkout (or at $GIGI_SHARED_DIR)."""
     if "GIGI_SHARED_DIR" in os.environ:

@@ -40,6 +40,7 @@ class Record:
     metadata: Metadata | None = None
     members: Sequence[Member] = ()
     expire_before: int | None = None  # messages older than this are past retention: not indexed
+    generation: int = 0  # the in-memory document it came from; 0: none to track
 
 
 class Store:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import trio
 
-from ..errors import GigiError, StoreClosed
+from ..errors import GigiError, StorageError, StoreClosed
 from .compaction import build_snapshot
 from .store import Record, Store
 
@@ -44,6 +44,7 @@ class StoreWorker:
         self._write_thread = trio.CapacityLimiter(1)
         self._read_thread = trio.CapacityLimiter(1)
         self._compaction_wanted: set[str] = set()
+        self._failed_generations: set[int] = set()
         self._compacting: str | None = None
         self._compaction_wake = trio.Event()
 
@@ -66,6 +67,14 @@ class StoreWorker:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        doomed = [pending for pending in batch if pending.record.generation in self._failed_generations]
+        for pending in doomed:
+            # Built on a document whose earlier write failed: it depends on what is not on disk.
+            pending.error = StorageError(f"an earlier write to {pending.record.conversation} failed; try again")
+            pending.done.set()
+        batch = [pending for pending in batch if pending.error is None]
+        if not batch:
+            return
         try:
             await self.write(self.store.commit, [pending.record for pending in batch])
         except GigiError as exc:
@@ -75,6 +84,8 @@ class StoreWorker:
                     await self._commit([pending])
                 return
             batch[0].error = exc
+            if batch[0].record.generation:
+                self._failed_generations.add(batch[0].record.generation)
         for pending in batch:
             pending.done.set()
 

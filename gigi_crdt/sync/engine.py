@@ -249,7 +249,7 @@ class SyncEngine:
             link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
             self._announce_presence(link, conversation)
         session.nursery.start_soon(self._keep_alive, link)
-        session.nursery.start_soon(self._repair_periodically, link)
+        session.nursery.start_soon(self._repair_periodically, session)
 
     def _on_awareness(self, link: PeerLink, awareness: Awareness) -> None:
         peer = link.peer
@@ -341,10 +341,18 @@ class SyncEngine:
             for conversation in sorted(link.shared):
                 self._announce_presence(link, conversation)
 
-    async def _repair_periodically(self, link: PeerLink) -> None:
-        """Anti-entropy: re-announce our state vectors so anything a lost frame dropped is resent."""
+    async def _repair_periodically(self, session: _Session) -> None:
+        """Anti-entropy: repeat what a lost frame may have dropped.
+
+        Our state vectors (so the peer resends what we lack), our announce (so the peer
+        fetches what it never heard of) and our unanswered fetches.
+        """
+        link = session.link
         while True:
             await trio.sleep(self.settings.anti_entropy_interval)
+            link.offer(Announce(tuple(sorted(link.shared))))
+            for conversation in sorted(session.fetching):
+                link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
             for conversation in sorted(link.shared):
                 link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
 
