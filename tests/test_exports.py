@@ -3,7 +3,19 @@ import gigi_crdt
 
 def test_all_names_are_exported_and_exist() -> None:
     public = {name for name in dir(gigi_crdt) if not name.startswith("_")}
-    modules = {"cli", "errors", "model", "protocol", "replica", "store", "sync"}
+    modules = {
+        "cli",
+        "discovery",
+        "errors",
+        "identity",
+        "model",
+        "protocol",
+        "replica",
+        "store",
+        "sync",
+        "testing",
+        "transport",
+    }
     assert public - modules == set(gigi_crdt.__all__)
     for name in gigi_crdt.__all__:
         assert getattr(gigi_crdt, name) is not None

@@ -8,12 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import GigiError
+from .harness import add_harness_command, run_harness
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gigi-crdt", description="Local-first peer-to-peer chat.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("demo", help="three in-process peers on SQLite stores, one offline for a while")
+    add_harness_command(commands)
     return parser
 
 
@@ -25,16 +27,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import main as demo
 
             demo()
-    except GigiError as exc:
-        print(f"gigi-crdt: {exc}", file=sys.stderr)
-        return 1
+        elif arguments.command == "harness":
+            return run_harness(arguments)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a bug of ours: say so in one line, details in the log
-        logging.getLogger("gigi_crdt").debug("unexpected error", exc_info=True)
-        print(f"gigi-crdt: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 70
+    except (Exception, BaseExceptionGroup) as exc:
+        return _report(exc)
     return 0
+
+
+def _report(exc: BaseException) -> int:
+    """One line per error for the user: ours as they are, anything else as an internal error."""
+    leaves = _leaves(exc)
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        return 130
+    for leaf in leaves:
+        if isinstance(leaf, GigiError):
+            print(f"gigi-crdt: {leaf}", file=sys.stderr)
+        else:  # a bug of ours: say so in one line, details in the debug log
+            logging.getLogger("gigi_crdt").debug("unexpected error", exc_info=leaf)
+            print(f"gigi-crdt: internal error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+    return 1 if all(isinstance(leaf, GigiError) for leaf in leaves) else 70
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 if __name__ == "__main__":
