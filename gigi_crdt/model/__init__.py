@@ -5,7 +5,6 @@ from .content import Content as Content
 from .content import FileShare as FileShare
 from .content import GroupInvite as GroupInvite
 from .content import Text as Text
-from .conversation import LOCAL_ORIGIN as LOCAL_ORIGIN
 from .conversation import Changes as Changes
 from .conversation import Conversation as Conversation
 from .conversation import Written as Written

@@ -66,7 +66,6 @@ from .view import Message, fold_history
 
 log = logging.getLogger(__name__)
 
-LOCAL_ORIGIN = "gigi-crdt:local"
 DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
 
 
@@ -424,7 +423,7 @@ class Conversation:
         for author, seq in upto.items():
             key = receipt_key(self._local_peer, kind, check_id(author, "peer id"))
             if seq > self._own_receipts().get(key, -1):
-                self._acks[key] = seq
+                self._acks.integrated.insert(self._raw_transaction(), key, seq)
                 self._own_receipt_cache[key] = seq
                 self._own_new_receipts.append(Receipt(self._local_peer, kind, author, seq))
 
@@ -483,17 +482,15 @@ class Conversation:
         bucket, index = divmod(seq, BUCKET_SIZE)
         key = bucket_key(self._local_peer, bucket)
         value = encode_op(op)
-        if index == 0 or self._own_bucket is None or self._own_bucket[0] != key:
-            if index == 0:
-                self._streams[key] = Array([value])
-            self._own_bucket = (key, self._streams[key])
-            if index == 0:
-                self._cursors[self._local_peer] = seq + 1
-                return StreamEntry(self._local_peer, seq, op)
-        # Array.append re-reads the length and goes through slice assignment, and a map
-        # lookup per message costs as much again: insert at the known index into the
-        # cached bucket (together a third of a live message's cost).
-        self._own_bucket[1]._set(index, value)
+        if index == 0:
+            self._streams[key] = Array([value])
+        else:
+            if self._own_bucket is None or self._own_bucket[0] != key:
+                self._own_bucket = (key, self._streams[key])
+            # Array.append re-reads the length and goes through slice assignment, and a map
+            # lookup per message costs as much again: insert at the known index into the
+            # cached bucket (together a third of a live message's cost).
+            self._own_bucket[1].integrated.insert(self._raw_transaction(), index, value)
         self._cursors[self._local_peer] = seq + 1
         return StreamEntry(self._local_peer, seq, op)
 
@@ -506,7 +503,14 @@ class Conversation:
     def _local_transaction(self) -> Transaction:
         """A transaction of our own: observers skip it (``changes`` says what it did)."""
         self._writing = True  # cleared when ``_written`` collects the update
-        return self._doc.transaction(origin=LOCAL_ORIGIN)
+        return self._doc.transaction()
+
+    def _raw_transaction(self) -> Any:
+        """The running transaction as yrs sees it, for inserts that skip pycrdt's wrappers
+        (each opens a nested transaction: together a fifth of a live message's cost)."""
+        running = self._doc._txn  # set: we are inside _local_transaction
+        assert running is not None
+        return running._txn
 
     def _written(self, changes: Changes, message_id: str | None = None) -> Written:
         update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
