@@ -2,134 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import pytest
 import trio
 import trio.testing
+from sync_helpers import Node, converged, drain, joined, link, nodes, wait_for
 
-from gigi_crdt import ConversationKind, Replica, Text, UnknownConversation, open_replica
+from gigi_crdt import ConversationKind, Text
 from gigi_crdt.sync import (
-    Activity,
-    LinkSettings,
     MessageReceived,
     OfflineMessagesReceived,
     PeerOffline,
     PeerOnline,
     PresenceChanged,
     ReceiptUpdated,
-    SyncEngine,
     SyncProgress,
     connect_tcp,
     keep_connected,
     serve_tcp,
 )
-
-FAST = LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0, anti_entropy_interval=30.0)
-
-
-@dataclass
-class Node:
-    replica: Replica
-    engine: SyncEngine
-
-    @property
-    def peer_id(self) -> str:
-        return self.replica.peer_id
-
-
-@contextlib.asynccontextmanager
-async def nodes(tmp_path: Path, *names: str, settings: LinkSettings = FAST) -> AsyncIterator[list[Node]]:
-    async with contextlib.AsyncExitStack() as stack:
-        result = []
-        for name in names:
-            replica = await stack.enter_async_context(open_replica(tmp_path / name, nickname=name))
-            engine = SyncEngine(replica, settings=settings)
-            replica.add_listener(engine)
-            result.append(Node(replica, engine))
-        yield result
-
-
-def link(nursery: trio.Nursery, a: Node, b: Node) -> tuple[trio.abc.Stream, trio.abc.Stream]:
-    left, right = trio.testing.memory_stream_pair()
-    nursery.start_soon(a.engine.run_link, left)
-    nursery.start_soon(b.engine.run_link, right)
-    return left, right
-
-
-async def wait_for(node: Node, done: Callable[[Activity], bool]) -> Activity:
-    async for event in node.engine.events():
-        if done(event):
-            return event
-    raise AssertionError("event stream ended")
-
-
-class StoreWatch:
-    """Wakes a waiting test whenever any watched replica stores an update (no polling sleeps)."""
-
-    def __init__(self) -> None:
-        self._stored = trio.Event()
-
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-        self._stored.set()
-
-    def arm(self) -> trio.Event:
-        self._stored = trio.Event()
-        return self._stored
-
-
-async def until_stored(group: list[Node], check: Callable[[], Awaitable[bool]]) -> None:
-    """Re-check after every stored update until ``check`` holds (20 s at most)."""
-    watch = StoreWatch()
-    for node in group:
-        node.replica.add_listener(watch)
-    try:
-        with trio.fail_after(20):
-            while True:
-                stored = watch.arm()  # armed before checking, so no update slips by
-                if await check():
-                    return
-                await stored.wait()
-    finally:
-        for node in group:
-            node.replica.remove_listener(watch)
-
-
-async def converged(group: list[Node], conversation: str, count: int) -> list[list[str]]:
-    """Wait until every node's index holds ``count`` messages; return their ordered ids."""
-    views: list[list[str]] = []
-
-    async def check() -> bool:
-        views[:] = [await ids(n, conversation, count + 10) for n in group]
-        return all(len(v) == count for v in views)
-
-    await until_stored(group, check)
-    return views
-
-
-async def joined(group: list[Node], conversation: str) -> None:
-    """Wait until every node holds the conversation."""
-
-    async def check() -> bool:
-        for node in group:
-            if not any(s.metadata.id == conversation for s in await node.replica.conversations()):
-                return False
-        return True
-
-    await until_stored(group, check)
-
-
-async def ids(node: Node, conversation: str, limit: int) -> list[str]:
-    try:
-        return [m.id for m in await node.replica.history(conversation, limit=limit)]
-    except UnknownConversation:
-        return []
 
 
 async def group_of(nodes_: list[Node]) -> str:
@@ -156,15 +51,6 @@ async def test_live_message_reaches_peer_and_is_not_echoed(tmp_path: Path) -> No
         # alice heard nothing of her own message back.
         assert not any(isinstance(e, MessageReceived) for e in drain(alice))
         nursery.cancel_scope.cancel()
-
-
-def drain(node: Node) -> list[Activity]:
-    events = []
-    while True:
-        try:
-            events.append(node.engine.events().receive_nowait())
-        except trio.WouldBlock:
-            return events
 
 
 async def test_offline_peer_catches_up_with_one_offline_batch_in_order(tmp_path: Path) -> None:

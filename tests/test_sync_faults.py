@@ -8,18 +8,16 @@ sleeping.
 
 from __future__ import annotations
 
-import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import pytest
 import trio
 import trio.testing
+from sync_helpers import Node, converged, drain, ids, joined, link, nodes, until_stored, wait_for
 
-from gigi_crdt import ConversationKind, Replica, Text, UnknownConversation, open_replica
+from gigi_crdt import ConversationKind, Text, UnknownConversation
 from gigi_crdt.protocol import (
     Announce,
     Close,
@@ -36,7 +34,6 @@ from gigi_crdt.protocol import (
     Update,
 )
 from gigi_crdt.sync import (
-    Activity,
     LinkOutcome,
     LinkSettings,
     PeerOffline,
@@ -45,127 +42,8 @@ from gigi_crdt.sync import (
     keep_connected,
 )
 
+# No anti-entropy unless a test asks for it: repairs must come from the path under test.
 FAST = LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0, anti_entropy_interval=3600.0)
-
-# -- helpers (after tests/test_sync.py) -----------------------------------------------
-
-
-@dataclass
-class Node:
-    replica: Replica
-    engine: SyncEngine
-
-    @property
-    def peer_id(self) -> str:
-        return self.replica.peer_id
-
-
-@contextlib.asynccontextmanager
-async def nodes(tmp_path: Path, *names: str, settings: LinkSettings = FAST) -> AsyncIterator[list[Node]]:
-    async with contextlib.AsyncExitStack() as stack:
-        result = []
-        for name in names:
-            replica = await stack.enter_async_context(open_replica(tmp_path / name, nickname=name))
-            engine = SyncEngine(replica, settings=settings)
-            replica.add_listener(engine)
-            result.append(Node(replica, engine))
-        yield result
-
-
-def link(
-    nursery: trio.Nursery,
-    a: Node,
-    b: Node,
-    wrap_a: Callable[[trio.abc.Stream], trio.abc.Stream] = lambda s: s,
-    wrap_b: Callable[[trio.abc.Stream], trio.abc.Stream] = lambda s: s,
-) -> tuple[trio.abc.Stream, trio.abc.Stream]:
-    left, right = trio.testing.memory_stream_pair()
-    left_, right_ = wrap_a(left), wrap_b(right)
-    nursery.start_soon(a.engine.run_link, left_)
-    nursery.start_soon(b.engine.run_link, right_)
-    return left_, right_
-
-
-async def wait_for(node: Node, done: Callable[[Activity], bool]) -> Activity:
-    async for event in node.engine.events():
-        if done(event):
-            return event
-    raise AssertionError("event stream ended")
-
-
-def drain(node: Node) -> list[Activity]:
-    events = []
-    while True:
-        try:
-            events.append(node.engine.events().receive_nowait())
-        except trio.WouldBlock:
-            return events
-
-
-class StoreWatch:
-    """Wakes a waiting test whenever any watched replica stores an update (no polling sleeps)."""
-
-    def __init__(self) -> None:
-        self._stored = trio.Event()
-
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-        self._stored.set()
-
-    def arm(self) -> trio.Event:
-        self._stored = trio.Event()
-        return self._stored
-
-
-async def until_stored(group: list[Node], check: Callable[[], Awaitable[bool]]) -> None:
-    """Re-check after every stored update until ``check`` holds (20 s at most)."""
-    watch = StoreWatch()
-    for node in group:
-        node.replica.add_listener(watch)
-    try:
-        with trio.fail_after(20):
-            while True:
-                stored = watch.arm()  # armed before checking, so no update slips by
-                if await check():
-                    return
-                await stored.wait()
-    finally:
-        for node in group:
-            node.replica.remove_listener(watch)
-
-
-async def ids(node: Node, conversation: str, limit: int) -> list[str]:
-    try:
-        return [m.id for m in await node.replica.history(conversation, limit=limit)]
-    except UnknownConversation:
-        return []
-
-
-async def converged(group: list[Node], conversation: str, count: int) -> list[list[str]]:
-    """Wait until every node's index holds ``count`` messages; return their ordered ids."""
-    views: list[list[str]] = []
-
-    async def check() -> bool:
-        views[:] = [await ids(n, conversation, count + 10) for n in group]
-        return all(len(v) == count for v in views)
-
-    await until_stored(group, check)
-    return views
-
-
-async def has_conversation(node: Node, conversation: str) -> bool:
-    return any(s.metadata.id == conversation for s in await node.replica.conversations())
-
-
-async def joined(group: list[Node], conversation: str) -> None:
-    """Wait until every node holds the conversation."""
-
-    async def check() -> bool:
-        for node in group:
-            if not await has_conversation(node, conversation):
-                return False
-        return True
-
-    await until_stored(group, check)
 
 
 async def conversation_of(owner: Node, *others: Node) -> str:
@@ -479,7 +357,7 @@ async def test_keep_connected_backoff_doubles_with_jitter_and_resets_after_hands
 
 
 async def test_duplicate_link_is_refused_and_the_first_keeps_syncing(tmp_path: Path) -> None:
-    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+    async with nodes(tmp_path, "alice", "bob", settings=FAST) as (alice, bob), trio.open_nursery() as nursery:
         conversation = await conversation_of(alice, bob)
         link(nursery, alice, bob)
         await joined([alice, bob], conversation)
@@ -521,7 +399,7 @@ async def test_link_is_released_promptly_when_the_peer_hangs_up(tmp_path: Path) 
     While the dead link stays registered, the same peer redialling is refused as a duplicate
     ("already linked", CLOSE 1001), so a quick reconnect cannot work.
     """
-    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+    async with nodes(tmp_path, "alice", "bob", settings=FAST) as (alice, bob), trio.open_nursery() as nursery:
         conversation = await conversation_of(alice, bob)
         _, bob_side = link(nursery, alice, bob)
         await joined([alice, bob], conversation)
@@ -550,7 +428,7 @@ async def test_link_is_released_promptly_when_the_peer_hangs_up(tmp_path: Path) 
 
 
 async def test_non_member_never_receives_a_conversation(tmp_path: Path) -> None:
-    async with nodes(tmp_path, "alice", "bob", "carol") as group, trio.open_nursery() as nursery:
+    async with nodes(tmp_path, "alice", "bob", "carol", settings=FAST) as group, trio.open_nursery() as nursery:
         alice, bob, carol = group
         secret = await conversation_of(alice, bob)  # carol is not a member
         link(nursery, alice, bob)
@@ -577,7 +455,7 @@ async def test_non_member_never_receives_a_conversation(tmp_path: Path) -> None:
 
 async def test_non_member_asking_for_a_conversation_gets_nothing(tmp_path: Path) -> None:
     """A hostile peer that names the conversation (announce, sync step 1) is not answered."""
-    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+    async with nodes(tmp_path, "alice", "bob", settings=FAST) as (alice, bob), trio.open_nursery() as nursery:
         secret = await conversation_of(alice, bob)
         await alice.replica.send(secret, Text("SECRET-TEXT"))
         mallory, alice_side = trio.testing.memory_stream_pair()

@@ -27,6 +27,7 @@ from ._faults import WireStats as WireStats
 from ._invariants import Violation as Violation
 from ._network import Network as Network
 from ._network import SimNode as SimNode
+from ._network import StoreWatch as StoreWatch
 from ._network import Transport as Transport
 from ._network import open_network as open_network
 from ._runner import ScenarioResult as ScenarioResult
@@ -50,6 +51,7 @@ __all__ = [
     "ScenarioResult",
     "ScriptedFaults",
     "SimNode",
+    "StoreWatch",
     "Step",
     "Transport",
     "Violation",

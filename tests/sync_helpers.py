@@ -1,0 +1,123 @@
+"""Shared helpers for the sync tests: nodes on real SQLite replicas, memory-stream links,
+and waiting on stored updates instead of sleeping."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from gigi_crdt import Replica, UnknownConversation, open_replica
+from gigi_crdt.sync import Activity, LinkSettings, SyncEngine
+from gigi_crdt.testing import StoreWatch
+
+# Short timeouts so a broken link shows within a test; anti-entropy at its usual pace.
+FAST = LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0, anti_entropy_interval=30.0)
+
+
+@dataclass
+class Node:
+    replica: Replica
+    engine: SyncEngine
+
+    @property
+    def peer_id(self) -> str:
+        return self.replica.peer_id
+
+
+@contextlib.asynccontextmanager
+async def nodes(tmp_path: Path, *names: str, settings: LinkSettings = FAST) -> AsyncIterator[list[Node]]:
+    async with contextlib.AsyncExitStack() as stack:
+        result = []
+        for name in names:
+            replica = await stack.enter_async_context(open_replica(tmp_path / name, nickname=name))
+            engine = SyncEngine(replica, settings=settings)
+            replica.add_listener(engine)
+            result.append(Node(replica, engine))
+        yield result
+
+
+def link(
+    nursery: trio.Nursery,
+    a: Node,
+    b: Node,
+    wrap_a: Callable[[trio.abc.Stream], trio.abc.Stream] = lambda s: s,
+    wrap_b: Callable[[trio.abc.Stream], trio.abc.Stream] = lambda s: s,
+) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    left, right = trio.testing.memory_stream_pair()
+    left_, right_ = wrap_a(left), wrap_b(right)
+    nursery.start_soon(a.engine.run_link, left_)
+    nursery.start_soon(b.engine.run_link, right_)
+    return left_, right_
+
+
+async def wait_for(node: Node, done: Callable[[Activity], bool]) -> Activity:
+    async for event in node.engine.events():
+        if done(event):
+            return event
+    raise AssertionError("event stream ended")
+
+
+def drain(node: Node) -> list[Activity]:
+    events = []
+    while True:
+        try:
+            events.append(node.engine.events().receive_nowait())
+        except trio.WouldBlock:
+            return events
+
+
+async def until_stored(group: list[Node], check: Callable[[], Awaitable[bool]]) -> None:
+    """Re-check after every stored update until ``check`` holds (20 s at most)."""
+    watch = StoreWatch()
+    for node in group:
+        node.replica.add_listener(watch)
+    try:
+        with trio.fail_after(20):
+            while True:
+                stored = watch.arm()  # armed before checking, so no update slips by
+                if await check():
+                    return
+                await stored.wait()
+    finally:
+        for node in group:
+            node.replica.remove_listener(watch)
+
+
+async def ids(node: Node, conversation: str, limit: int) -> list[str]:
+    try:
+        return [m.id for m in await node.replica.history(conversation, limit=limit)]
+    except UnknownConversation:
+        return []
+
+
+async def converged(group: list[Node], conversation: str, count: int) -> list[list[str]]:
+    """Wait until every node's index holds ``count`` messages; return their ordered ids."""
+    views: list[list[str]] = []
+
+    async def check() -> bool:
+        views[:] = [await ids(n, conversation, count + 10) for n in group]
+        return all(len(v) == count for v in views)
+
+    await until_stored(group, check)
+    return views
+
+
+async def has_conversation(node: Node, conversation: str) -> bool:
+    return any(s.metadata.id == conversation for s in await node.replica.conversations())
+
+
+async def joined(group: list[Node], conversation: str) -> None:
+    """Wait until every node holds the conversation."""
+
+    async def check() -> bool:
+        for node in group:
+            if not await has_conversation(node, conversation):
+                return False
+        return True
+
+    await until_stored(group, check)
