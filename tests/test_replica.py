@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from gigi_crdt import (
     ConversationKind,
+    GigiError,
     ReceiptKind,
     Replica,
     SchemaError,
@@ -279,3 +281,22 @@ async def test_compaction_keeps_updates_still_waiting_for_a_dependency(tmp_path:
         await bob.receive(conversation, first)
         assert texts(await bob.export(conversation)) == ["first", "second"]
         assert texts(await bob.history(conversation)) == ["first", "second"]
+
+
+async def test_writes_racing_the_replicas_shutdown_fail_instead_of_hanging(tmp_path: Path) -> None:
+    outcomes: list[str] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as outside:
+            async with open_replica(tmp_path / "a", nickname="alice") as alice:
+                conversation = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
+
+                async def keep_sending() -> None:  # runs outside the replica's own nursery
+                    try:
+                        while True:
+                            await alice.send(conversation, Text("still going"))
+                    except GigiError as exc:
+                        outcomes.append(type(exc).__name__)
+
+                outside.start_soon(keep_sending)
+                await trio.testing.wait_all_tasks_blocked()
+    assert outcomes == ["StoreClosed"]

@@ -56,7 +56,7 @@ class StoreWorker:
             await self._commit_queued()
 
     async def _commit_queued(self) -> None:
-        async with self._receive:
+        try:
             async for first in self._receive:
                 batch = [first]
                 while len(batch) < self._max_batch:
@@ -65,6 +65,19 @@ class StoreWorker:
                     except trio.WouldBlock:
                         break
                 await self._commit(batch)
+        finally:
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """The worker is stopping: whoever still waits on a commit learns it did not happen."""
+        while True:
+            try:
+                pending = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            pending.error = StoreClosed(f"{self.store.path} closed before this write was committed")
+            pending.done.set()
+        self._receive.close()  # no await since draining: later senders get StoreClosed at once
 
     async def _commit(self, batch: list[_Pending]) -> None:
         doomed = [pending for pending in batch if pending.record.generation in self._failed_generations]
