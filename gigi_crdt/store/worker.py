@@ -80,6 +80,16 @@ class StoreWorker:
         self._receive.close()  # no await since draining: later senders get StoreClosed at once
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._commit_batch(batch)
+        finally:
+            # Cancelled before the thread took the batch: these waiters must not wait forever.
+            for pending in batch:
+                if not pending.done.is_set():
+                    pending.error = StoreClosed(f"{self.store.path} closed before this write was committed")
+                    pending.done.set()
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
         doomed = [pending for pending in batch if pending.record.generation in self._failed_generations]
         for pending in doomed:
             # Built on a document whose earlier write failed: it depends on what is not on disk.
@@ -94,7 +104,7 @@ class StoreWorker:
             if len(batch) > 1:
                 # One bad record must not fail its neighbours: retry them one by one.
                 for pending in batch:
-                    await self._commit([pending])
+                    await self._commit_batch([pending])
                 return
             batch[0].error = exc
             if batch[0].record.generation:
