@@ -113,6 +113,8 @@ class Replica:
         self._unchecked_bytes: dict[str, int] = {}
         self._listeners: list[UpdateListener] = []
         self._generations: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # commits not yet settled, per conversation
+        self._settled: dict[str, trio.Event] = {}
 
     # -- conversations -------------------------------------------------------------
 
@@ -325,6 +327,10 @@ class Replica:
         async with self._loading:
             doc = self._conversations.get(conversation)
             if doc is None:
+                # A released document may still have commits in flight: load only once they
+                # are on disk, or the reloaded copy would miss them and later write beside them.
+                while self._in_flight.get(conversation):
+                    await self._settled.setdefault(conversation, trio.Event()).wait()
                 updates = await self._worker.read(self._store.load_updates, conversation)
                 doc = await trio.to_thread.run_sync(Conversation.from_updates, updates, self.peer_id, self._clock)
                 self._hold(conversation, doc)
@@ -345,6 +351,7 @@ class Replica:
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
         record = Record(conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation)
+        self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
         try:
             # The document already holds the change: cancelling now would leave it in memory
             # but not on disk (nor in the index). Commits are short; let this one finish.
@@ -355,6 +362,10 @@ class Replica:
             # queued on top of this one fail too (the worker refuses their generation).
             self._release(conv, doc)
             raise
+        finally:
+            self._in_flight[conv] -= 1
+            if not self._in_flight[conv]:
+                self._settled.pop(conv, trio.Event()).set()
         if written.update:
             for listener in self._listeners:
                 listener.offer(conv, written.update, origin or None)
