@@ -334,7 +334,20 @@ class Replica:
                 updates = await self._worker.read(self._store.load_updates, conversation)
                 doc = await trio.to_thread.run_sync(Conversation.from_updates, updates, self.peer_id, self._clock)
                 self._hold(conversation, doc)
+                await self._index_missed(conversation, doc)
         return doc
+
+    async def _index_missed(self, conversation: str, doc: Conversation) -> None:
+        """Fold into the index what the stored log holds but the index lacks.
+
+        Normally nothing: log and index are written together. But an update can reach the
+        log before its entries could be read (they waited for a dependency that arrived
+        in a document since dropped), and the index must not depend on that never happening.
+        """
+        missed = doc.entries_since(await self._read(index.stream_cursors, conversation))
+        if missed:
+            log.info("indexing %d entries of %s that the index lacked", len(missed), conversation)
+            await self._persist(doc, Written(b"", Changes(entries=missed)), conversation)
 
     async def _persist(
         self, doc: Conversation, written: Written, conversation: str | None = None, origin: str | None = None

@@ -22,6 +22,8 @@ from gigi_crdt import (
     UnknownConversation,
     open_replica,
 )
+from gigi_crdt.model import Changes
+from gigi_crdt.store import Record, Store
 
 
 def _hostile_fixtures() -> Path:
@@ -300,3 +302,28 @@ async def test_writes_racing_the_replicas_shutdown_fail_instead_of_hanging(tmp_p
                 outside.start_soon(keep_sending)
                 await trio.testing.wait_all_tasks_blocked()
     assert outcomes == ["StoreClosed"]
+
+
+async def test_entries_the_index_missed_are_indexed_when_the_document_loads(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+    ):
+        conversation = await direct(alice, bob)
+        await alice.send(conversation, Text("seen"))
+        await sync(alice, bob, conversation)
+        state = await bob.state_vector(conversation)
+        for i in range(300):
+            await alice.send(conversation, Text(f"unseen {i}"))
+        missing = await alice.diff(conversation, state)
+    # The log gets an update whose index rows never made it (as if its entries had not been
+    # readable when it was stored).
+    store = Store.open(tmp_path / "b")
+    try:
+        store.commit([Record(conversation, missing, Changes())])
+    finally:
+        store.close()
+    async with open_replica(tmp_path / "b", nickname="bob") as bob:
+        assert texts(await bob.history(conversation, limit=500)) == ["seen"]  # index only, not loaded yet
+        await bob.state_vector(conversation)  # loads the document
+        assert texts(await bob.history(conversation, limit=500)) == ["seen"] + [f"unseen {i}" for i in range(300)]

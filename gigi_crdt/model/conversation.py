@@ -286,6 +286,20 @@ class Conversation:
         except SchemaError:
             return None
 
+    def entries_since(self, indexed: Mapping[str, int]) -> list[StreamEntry]:
+        """Entries past ``indexed`` (author -> entries already folded elsewhere), in order.
+
+        Reads only the streams that hold more than ``indexed`` says: cheap when nothing is
+        missing, which is the usual case.
+        """
+        missing: list[StreamEntry] = []
+        for author, length in self._cursors.items():
+            start = indexed.get(author, 0)
+            for bucket in range(start // BUCKET_SIZE, (length - 1) // BUCKET_SIZE + 1 if length else 0):
+                first = start - bucket * BUCKET_SIZE if bucket == start // BUCKET_SIZE else 0
+                missing.extend(self._read_bucket(author, bucket, max(first, 0)))
+        return missing
+
     def stream_length(self, author: str) -> int:
         """How many entries of ``author``'s stream this replica holds."""
         return self._cursors.get(author, 0)

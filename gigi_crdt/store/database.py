@@ -51,6 +51,10 @@ CREATE TABLE reactions (
 CREATE TABLE receipts (
     conv TEXT NOT NULL, member TEXT NOT NULL, kind TEXT NOT NULL, author TEXT NOT NULL,
     seq INTEGER NOT NULL, PRIMARY KEY (conv, member, kind, author)) WITHOUT ROWID;
+-- How far the index has folded each author's stream: a document loaded later indexes the rest.
+CREATE TABLE stream_cursors (
+    conv TEXT NOT NULL, author TEXT NOT NULL, length INTEGER NOT NULL,
+    PRIMARY KEY (conv, author)) WITHOUT ROWID;
 CREATE VIRTUAL TABLE message_text USING fts5(body, content='messages', content_rowid='rowid');
 -- The full-text index follows messages.body: new rows are added in bulk by the index code (a
 -- per-row trigger made a 10^5-message catch-up ten times slower); changes and deletions here.

@@ -69,6 +69,14 @@ def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_b
             _record_change(db, conv, entry.author, entry.seq, op)
     if posts:
         _insert_posts(db, posts)
+    folded: dict[str, int] = {}
+    for entry in changes.entries:
+        folded[entry.author] = max(folded.get(entry.author, 0), entry.seq + 1)
+    db.executemany(
+        "INSERT INTO stream_cursors VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET length = excluded.length "
+        "WHERE excluded.length > stream_cursors.length",
+        [(conv, author, length) for author, length in folded.items()],
+    )
     db.executemany(
         "INSERT INTO receipts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq = excluded.seq "
         "WHERE excluded.seq > receipts.seq",
@@ -238,6 +246,12 @@ def members(db: sqlite3.Connection, conv: str) -> dict[str, Member]:
     return {r[0]: Member(r[0], r[1], Role(r[2]), r[3], r[4]) for r in rows}
 
 
+def stream_cursors(db: sqlite3.Connection, conv: str) -> dict[str, int]:
+    """How many entries of each author's stream the index has folded in."""
+    rows = db.execute("SELECT author, length FROM stream_cursors WHERE conv = ?", (conv,))
+    return {author: int(length) for author, length in rows}
+
+
 def conversations_of(db: sqlite3.Connection, peer: str) -> list[str]:
     """Conversations that list ``peer`` as a current member."""
     rows = db.execute("SELECT conv FROM members WHERE peer = ? AND left_at IS NULL ORDER BY conv", (peer,))
@@ -268,7 +282,7 @@ def purge_expired(db: sqlite3.Connection, conv: str, before_ts: int) -> int:
 
 def clear(db: sqlite3.Connection, conv: str) -> None:
     """Forget everything the index holds about one conversation (before a rebuild)."""
-    for table in ("messages", "reactions", "receipts", "members"):
+    for table in ("messages", "reactions", "receipts", "members", "stream_cursors"):
         db.execute(f"DELETE FROM {table} WHERE conv = ?", (conv,))
 
 
