@@ -1,0 +1,106 @@
+"""What the benchmark scripts share: the two test peers, message texts, a few helpers.
+
+Imported as a sibling module (the scripts run as ``python benchmarks/<script>.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Text
+from gigi_crdt.store import Record, Store
+from gigi_crdt.store.compaction import build_snapshot
+
+ALICE = "alice-peer-0001"
+
+BOB = "bob-peer-0002"
+
+TEXTS = (
+    "hi!",
+    "are you around later?",
+    "sure, what time works for you",
+    "ok",
+    "let's say 7 at the usual place, I'll bring the notes from yesterday",
+    "sounds good :)",
+)
+
+
+def text_for(i: int) -> Text:
+    """A message body of realistic, varying length."""
+    return Text(f"{TEXTS[i % len(TEXTS)]} #{i}")
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank on sorted values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+class TwoPeers:
+    """Alice's and bob's documents of one DIRECT conversation, posting alternately."""
+
+    def __init__(self) -> None:
+        self.alice, self.created = Conversation.create(
+            kind=ConversationKind.DIRECT,
+            title="bench",
+            local_peer=ALICE,
+            nickname="alice",
+            clock=HybridClock(wall_ms),
+            others={BOB: "bob"},
+        )
+        self.bob = Conversation.from_updates([self.alice.diff()], BOB, HybridClock(wall_ms))
+
+    def creation_record(self) -> Record:
+        return Record(
+            self.alice.id,
+            self.created.update,
+            self.created.changes,
+            metadata=self.alice.metadata(),
+            members=list(self.alice.members().values()),
+        )
+
+    def message_record(self, i: int) -> Record:
+        """Message ``i`` as alice's replica persists it (her post, or bob's post received)."""
+        if i % 2 == 0:
+            written = self.alice.post(text_for(i), "alice")
+            self.bob.apply_remote(written.update)
+            return Record(self.alice.id, written.update, written.changes)
+        written = self.bob.post(text_for(i), "bob")
+        return Record(self.alice.id, written.update, self.alice.apply_remote(written.update))
+
+
+def compact(store: Store, conv: str) -> int:
+    """What ``StoreWorker.compact`` does, synchronously; returns the snapshot's size."""
+    upto, updates, garbage = store.committed_log(conv)
+    snapshot = build_snapshot(updates, collect_garbage=garbage)
+    store.replace_log(conv, upto, snapshot, collected=garbage)
+    return len(snapshot)
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """An aligned plain-text table: first column left-aligned, the others right-aligned."""
+    cells = [list(map(str, headers))] + [list(map(str, row)) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=False)]
+        return "  ".join(parts).rstrip()
+
+    print(f"\n{title}")
+    print(line(cells[0]))
+    print("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        print(line(row))
