@@ -67,6 +67,7 @@ from .view import Message, fold_history
 log = logging.getLogger(__name__)
 
 DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
+SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
 
 
 def new_id() -> str:
@@ -119,6 +120,8 @@ class Conversation:
         self._writing = False
         self._own_bucket: tuple[str, Array[Any]] | None = None
         self._bucket_places: dict[str, tuple[str, int]] = {}  # validated bucket keys
+        self._buckets_seen: dict[str, tuple[int, Array[Any]]] = {}  # author -> its current bucket
+        self._unchecked_applies = 0
         # pycrdt's observe wrappers convert every field of every event into Python objects up
         # front (state vectors, delete sets, paths), which more than doubled the cost of a live
         # message; the raw events compute only the fields read here. Keep the subscriptions:
@@ -320,10 +323,52 @@ class Conversation:
         _apply(self._doc, update)
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes())
-        for entries in self._take_appended().values():
+        found = self._take_appended()
+        self._unchecked_applies += 1
+        # Entries yrs integrated without an event show up as a gap at the author's next
+        # event (handled in ``_take_appended``); an author with no next event is found by
+        # this sweep, run on quiet updates (anti-entropy, duplicates) and every so often.
+        if not (found or changes) or self._unchecked_applies >= SWEEP_EVERY:
+            self._unchecked_applies = 0
+            for author, entries in self._unannounced().items():
+                found[author] = found.get(author, []) + entries
+        for entries in found.values():
             changes.entries.extend(entries)
             self._clock.observe(_timestamp(entries[-1].op))
         return changes
+
+    def _unannounced(self) -> dict[str, list[StreamEntry]]:
+        """Entries that arrived without any event: yrs integrates structs that waited for a
+        dependency when a later update is applied, and emits no event for them. One length
+        check per member and known author; reads only what is missing."""
+        missing: dict[str, list[StreamEntry]] = {}
+        authors = self._cursors.keys() | self._member_map().keys()
+        with self._doc.transaction():  # one transaction for all the length checks
+            for author in authors:
+                start = end = self._cursors.get(author, 0)
+                while True:
+                    bucket = end // BUCKET_SIZE
+                    length = self._current_length(author, bucket)
+                    end = max(end, bucket * BUCKET_SIZE + length)
+                    if length < BUCKET_SIZE or end % BUCKET_SIZE:
+                        break
+                if end > start:
+                    entries = self._read_range(author, start, end)
+                    self._cursors[author] = end
+                    if entries:
+                        missing[author] = entries
+        return missing
+
+    def _current_length(self, author: str, bucket: int) -> int:
+        """Length of an author's bucket, keeping the array at hand (its last bucket is read
+        after every remote update)."""
+        cached = self._buckets_seen.get(author)
+        if cached is None or cached[0] != bucket:
+            array = self._streams.get(bucket_key(author, bucket))
+            if not isinstance(array, Array):
+                return 0
+            self._buckets_seen[author] = cached = (bucket, array)
+        return min(len(cached[1]), BUCKET_SIZE)
 
     def _on_streams(self, events: list[Any]) -> None:
         # Runs inside the transaction: note where entries landed; new buckets are read after.
@@ -336,6 +381,7 @@ class Conversation:
                         self._appended.append((key, 0, None))
                     if self._own_bucket is not None and key == self._own_bucket[0]:
                         self._own_bucket = None  # someone replaced it: look it up again
+                    self._buckets_seen.clear()
                 continue
             position = 0
             for step in event.delta:
@@ -381,8 +427,25 @@ class Conversation:
         for author, entries in found.items():
             if len(entries) > 1:
                 entries.sort(key=lambda entry: entry.seq)
-            self._cursors[author] = max(self._cursors.get(author, 0), entries[-1].seq + 1)
-        return found
+            start = self._cursors.get(author, 0)
+            if entries[0].seq != start or entries[-1].seq - start + 1 != len(entries):
+                # A gap: yrs integrated some entries without an event (structs that waited
+                # for a dependency are retried silently). The document itself is the truth.
+                end = entries[-1].seq + 1
+                found[author] = entries = self._read_range(author, start, end)
+            else:
+                end = entries[-1].seq + 1
+            self._cursors[author] = max(start, end)
+        return {author: entries for author, entries in found.items() if entries}
+
+    def _read_range(self, author: str, start: int, end: int) -> list[StreamEntry]:
+        """The valid entries of ``author``'s stream with ``start <= seq < end``."""
+        entries: list[StreamEntry] = []
+        for bucket in range(start // BUCKET_SIZE, (end - 1) // BUCKET_SIZE + 1):
+            first = max(start - bucket * BUCKET_SIZE, 0)
+            limit = min(end - bucket * BUCKET_SIZE, BUCKET_SIZE) - first
+            entries.extend(self._read_bucket(author, bucket, first, limit))
+        return entries
 
     # -- local writes --------------------------------------------------------------
 
@@ -546,10 +609,10 @@ class Conversation:
         return changes
 
     def _on_acks(self, event: Any) -> None:
-        if self._writing:
-            return  # our own receipts: ``_advance`` already noted them, parsed
+        own = f"{self._local_peer}/"
         for key, change in event.keys.items():
-            if "newValue" in change:
+            # During our own writes ``_advance`` has noted our receipts already, parsed.
+            if "newValue" in change and not (self._writing and key.startswith(own)):
                 self._acked.append((key, change["newValue"]))
 
     def _on_meta(self, event: Any) -> None:
