@@ -609,10 +609,10 @@ class Conversation:
         return changes
 
     def _on_acks(self, event: Any) -> None:
-        own = f"{self._local_peer}/"
+        if self._writing:
+            return  # our own receipts: ``_advance`` already noted them, parsed
         for key, change in event.keys.items():
-            # During our own writes ``_advance`` has noted our receipts already, parsed.
-            if "newValue" in change and not (self._writing and key.startswith(own)):
+            if "newValue" in change:
                 self._acked.append((key, change["newValue"]))
 
     def _on_meta(self, event: Any) -> None:
