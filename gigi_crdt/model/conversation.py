@@ -298,9 +298,8 @@ class Conversation:
         missing: list[StreamEntry] = []
         for author, length in self._cursors.items():
             start = indexed.get(author, 0)
-            for bucket in range(start // BUCKET_SIZE, (length - 1) // BUCKET_SIZE + 1 if length else 0):
-                first = start - bucket * BUCKET_SIZE if bucket == start // BUCKET_SIZE else 0
-                missing.extend(self._read_bucket(author, bucket, max(first, 0)))
+            if length > start:
+                missing.extend(self._read_range(author, start, length))
         return missing
 
     def stream_length(self, author: str) -> int:
