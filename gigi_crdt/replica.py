@@ -31,7 +31,7 @@ from .model import (
     Written,
     new_id,
 )
-from .model.metadata import Member, Metadata
+from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .store import ConversationSummary, Record, Store, StoreWorker, index
 from .store.store import MIN_COMPACTION_BYTES
@@ -159,6 +159,20 @@ class Replica:
         """Everyone who is or was a member."""
         return await self._read(index.members, conversation)
 
+    async def add_member(self, conversation: str, peer_id: str, nickname: str, role: Role = Role.MEMBER) -> None:
+        """Add (or re-add) ``peer_id`` to a group we administer; raises ``NotAllowed`` otherwise."""
+        doc = await self._document(conversation)
+        await self._persist(doc, doc.add_member(peer_id, nickname, role))
+
+    async def remove_member(self, conversation: str, peer_id: str) -> None:
+        """Remove ``peer_id`` from a group we administer; it is sent nothing written after."""
+        doc = await self._document(conversation)
+        await self._persist(doc, doc.remove_member(peer_id))
+
+    async def leave(self, conversation: str) -> None:
+        """Leave a group: its members stop sending us anything new."""
+        await self.remove_member(conversation, self.peer_id)
+
     # -- writing messages ----------------------------------------------------------
 
     async def send(self, conversation: str, content: Content) -> str:
@@ -257,7 +271,7 @@ class Replica:
         except GigiError:
             self._release(conversation, doc)  # it may be half-applied: reload what is on disk
             raise
-        news = bool(changes) or doc.state_vector() != before
+        news = bool(changes) or doc.state_vector() != before or doc.is_waiting(update)
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "")
         if acknowledge:
             await self.acknowledge(conversation, changes)
@@ -276,6 +290,9 @@ class Replica:
 
     async def is_member(self, conversation: str, peer_id: str) -> bool:
         """True if ``peer_id`` is a current member of ``conversation``."""
+        doc = self._conversations.get(conversation)
+        if doc is not None:  # asked for every update a peer sends: no I/O when it is in memory
+            return doc.is_member(peer_id)
         member = (await self.members(conversation)).get(peer_id)
         return member is not None and member.active
 

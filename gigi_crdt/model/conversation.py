@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Array, Doc, Map, Transaction, merge_updates
+from pycrdt import Array, Doc, Map, Transaction, get_update, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
 from .clock import TICKS_PER_MS, HybridClock
@@ -200,6 +200,11 @@ class Conversation:
         """Everyone who is or was a member, by peer id; malformed records are skipped."""
         return dict(self._member_map())
 
+    def is_member(self, peer_id: str) -> bool:
+        """True if ``peer_id`` is a current member (no copy of the member map)."""
+        member = self._member_map().get(peer_id)
+        return member is not None and member.active
+
     def _member_map(self) -> dict[str, Member]:
         """The cached member map (rebuilt after membership changes); do not mutate."""
         if self._member_cache is None:
@@ -309,6 +314,17 @@ class Conversation:
     def state_vector(self) -> bytes:
         """The Yjs state vector, for sync step 1."""
         return self._doc.get_state()
+
+    def is_waiting(self, update: bytes) -> bool:
+        """True if ``update`` (applied already) holds structs that wait for a dependency.
+
+        Such an update changes nothing yet, but yrs keeps its structs and integrates them,
+        with no event, when the gap fills: it must be stored, or a restart loses them
+        while our state vector tells peers we have them. (Deletions of items we lack are not
+        looked for: every anti-entropy diff repeats the sender's whole delete set.)
+        """
+        rest = get_update(update, self.state_vector())  # what the document has not integrated
+        return rest[:1] != b"\x00"  # a Yjs v1 update starts with its count of clients with structs
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """What a peer with ``state_vector`` lacks (the whole document for ``None``)."""

@@ -134,19 +134,19 @@ class SyncEngine:
         """Pass a stored update on to every linked member but its origin (``UpdateListener``).
 
         A linked peer that has just become a member (a new conversation, an invitation)
-        is told about the conversation instead, and fetches all of it.
+        is told about the conversation instead, and fetches all of it; one that has left
+        or been removed gets nothing from now on.
         """
-        members = None
+        members = self.replica.loaded_members(conversation) or {}  # stored just now: in memory
         for peer_id, link in self._links.items():
             if peer_id == origin:
                 continue
-            if conversation in link.shared:
-                link.offer_update(conversation, update)
-                continue
-            if members is None:
-                members = self.replica.loaded_members(conversation) or {}
             member = members.get(peer_id)
-            if member is not None and member.active:
+            if member is None or not member.active:
+                link.shared.discard(conversation)
+            elif conversation in link.shared:
+                link.offer_update(conversation, update)
+            else:
                 link.shared.add(conversation)
                 link.offer(Announce((conversation,)))
 
@@ -300,8 +300,8 @@ class SyncEngine:
         fetched = conversation in session.fetching
         if fetched and isinstance(event, Update):
             return  # the step 2 we asked for is still coming, and holds this update too
-        if not fetched and conversation not in link.shared:
-            log.info("%s sent an update for %s; ignored (not shared)", self._name(link), conversation)
+        if not fetched and not await self._may_share(link, conversation):
+            log.info("%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation)
             return
         changes = await self.replica.receive(conversation, event.update, origin=link.peer.peer_id, acknowledge=False)
         if fetched:
@@ -318,11 +318,11 @@ class SyncEngine:
             self._publish(SyncProgress(link.peer.peer_id, done, session.catch_up_total))
 
     async def _may_share(self, link: PeerLink, conversation: str) -> bool:
-        if conversation in link.shared:
-            return True
+        """True if the peer is a member now (it may have joined or left since the link came up)."""
         if link.peer is not None and await self._is_member(conversation, link.peer.peer_id):
-            link.shared.add(conversation)  # added to the conversation since the link came up
+            link.shared.add(conversation)
             return True
+        link.shared.discard(conversation)
         return False
 
     async def _is_member(self, conversation: str, peer_id: str) -> bool:

@@ -1,7 +1,9 @@
 """What must hold once the network has healed, and the ledger that records what must survive.
 
 After the heal, for every conversation, the *expected holders* are the nodes that are up
-and an active member in any holder's view of it. Then:
+and an active member in the view of a holder that is itself an active member in its own
+view. (A member that left, or was removed, is rightly sent nothing more: its own stale view
+of who else is in the group does not count.) Then:
 
 - every expected holder holds it and all their state vectors are equal;
 - their transcripts are identical: the index (``Replica.history``, whole) and the
@@ -109,7 +111,7 @@ async def holds(node: SimNode, conversation: str) -> bool:
 
 
 async def expected_holders(network: Network, conversation: str) -> tuple[list[SimNode], set[str]]:
-    """Up nodes that are active members in anyone's view, and every peer id ever listed."""
+    """Up nodes that are active members in an active member's view, and every peer id ever listed."""
     active: set[str] = set()
     listed: set[str] = set()
     for node in network.nodes:
@@ -117,7 +119,9 @@ async def expected_holders(network: Network, conversation: str) -> tuple[list[Si
             assert node.replica is not None
             members = await node.replica.members(conversation)
             listed.update(members)
-            active.update(peer for peer, member in members.items() if member.active)
+            own = members.get(node.peer_id)
+            if own is not None and own.active:
+                active.update(peer for peer, member in members.items() if member.active)
     return [node for node in network.nodes if node.up and node.peer_id in active], listed
 
 

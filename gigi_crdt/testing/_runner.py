@@ -16,7 +16,6 @@ import trio
 from ..errors import NotAllowed, UnknownConversation, UnknownMessage
 from ..model import ConversationKind, Text
 from ..sync import LinkSettings
-from . import _probe
 from ._faults import FaultSource, RandomFaults, WireStats
 from ._invariants import Ledger, Violation, check_all, converged
 from ._network import FaultFactory, Network, SimNode, Transport, open_network
@@ -250,7 +249,7 @@ class _Runner:
                 return False
             if (await replica.metadata(conversation)).kind is ConversationKind.DIRECT:
                 return False
-            await _probe.leave(replica, conversation)
+            await replica.leave(conversation)
         else:
             return False
         return True
@@ -279,7 +278,7 @@ class _Runner:
             return False
         if await admin.replica.is_member(conversation, node.peer_id):
             return False
-        await _probe.add_member(admin.replica, conversation, node.peer_id, node.name)
+        await admin.replica.add_member(conversation, node.peer_id, node.name)
         return True
 
     async def _network_step(self, node: SimNode, step: Step) -> bool:
