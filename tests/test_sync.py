@@ -147,6 +147,38 @@ async def test_concurrent_sends_while_partitioned_converge_to_one_order(tmp_path
             nursery.cancel_scope.cancel()
 
 
+async def test_a_removed_member_is_sent_nothing_written_after_the_removal(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob", "carol") as group, trio.open_nursery() as nursery:
+        alice, bob, carol = group
+        conversation = await group_of(group)
+        for a, b in itertools.combinations(group, 2):
+            link(nursery, a, b)
+        await joined(group, conversation)
+        await alice.replica.send(conversation, Text("for everyone"))
+        await converged(group, conversation, 1)
+        await alice.replica.remove_member(conversation, carol.peer_id)
+        await alice.replica.send(conversation, Text("after carol left"))
+        await bob.replica.send(conversation, Text("bob, after too"))
+        await converged([alice, bob], conversation, 3)
+        # Links are first in, first out: a direct message from each that reaches carol
+        # shows that nothing they sent her earlier is still on its way.
+        directs = {}
+        for other in (alice, bob):
+            directs[other.peer_id] = await other.replica.create_conversation(
+                ConversationKind.DIRECT, others={carol.peer_id: "carol"}
+            )
+            await other.replica.send(directs[other.peer_id], Text("just us"))
+            await converged([carol], directs[other.peer_id], 1)
+        assert [m.content for m in await carol.replica.history(conversation)] == [Text("for everyone")]
+        # Nor does anything she writes in the group now reach the others.
+        await carol.replica.send(conversation, Text("am I still here?"))
+        for other in (alice, bob):
+            await carol.replica.send(directs[other.peer_id], Text("hello?"))
+            await converged([other], directs[other.peer_id], 2)
+            assert len(await other.replica.history(conversation)) == 3
+        nursery.cancel_scope.cancel()
+
+
 async def test_over_real_tcp_with_reconnect(tmp_path: Path) -> None:
     async with nodes(tmp_path, "alice", "bob", "carol") as group, trio.open_nursery() as nursery:
         alice, bob, carol = group
