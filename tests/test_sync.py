@@ -89,6 +89,34 @@ async def test_reconnect_sends_only_the_delta(tmp_path: Path) -> None:
         assert counted.sent < 2048, counted.sent
 
 
+async def test_a_peer_that_has_everything_is_sent_an_empty_step_2(tmp_path: Path) -> None:
+    # A diff against a state vector carries the whole delete set, and receipts leave one
+    # deleted range per overwrite: anti-entropy between converged peers must not resend it.
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
+        conversation = await group_of([alice, bob])
+        await bob.replica.receive(conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id)
+        for i in range(300):  # each receive writes a delivered receipt between the posts
+            for sender, receiver in ((alice, bob), (bob, alice)):
+                before = await receiver.replica.state_vector(conversation)
+                await sender.replica.send(conversation, Text(f"{i}"))
+                update = await sender.replica.diff(conversation, before)
+                await receiver.replica.receive(conversation, update, origin=sender.peer_id)
+        await bob.replica.receive(conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id)
+        await alice.replica.receive(conversation, await bob.replica.diff(conversation, None), origin=bob.peer_id)
+        in_sync = await bob.replica.state_vector(conversation)
+        assert len(await alice.replica.diff(conversation, in_sync)) > 1024  # the delete set alone
+        async with trio.open_nursery() as nursery:
+            counted = CountingStream()
+            left, right = trio.testing.memory_stream_pair()
+            counted.inner = left
+            nursery.start_soon(alice.engine.run_link, counted)
+            nursery.start_soon(bob.engine.run_link, right)
+            await wait_for(bob, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
+            await wait_for(alice, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
+            nursery.cancel_scope.cancel()
+        assert counted.sent < 512, counted.sent
+
+
 class CountingStream(trio.abc.Stream):
     """Counts what one side sends."""
 

@@ -33,6 +33,7 @@ from ..protocol import (
     SyncStep2,
     Update,
 )
+from ..protocol.yproto import decode_state_vector
 from ..replica import Replica
 from .activity import (
     Activity,
@@ -289,7 +290,14 @@ class SyncEngine:
             log.info("%s asked for %s, which we do not share with it", self._name(link), step.conversation)
             return
         link.peer_state[step.conversation] = step.state_vector
-        update = await self.replica.diff(step.conversation, step.state_vector)
+        if covers(step.state_vector, await self.replica.state_vector(step.conversation)):
+            # Nothing to send: a diff would still carry our whole delete set, which grows
+            # with every receipt. It cannot hold a deletion the peer lacks, for in our
+            # documents only retention deletes without writing, and every member expires
+            # its own copy.
+            update = EMPTY_UPDATE
+        else:
+            update = await self.replica.diff(step.conversation, step.state_vector)
         if not link.offer(SyncStep2(step.conversation, update)):
             link.mark_resync(step.conversation)
 
@@ -377,3 +385,9 @@ class SyncEngine:
     @staticmethod
     def _name(link: PeerLink) -> str:
         return f"{link.peer.nickname} ({link.peer.peer_id})" if link.peer else "an unidentified peer"
+
+
+def covers(theirs: bytes, ours: bytes) -> bool:
+    """True if state vector ``theirs`` counts every struct that ``ours`` counts."""
+    have = decode_state_vector(theirs)
+    return all(have.get(client, 0) >= clock for client, clock in decode_state_vector(ours).items())
