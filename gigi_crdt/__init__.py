@@ -1,5 +1,6 @@
 """gigi-crdt: local-first, peer-to-peer chat on Yjs documents (pycrdt), SQLite and trio."""
 
+from .errors import ConfigError as ConfigError
 from .errors import ConversationError as ConversationError
 from .errors import GigiError as GigiError
 from .errors import NotAllowed as NotAllowed
@@ -22,11 +23,15 @@ from .model import Metadata as Metadata
 from .model import ReceiptKind as ReceiptKind
 from .model import Role as Role
 from .model import Text as Text
+from .node import Node as Node
+from .node import NodeConfig as NodeConfig
+from .node import open_node as open_node
 from .replica import Replica as Replica
 from .replica import open_replica as open_replica
 from .store import ConversationSummary as ConversationSummary
 
 __all__ = [
+    "ConfigError",
     "Content",
     "ConversationError",
     "ConversationKind",
@@ -37,6 +42,8 @@ __all__ = [
     "Member",
     "Message",
     "Metadata",
+    "Node",
+    "NodeConfig",
     "NotAllowed",
     "ReceiptKind",
     "Replica",
@@ -51,5 +58,6 @@ __all__ = [
     "Text",
     "UnknownConversation",
     "UnknownMessage",
+    "open_node",
     "open_replica",
 ]

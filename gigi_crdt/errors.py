@@ -3,6 +3,7 @@
 ::
 
     GigiError                      root: catch this to catch everything of ours
+    ├── ConfigError                a node setting cannot be used here (unknown interface, port taken)
     ├── SchemaError                a value does not fit the conversation schema
     ├── ConversationError          a request about a conversation cannot be honoured
     │   ├── UnknownConversation    no conversation with that id is stored here
@@ -22,6 +23,7 @@ nothing is logged and then dropped.
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "ConversationError",
     "GigiError",
     "NotAllowed",
@@ -39,6 +41,10 @@ __all__ = [
 
 class GigiError(Exception):
     """Root of every error gigi-crdt raises on purpose."""
+
+
+class ConfigError(GigiError, ValueError):
+    """A node setting cannot be used on this machine: an unknown interface, a port already taken."""
 
 
 class SchemaError(GigiError, ValueError):

@@ -267,7 +267,7 @@ class Network:
 
 async def start_dialer(nursery: trio.Nursery, grace: float = 30) -> tuple[Dialer, FakeEngine, Network]:
     engine, network = FakeEngine(), Network()
-    dialer = Dialer(engine, network.connect, grace=grace, rng=random.Random(0))  # type: ignore[arg-type]
+    dialer = Dialer(engine, network.connect, grace=grace, rng=random.Random(0))
     await nursery.start(dialer.run)
     return dialer, engine, network
 
@@ -344,7 +344,7 @@ async def test_a_peer_that_moved_is_redialled_at_its_new_address(autojump_clock:
 
 
 def test_feeding_a_dialer_that_is_not_running_is_an_error() -> None:
-    dialer = Dialer(FakeEngine(), Network().connect)  # type: ignore[arg-type]
+    dialer = Dialer(FakeEngine(), Network().connect)
     with pytest.raises(RuntimeError, match="not running"):
         dialer.feed(PeerFound(None, "10.0.0.5", 7000))
 

@@ -9,6 +9,7 @@ def test_all_names_are_exported_and_exist() -> None:
         "errors",
         "identity",
         "model",
+        "node",
         "protocol",
         "replica",
         "store",

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import GigiError
+from .chat import add_chat_command, run_chat
 from .harness import add_harness_command, run_harness
 
 
@@ -15,6 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gigi-crdt", description="Local-first peer-to-peer chat.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("demo", help="three in-process peers on SQLite stores, one offline for a while")
+    add_chat_command(commands)
     add_harness_command(commands)
     return parser
 
@@ -27,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import main as demo
 
             demo()
+        elif arguments.command == "chat":
+            return run_chat(arguments)
         elif arguments.command == "harness":
             return run_harness(arguments)
     except KeyboardInterrupt:

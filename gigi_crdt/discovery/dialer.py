@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..sync.engine import SyncEngine
-from ..sync.tcp import MAX_BACKOFF, MIN_BACKOFF, keep_connected
+from ..sync.tcp import MAX_BACKOFF, MIN_BACKOFF, LinkRunner, keep_connected
 from .events import DiscoveryEvent, PeerFound, PeerLost
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class Dialer:
 
     def __init__(
         self,
-        engine: SyncEngine,
+        engine: LinkRunner,
         connect: Connect,
         *,
         grace: float = LOST_GRACE,

@@ -5,15 +5,24 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
-from .engine import SyncEngine
+from .engine import LinkOutcome, SyncEngine
 
 log = logging.getLogger(__name__)
 
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
+
+
+class LinkRunner(Protocol):
+    """What ``keep_connected`` links through: a ``SyncEngine``, or a wrapper that secures its streams."""
+
+    async def run_link(self, stream: trio.abc.Stream, *, expected_peer: str | None = None) -> LinkOutcome:
+        """Run one link over ``stream`` until it ends; never raises for anything the peer does."""
+        ...
 
 
 async def serve_tcp(
@@ -37,7 +46,7 @@ async def connect_tcp(host: str, port: int) -> trio.SocketStream:
 
 
 async def keep_connected(
-    engine: SyncEngine,
+    engine: LinkRunner,
     connect: Callable[[], Awaitable[trio.abc.Stream]],
     *,
     expected_peer: str | None = None,
