@@ -280,7 +280,8 @@ class Replica:
     async def acknowledge(self, conversation: str, changes: Changes) -> None:
         """Mark what ``changes`` brought as delivered (only call once it is stored)."""
         doc = await self._document(conversation)
-        delivered = {e.author: doc.stream_length(e.author) - 1 for e in changes.entries if e.author != self.peer_id}
+        authors = {entry.author for entry in changes.entries} - {self.peer_id}
+        delivered = {author: doc.stream_length(author) - 1 for author in authors}
         if delivered:
             await self._persist(doc, doc.mark(ReceiptKind.DELIVERED, delivered))
 

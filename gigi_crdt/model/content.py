@@ -65,12 +65,13 @@ def _size(raw: dict[str, Any], key: str) -> int:
 
 def encode_content(content: Content) -> tuple[str, dict[str, Any]]:
     """Return ``(kind, fields)`` for storing ``content``; validate it on the way."""
-    kind, fields = _encode(content)
+    kind, fields = content_fields(content)
     decode_content(kind, fields)  # one validator for local and remote values
     return kind, fields
 
 
-def _encode(content: Content) -> tuple[str, dict[str, Any]]:
+def content_fields(content: Content) -> tuple[str, dict[str, Any]]:
+    """``(kind, fields)`` of content that was validated already (see ``encode_content``)."""
     if isinstance(content, Text):
         return "text", {"text": content.text}
     if isinstance(content, FileShare):

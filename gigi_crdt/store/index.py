@@ -23,7 +23,7 @@ from ..model import (
     ReceiptKind,
     Role,
 )
-from ..model.content import decode_content, encode_content, searchable_text
+from ..model.content import content_fields, decode_content, searchable_text
 from ..model.ops import Deleted, Edited, Posted, Reacted, Tombstone
 from ..model.view import SortKey
 
@@ -87,7 +87,7 @@ def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_b
 def _post_row(conv: str, author: str, seq: int, op: Posted | Tombstone) -> tuple[object, ...]:
     if isinstance(op, Tombstone):
         return (conv, op.id, author, seq, op.nickname, op.timestamp, None, None, None)
-    kind, fields = encode_content(op.content)
+    kind, fields = content_fields(op.content)  # validated when the op was written or read
     return (conv, op.id, author, seq, op.nickname, op.timestamp, kind, _json(fields), searchable_text(op.content))
 
 
@@ -117,7 +117,7 @@ def _record_change(db: sqlite3.Connection, conv: str, author: str, seq: int, op:
     if row is None:
         return
     if isinstance(op, Edited):
-        kind, fields = encode_content(op.content)
+        kind, fields = content_fields(op.content)
         db.execute(
             "UPDATE messages SET kind = ?, content = ?, body = ?, edited_at = ? WHERE rowid = ?",
             (kind, _json(fields), searchable_text(op.content), op.timestamp, row),
@@ -138,8 +138,11 @@ def _own_live_row(db: sqlite3.Connection, conv: str, message_id: str, author: st
     return None if row is None else int(row[0])
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # json.dumps would build one per call
+
+
 def _json(fields: object) -> str | None:
-    return None if fields is None else json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return None if fields is None else _JSON.encode(fields)
 
 
 # -- queries -----------------------------------------------------------------------
