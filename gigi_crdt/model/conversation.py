@@ -59,7 +59,7 @@ from .ops import (
     check_id,
     check_nickname,
     encode_op,
-    parse_op,
+    parse_entry,
     split_bucket_key,
 )
 from .view import Message, fold_history
@@ -429,15 +429,15 @@ class Conversation:
                 array = self._streams.get(key)
                 values = json.loads(str(array)) if isinstance(array, Array) else []
             for offset, raw in enumerate(values):
-                seq = bucket * BUCKET_SIZE + position + offset
-                if position + offset >= BUCKET_SIZE or seq < self._cursors.get(author, 0):
-                    continue  # past a bucket's end, or an in-place redaction of a known entry
+                if position + offset >= BUCKET_SIZE:
+                    continue  # past a bucket's end
                 try:
-                    entry = StreamEntry(author, seq, parse_op(raw))
+                    entry = parse_entry(author, bucket, raw)
                 except SchemaError as exc:
-                    log.warning("stream entry %s/%d skipped: %s", author, seq, exc)
+                    log.warning("stream entry %s/%d skipped: %s", author, bucket * BUCKET_SIZE + position + offset, exc)
                     continue
-                found.setdefault(author, []).append(entry)
+                if entry.seq >= self._cursors.get(author, 0):  # not an in-place redaction of a known entry
+                    found.setdefault(author, []).append(entry)
         self._appended.clear()
         for author, entries in found.items():
             if len(entries) > 1:
@@ -459,7 +459,12 @@ class Conversation:
         for bucket in range(start // BUCKET_SIZE, (end - 1) // BUCKET_SIZE + 1):
             first = max(start - bucket * BUCKET_SIZE, 0)
             limit = min(end - bucket * BUCKET_SIZE, BUCKET_SIZE) - first
-            entries.extend(self._read_bucket(author, bucket, first, limit))
+            found = list(self._read_bucket(author, bucket, first, limit))
+            lowest = bucket * BUCKET_SIZE + first
+            if [entry.seq for entry in found] != list(range(lowest, lowest + len(found))):
+                # Positions lie while a replacement waits (see ``encode_op``): filter by seq.
+                found = [e for e in self._read_bucket(author, bucket, 0) if start <= e.seq < end]
+            entries.extend(found)
         return entries
 
     # -- local writes --------------------------------------------------------------
@@ -573,7 +578,7 @@ class Conversation:
         seq = self._cursors.get(self._local_peer, 0)
         bucket, index = divmod(seq, BUCKET_SIZE)
         key = bucket_key(self._local_peer, bucket)
-        value = encode_op(op)
+        value = encode_op(op, seq)
         if index == 0:
             self._streams[key] = Array([value])
         else:
@@ -590,7 +595,7 @@ class Conversation:
         bucket, index = divmod(seq, BUCKET_SIZE)
         array = self._streams[bucket_key(self._local_peer, bucket)]
         del array[index]
-        array.insert(index, encode_op(op))
+        array.insert(index, encode_op(op, seq))
 
     def _local_transaction(self) -> Transaction:
         """A transaction of our own: observers skip it (``changes`` says what it did)."""
@@ -688,7 +693,7 @@ class Conversation:
             raw_items = [array[index] for index in range(start, end)]
         for offset, raw in enumerate(raw_items):
             try:
-                yield StreamEntry(author, bucket * BUCKET_SIZE + start + offset, parse_op(raw))
+                yield parse_entry(author, bucket, raw)
             except SchemaError as exc:
                 log.warning("stream entry %s/%d skipped: %s", author, bucket * BUCKET_SIZE + start + offset, exc)
 

@@ -111,8 +111,17 @@ def split_bucket_key(key: str) -> tuple[str, int]:
     return check_id(author, "author"), int(number)
 
 
-def encode_op(op: Op) -> dict[str, Any]:
-    """The plain value stored for ``op``."""
+def encode_op(op: Op, seq: int) -> dict[str, Any]:
+    """The plain value stored for ``op`` at ``seq`` in its author's stream.
+
+    The value names its own sequence number because its position in the bucket can lie
+    for a while: an in-place replacement (a deletion's tombstone) is a Yjs delete plus an
+    insert, and a peer may apply the delete while the insert still waits for a dependency.
+    """
+    return {"s": seq} | _op_fields(op)
+
+
+def _op_fields(op: Op) -> dict[str, Any]:
     if isinstance(op, Posted):
         kind, fields = encode_content(op.content)
         return {"o": "post", "i": op.id, "t": op.timestamp, "n": op.nickname, "k": kind, "c": fields}
@@ -126,6 +135,18 @@ def encode_op(op: Op) -> dict[str, Any]:
     if isinstance(op, Tombstone):
         return {"o": "tombstone", "i": op.id, "t": op.timestamp, "n": op.nickname}
     return {"o": "redacted", "i": op.target}
+
+
+def parse_entry(author: str, bucket: int, raw: object) -> StreamEntry:
+    """Rebuild the entry stored in ``author``'s bucket ``bucket``, or raise ``SchemaError``."""
+    if not isinstance(raw, dict):
+        raise SchemaError("stream entry is not a map")
+    seq = raw.get("s")
+    if isinstance(seq, float) and seq.is_integer():  # Yjs may hand integers back as floats
+        seq = int(seq)
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq - bucket * BUCKET_SIZE < BUCKET_SIZE:
+        raise SchemaError(f"stream entry with a sequence number {seq!r} outside its bucket")
+    return StreamEntry(author, seq, parse_op(raw))
 
 
 def parse_op(raw: object) -> Op:
