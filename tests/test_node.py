@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -111,6 +112,17 @@ async def test_two_nodes_talk_over_authenticated_links(tmp_path: Path) -> None:
         assert summary.unread == 0
         assert [m.id for _, m in await bob.search("alice")] == [(await alice.history(chat))[-1].id]
         assert [c.nickname for c in alice.contacts()] == ["bob"]
+
+
+async def test_both_ends_show_the_same_safety_number(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alice, bob):
+        number = alice.safety_number(bob.peer_id)
+        assert number is not None
+        assert re.fullmatch(r"\d{5}( \d{5}){11}", number)
+        assert bob.safety_number(alice.peer_id) == number
+        assert alice.fingerprint in number
+        assert bob.fingerprint in number
+        assert alice.safety_number("not-a-contact-0000") is None
 
 
 async def test_three_nodes_converge_on_a_group(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from ..sync.tcp import MAX_BACKOFF, MIN_BACKOFF
 
 INTERFACE_VARIABLE = "GIGI_CRDT_INTERFACE"
 EVERY_INTERFACE = "0.0.0.0"
+MAX_CONNECTIONS_PER_ADDRESS = 8
+MAX_CONNECTIONS = 256
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
@@ -43,7 +45,12 @@ class NodeConfig:
         interface: a network interface (``eth0``) or one of this machine's addresses, used for
             mDNS and as the default listen address; default: ``$GIGI_CRDT_INTERFACE``, else all.
         peers: static peers, ``host:port``, dialled (and redialled) while the node runs.
-        links: timeouts and bounds of every peer link, the anti-entropy interval among them.
+        links: timeouts and bounds of every peer link, the anti-entropy interval and the rate
+            limits on what a peer sends among them.
+        max_connections_per_address: incoming connections one remote address may hold open
+            at once (several nodes on one host, or behind one NAT, each hold one); more are
+            closed before their TLS handshake.
+        max_connections: incoming connections open at once, from everywhere.
         min_backoff: the first wait before redialling a peer, in seconds (doubled per failure).
         max_backoff: the longest wait before redialling.
         lost_grace: how long a peer that mDNS reports lost is still dialled.
@@ -55,6 +62,8 @@ class NodeConfig:
     interface: str | None = field(default_factory=_interface_from_environment)
     peers: tuple[str, ...] = ()
     links: LinkSettings = LinkSettings()
+    max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
+    max_connections: int = MAX_CONNECTIONS
     min_backoff: float = MIN_BACKOFF
     max_backoff: float = MAX_BACKOFF
     lost_grace: float = LOST_GRACE
@@ -62,6 +71,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is not in 0..65535")
+        if self.max_connections_per_address < 1 or self.max_connections < 1:
+            raise ConfigError("max_connections_per_address and max_connections must be at least 1")
         for peer in self.peers:
             parse_peer_address(peer)  # fail at configuration time, naming the bad entry
 

@@ -5,6 +5,11 @@ byte; a peer that does not complete it (plaintext, wrong key, silence) is droppe
 line, and nothing else happens. The engine is then told to expect exactly the peer id the
 TLS handshake authenticated, so a peer can only ever speak as the key it holds: its HELLO
 naming anyone else ends the link.
+
+Against floods: an accepted connection over the ``ConnectionLimiter``'s caps (per remote
+address, and in total) is closed before its TLS handshake, which is the expensive part; the
+handshake itself must finish within ``handshake_timeout``, so a silent client holds its slot
+only that long; the engine rate-limits what each link's peer sends.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..sync import LinkOutcome, SyncEngine
+from ..sync.limits import ConnectionLimiter, remote_address
 from ..transport import HandshakeRefused, TlsCredentials, open_tls_stream
 
 log = logging.getLogger(__name__)
@@ -35,10 +41,19 @@ class SecureLinks:
     dialer keeps backing off instead of redialling at once.
     """
 
-    def __init__(self, engine: SyncEngine, credentials: TlsCredentials, *, handshake_timeout: float) -> None:
+    def __init__(
+        self,
+        engine: SyncEngine,
+        credentials: TlsCredentials,
+        *,
+        handshake_timeout: float,
+        limiter: ConnectionLimiter,
+    ) -> None:
         self.engine = engine
         self._credentials = credentials
         self._handshake_timeout = handshake_timeout
+        #: Caps on accepted connections (dialled ones are bounded by the dialer's targets).
+        self.limiter = limiter
         self._peers: dict[str, _Peer] = {}
 
     def public_key(self, peer_id: str) -> bytes | None:
@@ -53,8 +68,18 @@ class SecureLinks:
             scope.cancel()
 
     async def accept(self, stream: trio.abc.Stream) -> None:
-        """Serve one incoming connection (the TLS server side) until its link ends."""
-        await self._run(stream, server=True, expected_peer=None)
+        """Serve one incoming connection (the TLS server side) until its link ends.
+
+        Over the limiter's caps it is closed at once, before any TLS work.
+        """
+        address = remote_address(stream)
+        if not self.limiter.acquire(address):
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await self._run(stream, server=True, expected_peer=None)
+        finally:
+            self.limiter.release(address)
 
     async def run_link(self, stream: trio.abc.Stream, *, expected_peer: str | None = None) -> LinkOutcome:
         """Run a dialled connection (the TLS client side), pinned to ``expected_peer`` if given."""

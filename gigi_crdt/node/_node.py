@@ -21,6 +21,7 @@ from ..model import Content, ConversationKind, GroupInvite, Member, Message, Met
 from ..replica import Replica, _single_errors_unwrapped, open_replica
 from ..store import ConversationSummary
 from ..sync import PeerOnline, Presence, SyncEngine, connect_tcp
+from ..sync.limits import ConnectionLimiter
 from ..transport import TlsCredentials
 from ._config import NodeConfig, default_data_dir
 from ._events import ContactKeyChanged, EventHub, NodeEvent
@@ -56,7 +57,8 @@ async def open_node(
     async with open_replica(directory, nickname=nickname, peer_id=identity.peer_id) as replica:
         engine = SyncEngine(replica, settings=config.links)
         replica.add_listener(engine)
-        links = SecureLinks(engine, credentials, handshake_timeout=config.links.handshake_timeout)
+        limiter = ConnectionLimiter(per_address=config.max_connections_per_address, total=config.max_connections)
+        links = SecureLinks(engine, credentials, handshake_timeout=config.links.handshake_timeout, limiter=limiter)
         hub = EventHub()
         listeners = await _listen(config)
         try:
@@ -138,6 +140,15 @@ class Node:
     def fingerprint(self) -> str:
         """This node's key fingerprint, for users to compare out of band."""
         return self._identity.fingerprint
+
+    def safety_number(self, peer_id: str) -> str | None:
+        """The 60-digit number this node and a contact both show; ``None`` if ``peer_id`` is no contact.
+
+        Two users who read the same number to each other (in person, on a call) know that
+        their nodes hold each other's real keys: no one sits in between.
+        """
+        contact = self._contacts.by_peer_id(peer_id)
+        return None if contact is None else self._identity.safety_number(contact.public_key)
 
     def events(self) -> trio.MemoryReceiveChannel[NodeEvent]:
         """Everything that happens, for one consumer: ``async for event in node.events()``.

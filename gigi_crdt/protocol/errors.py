@@ -24,6 +24,7 @@ class CloseCode(enum.IntEnum):
     LIMIT_EXCEEDED = 1005
     TIMEOUT = 1006
     FORBIDDEN = 1007
+    RATE_LIMITED = 1008
     INTERNAL_ERROR = 1011
 
 

@@ -44,6 +44,7 @@ from .activity import (
     SyncProgress,
     describe_changes,
 )
+from .limits import RateLimitedStream
 from .link import EMPTY_STATE_VECTOR, LinkSettings, PeerLink, read_events
 from .presence import RENEW_SECONDS, Presence, PresenceTable, local_state
 
@@ -157,8 +158,10 @@ class SyncEngine:
         """Sync with the peer at the other end of ``stream`` until the link ends.
 
         With ``expected_peer`` the link is refused unless the peer says it is that peer.
-        Nothing the peer does makes this raise.
+        Nothing the peer does makes this raise; a peer sending over the link settings'
+        rates is slowed down (bytes) or closed (frames).
         """
+        stream = RateLimitedStream(stream, self.settings)
         link = PeerLink(Connection(self.limits), self.settings)
         reason = "cancelled"
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ..errors import ConfigError
 from ..protocol import (
     Close,
     CloseCode,
@@ -36,13 +37,39 @@ RECEIVE_CHUNK = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class LinkSettings:
-    """Timeouts and bounds of one link (seconds, frames)."""
+    """Timeouts and bounds of one link.
+
+    Attributes:
+        handshake_timeout: seconds from connect until the peer's HELLO; on a node's links
+            the TLS handshake before it has as long again.
+        ping_interval: seconds between our PINGs, so that a quiet peer never looks idle.
+        idle_timeout: seconds without a byte from the peer before the link is closed.
+        anti_entropy_interval: seconds between rounds of state vectors that repair lost frames.
+        queue_size: frames queued for the peer before it is resynced instead.
+        max_frames_per_second: frames the peer may send per second, sustained; more ends
+            the link with CLOSE 1008 RATE_LIMITED (see ``gigi_crdt.sync.limits``).
+        frame_burst: frames the peer may send at once above that rate: a catch-up sends a
+            few per shared conversation, so this allows for thousands of conversations.
+        max_bytes_per_second: bytes read from the peer per second, sustained; a peer that
+            sends more is read more slowly (never disconnected for it).
+        byte_burst: bytes read at full speed before the throttle starts: one frame of the
+            largest size the protocol allows.
+    """
 
     handshake_timeout: float = 10.0
     ping_interval: float = 15.0
     idle_timeout: float = 45.0
     anti_entropy_interval: float = 30.0
     queue_size: int = 256
+    max_frames_per_second: float = 1000.0
+    frame_burst: int = 10_000
+    max_bytes_per_second: float = 64 * 1024 * 1024
+    byte_burst: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_frames_per_second", "frame_burst", "max_bytes_per_second", "byte_burst"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
 
 
 class PeerLink:
