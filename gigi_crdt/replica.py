@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 
-from .errors import GigiError, SchemaError, StorageError, UnknownConversation, UnknownMessage
+from .errors import GigiError, NotAllowed, SchemaError, StorageError, UnknownConversation, UnknownMessage
 from .model import (
     Changes,
     Content,
@@ -253,21 +253,25 @@ class Replica:
     ) -> Changes:
         """Merge and persist an update from peer ``origin``, then acknowledge it as delivered.
 
-        A conversation seen for the first time is created from the update. Listeners
-        hear of the update (to pass it on) only if it brought something new. With
-        ``acknowledge=False`` the caller sends the delivered receipt itself, later
+        A conversation seen for the first time is created from the update, if it lists
+        both us and ``origin`` as members (else ``NotAllowed``, and nothing is stored).
+        Listeners hear of the update (to pass it on) only if it brought something new.
+        With ``acknowledge=False`` the caller sends the delivered receipt itself, later
         (``acknowledge``), e.g. after telling the application.
         """
+        new = False
         try:
             doc = await self._document(conversation)
         except UnknownConversation:
-            doc = Conversation.from_updates([], self.peer_id, self._clock)
+            doc, new = Conversation.from_updates([], self.peer_id, self._clock), True
             self._hold(conversation, doc)
         before = doc.state_vector()
         try:
             changes = doc.apply_remote(update)
             if doc.metadata().id != conversation:
                 raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
+            if new and not (doc.is_member(self.peer_id) and (origin is None or doc.is_member(origin))):
+                raise NotAllowed(f"{origin} offered conversation {conversation}, which does not list us both")
         except GigiError:
             self._release(conversation, doc)  # it may be half-applied: reload what is on disk
             raise

@@ -14,6 +14,7 @@ import trio.testing
 from gigi_crdt import (
     ConversationKind,
     GigiError,
+    NotAllowed,
     ReceiptKind,
     Replica,
     SchemaError,
@@ -179,7 +180,7 @@ async def test_retention_expires_old_messages_on_every_peer(tmp_path: Path) -> N
         open_replica(tmp_path / "b", nickname="bob", now_ms=lambda: now[0]) as bob,
     ):
         conversation = await alice.create_conversation(
-            ConversationKind.DIRECT, others={bob.peer_id: "bob"}, retention_days=7
+            ConversationKind.GROUP, others={bob.peer_id: "bob", "carol-peer-03": "carol"}, retention_days=7
         )
         for i in range(300):  # more than one bucket
             await alice.send(conversation, Text(f"old-message-{i}"))
@@ -197,7 +198,9 @@ async def test_retention_expires_old_messages_on_every_peer(tmp_path: Path) -> N
         await bob.compact(conversation)
         assert texts(await bob.history(conversation, limit=500)) == ["recent"]
         # A new device of carol's never indexes what has expired.
-        async with open_replica(tmp_path / "c", nickname="carol", now_ms=lambda: now[0]) as carol:
+        async with open_replica(
+            tmp_path / "c", nickname="carol", peer_id="carol-peer-03", now_ms=lambda: now[0]
+        ) as carol:
             await carol.receive(conversation, await alice.diff(conversation, None))
             assert texts(await carol.history(conversation, limit=500)) == ["recent"]
 
@@ -327,3 +330,19 @@ async def test_entries_the_index_missed_are_indexed_when_the_document_loads(tmp_
         assert texts(await bob.history(conversation, limit=500)) == ["seen"]  # index only, not loaded yet
         await bob.state_vector(conversation)  # loads the document
         assert texts(await bob.history(conversation, limit=500)) == ["seen"] + [f"unseen {i}" for i in range(300)]
+
+
+async def test_a_new_conversation_is_only_taken_from_a_member_and_if_it_lists_us(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", peer_id="alice-peer-01") as alice,
+        open_replica(tmp_path / "c", nickname="carol", peer_id="carol-peer-03") as carol,
+    ):
+        ours = await alice.create_conversation(ConversationKind.GROUP, others={carol.peer_id: "carol"})
+        theirs = await alice.create_conversation(ConversationKind.GROUP, others={"bob-peer-0002": "bob"})
+        with pytest.raises(NotAllowed):  # relayed by someone who is not in it
+            await carol.receive(ours, await alice.diff(ours, None), origin="mallory-peer-9")
+        with pytest.raises(NotAllowed):  # not ours to hold
+            await carol.receive(theirs, await alice.diff(theirs, None), origin=alice.peer_id)
+        assert await carol.conversation_ids() == []
+        await carol.receive(ours, await alice.diff(ours, None), origin=alice.peer_id)
+        assert await carol.conversation_ids() == [ours]

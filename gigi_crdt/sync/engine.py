@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import GigiError
+from ..errors import GigiError, NotAllowed
 from ..protocol import (
     Announce,
     Awareness,
@@ -314,7 +314,14 @@ class SyncEngine:
         if not fetched and not await self._may_share(link, conversation):
             log.info("%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation)
             return
-        changes = await self.replica.receive(conversation, event.update, origin=link.peer.peer_id, acknowledge=False)
+        try:
+            changes = await self.replica.receive(
+                conversation, event.update, origin=link.peer.peer_id, acknowledge=False
+            )
+        except NotAllowed as exc:  # a conversation new to us, offered by a non-member or not ours
+            log.warning("%s: %s; not stored", self._name(link), exc)
+            session.fetching.discard(conversation)
+            return
         if fetched:
             session.fetching.discard(conversation)
             if await self.replica.is_member(conversation, link.peer.peer_id):
