@@ -5,10 +5,12 @@
     GigiError                      root: catch this to catch everything of ours
     ├── ConfigError                a node setting cannot be used here (unknown interface, port taken)
     ├── SchemaError                a value does not fit the conversation schema
+    │   └── UnsafeUpdate           a Yjs update from the network failed the schema check (in model)
     ├── ConversationError          a request about a conversation cannot be honoured
     │   ├── UnknownConversation    no conversation with that id is stored here
     │   └── NotAllowed             the local peer may not do this (not the author, not an admin)
     ├── UnknownMessage             no message with that id in the conversation
+    ├── RelayRefused               a relay refused us a room (HTTP 401/403: a wrong token)
     └── StorageError               the local database failed; nothing was written
         ├── StoreInUse             another process holds the data directory
         ├── StoreCorrupt           the database file is damaged or not ours
@@ -27,6 +29,7 @@ __all__ = [
     "ConversationError",
     "GigiError",
     "NotAllowed",
+    "RelayRefused",
     "SchemaError",
     "StorageError",
     "StoreClosed",
@@ -71,6 +74,10 @@ class UnknownMessage(GigiError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown message"
+
+
+class RelayRefused(GigiError):
+    """A relay answered the WebSocket handshake with an HTTP error: 401/403 mean a wrong token."""
 
 
 class StorageError(GigiError):

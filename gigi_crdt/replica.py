@@ -29,6 +29,7 @@ from .model import (
     Message,
     ReceiptKind,
     Written,
+    check_update,
     new_id,
 )
 from .model.metadata import Member, Metadata, Role
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _GENERATIONS = itertools.count(1)  # each document loaded into memory gets a new one
+CHECK_IN_THREAD_BYTES = 64 * 1024
 Ts = TypeVarTuple("Ts")
 
 
@@ -82,6 +84,15 @@ async def open_replica(
                 nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+async def _check_remote(update: bytes) -> None:
+    """``check_update``, in a worker thread when the update is large: it is pure Python,
+    about as slow as applying the update, and other peers' links must not wait."""
+    if len(update) > CHECK_IN_THREAD_BYTES:
+        await trio.to_thread.run_sync(check_update, update)
+    else:
+        check_update(update)
 
 
 @contextlib.contextmanager
@@ -253,12 +264,15 @@ class Replica:
     ) -> Changes:
         """Merge and persist an update from peer ``origin``, then acknowledge it as delivered.
 
-        A conversation seen for the first time is created from the update, if it lists
+        The update is checked against the conversation schema before pycrdt sees it
+        (``UnsafeUpdate``: nothing of it is applied or stored). A conversation seen for
+        the first time is created from the update, if it lists
         both us and ``origin`` as members (else ``NotAllowed``, and nothing is stored).
         Listeners hear of the update (to pass it on) only if it brought something new.
         With ``acknowledge=False`` the caller sends the delivered receipt itself, later
         (``acknowledge``), e.g. after telling the application.
         """
+        await _check_remote(update)
         new = False
         try:
             doc = await self._document(conversation)

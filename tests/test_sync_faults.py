@@ -15,6 +15,7 @@ import msgpack
 import pytest
 import trio
 import trio.testing
+from hostile import hostile_updates
 from sync_helpers import Node, converged, drain, ids, joined, link, nodes, until_stored, wait_for
 
 from gigi_crdt import ConversationKind, Text, UnknownConversation
@@ -481,4 +482,44 @@ async def test_non_member_asking_for_a_conversation_gets_nothing(tmp_path: Path)
         about_secret = [e for e in heard if isinstance(e, SyncStep1 | SyncStep2 | Update) and e.conversation == secret]
         assert about_secret == []
         assert all(secret not in e.conversations for e in heard if isinstance(e, Announce))
+        nursery.cancel_scope.cancel()
+
+
+# -- 6. hostile updates from a member ---------------------------------------------------------
+
+HANG = "hang-string-in-array-root.hex"  # a string in root "a": reading "a" as an Array never returns
+
+
+async def test_a_member_sending_a_hostile_update_is_dropped_and_nothing_of_it_spreads(tmp_path: Path) -> None:
+    (poison,) = hostile_updates(HANG)
+    async with nodes(tmp_path, "alice", "carol", settings=FAST) as (alice, carol), trio.open_nursery() as nursery:
+        chat = await alice.replica.create_conversation(
+            ConversationKind.GROUP, others={carol.peer_id: "carol", "mallory-peer-1": "mallory"}
+        )
+        to_carol, _ = link(nursery, alice, carol, wrap_a=RecordingStream)
+        assert isinstance(to_carol, RecordingStream)
+        await joined([alice, carol], chat)
+        before = await alice.replica.state_vector(chat)
+        mallory, alice_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(alice.engine.run_link, alice_side)
+        connection = Connection()
+        for event in (Hello("mallory-peer-1", "mallory", 9), Update(chat, poison)):
+            await mallory.send_all(connection.send(event))
+        with trio.fail_after(10):
+            offline = await wait_for(alice, lambda e: isinstance(e, PeerOffline) and e.peer_id == "mallory-peer-1")
+            closed: list[Event] = []
+            while not closed:
+                event = connection.next_event()
+                if isinstance(event, NeedData):
+                    connection.receive_data(await mallory.receive_some())
+                elif isinstance(event, Close):
+                    closed.append(event)
+        assert isinstance(offline, PeerOffline)
+        assert "update refused" in offline.reason
+        assert closed[0].code is CloseCode.INTERNAL_ERROR
+        assert await alice.replica.state_vector(chat) == before
+        # The link to carol carries on, and carries none of it.
+        message = await alice.replica.send(chat, Text("still fine"))
+        assert await converged([alice, carol], chat, 1) == [[message], [message]]
+        assert poison not in to_carol.sent
         nursery.cancel_scope.cancel()

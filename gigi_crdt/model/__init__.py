@@ -20,3 +20,7 @@ from .ops import StreamEntry as StreamEntry
 from .view import HistoryFold as HistoryFold
 from .view import Message as Message
 from .view import fold_history as fold_history
+from .yupdate import UnsafeUpdate as UnsafeUpdate
+from .yupdate import UpdateLimits as UpdateLimits
+from .yupdate import UpdateSummary as UpdateSummary
+from .yupdate import check_update as check_update

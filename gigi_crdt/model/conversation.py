@@ -712,7 +712,7 @@ class Conversation:
 def _apply(doc: Doc[Any], update: bytes) -> None:
     try:
         doc.apply_update(update)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: e.g. a parent id naming a non-type item
         raise SchemaError(f"malformed Yjs update: {exc}") from exc
     except BaseException as exc:
         # yrs panics surface as pyo3's PanicException, a BaseException that cannot be

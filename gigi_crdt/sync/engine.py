@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import GigiError, NotAllowed
+from ..errors import GigiError, NotAllowed, SchemaError
 from ..protocol import (
     Announce,
     Awareness,
@@ -192,9 +192,12 @@ class SyncEngine:
             return self._refuse(link, CloseCode.TIMEOUT, "no handshake in time")
         except RemoteProtocolError as exc:
             return self._refuse(link, exc.code, exc.reason)
+        except SchemaError as exc:
+            # An update that failed the schema check (``UnsafeUpdate``) or did not apply:
+            # end this link only; nothing of it was stored or passed on.
+            return self._refuse(link, CloseCode.INTERNAL_ERROR, f"update refused: {exc}")
         except GigiError as exc:
-            # Our side failed to apply or store what the peer sent (e.g. a schema error in an
-            # update): end this link only; the data it carried was not stored.
+            # Our side failed to store what the peer sent: end this link only.
             return self._refuse(link, CloseCode.INTERNAL_ERROR, str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             return f"connection lost: {exc or type(exc).__name__}"
