@@ -6,9 +6,11 @@ import contextlib
 import dataclasses
 import os
 import re
+import stat
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -19,11 +21,13 @@ from gigi_crdt.identity import Identity
 from gigi_crdt.node import ContactKeyChanged, Node, NodeEvent, default_data_dir
 from gigi_crdt.protocol import Close, CloseCode, Connection, ConnectionClosed, Hello, NeedData
 from gigi_crdt.sync import (
+    LinkOutcome,
     LinkSettings,
     MessageReceived,
     OfflineMessagesReceived,
     PeerOnline,
     ReceiptUpdated,
+    SyncEngine,
     SyncProgress,
 )
 from gigi_crdt.transport import open_tls_stream
@@ -170,6 +174,75 @@ async def test_invite_and_leave(tmp_path: Path) -> None:
         with trio.fail_after(10):
             while (await alice.members(group))[bob.peer_id].active:
                 await wait_for(alice, lambda e: True)
+
+
+class _Recording(trio.abc.Stream):
+    """What a link's peer sent, after TLS: the frames themselves."""
+
+    def __init__(self, inner: trio.abc.Stream, heard: bytearray) -> None:
+        self.inner, self.heard = inner, heard
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        self.heard += data
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_peer_outside_a_conversation_never_learns_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heard = bytearray()  # everything carol's engine receives
+    run_link = SyncEngine.run_link
+
+    async def recording(engine: SyncEngine, stream: trio.abc.Stream, **kwargs: Any) -> LinkOutcome:
+        if engine.replica.nickname == "carol":
+            stream = _Recording(stream, heard)
+        return await run_link(engine, stream, **kwargs)
+
+    monkeypatch.setattr(SyncEngine, "run_link", recording)
+    async with (
+        open_node(tmp_path / "alice", nickname="alice", config=LOCAL) as alice,
+        open_node(tmp_path / "bob", nickname="bob", config=dialing(alice)) as bob,
+        open_node(tmp_path / "carol", nickname="carol", config=dialing(alice, bob)) as carol,
+    ):
+        with trio.fail_after(10):
+            while len(carol.online_peers()) < 2:
+                await wait_for(carol, lambda e: isinstance(e, PeerOnline))
+        secret = await alice.create_direct(bob.peer_id, "bob")
+        alice.set_typing(secret, True)
+        await alice.send(secret, Text("SECRET-PLANS"))
+        await received(bob, "SECRET-PLANS")
+        await bob.send(secret, Text("SECRET-REPLY"))
+        await received(alice, "SECRET-REPLY")
+        # Links are ordered: once these reach carol, nothing sent to her before is on its way.
+        for sender in (alice, bob):
+            canary = await sender.create_direct(carol.peer_id, "carol")
+            await sender.send(canary, Text(f"hello from {sender.nickname}"))
+            await received(carol, f"hello from {sender.nickname}")
+        assert secret not in [s.metadata.id for s in await carol.conversations()]
+        assert carol.presence(secret) == []
+        stored = b"".join(path.read_bytes() for path in (tmp_path / "carol").iterdir() if path.is_file())
+        for leak in (secret.encode(), b"SECRET-PLANS", b"SECRET-REPLY"):
+            assert leak not in stored
+            assert leak not in heard
+        assert b"hello from bob" in heard  # the recording works
+
+
+async def test_the_data_directory_is_private(tmp_path: Path) -> None:
+    async with open_node(tmp_path / "alice", nickname="alice", config=LOCAL) as alice:
+        await alice.create_direct("bob-peer-0002", "bob")
+        assert stat.S_IMODE((tmp_path / "alice").stat().st_mode) == 0o700
+        for path in (tmp_path / "alice").iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
 
 
 async def test_shutdown_leaves_no_thread_and_no_open_file(tmp_path: Path) -> None:
