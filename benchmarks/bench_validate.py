@@ -29,10 +29,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from _common import ALICE, BOB, print_table, text_for, wall_ms
+from _common import ALICE, BOB, TwoPeers, print_table, text_for
 from pycrdt import Doc
 
-from gigi_crdt.model import Conversation, ConversationKind, HybridClock
 from gigi_crdt.model.ydecode import decode_update
 from gigi_crdt.model.yupdate import check_update
 
@@ -41,15 +40,8 @@ LIVE = 2_000
 
 def build(messages: int, receipts: bool) -> tuple[bytes, bytes, list[bytes]]:
     """The document before the last ``LIVE`` messages, the whole document, and those messages' updates."""
-    alice, created = Conversation.create(
-        kind=ConversationKind.DIRECT,
-        title="bench",
-        local_peer=ALICE,
-        nickname="alice",
-        clock=HybridClock(wall_ms),
-        others={BOB: "bob"},
-    )
-    bob = Conversation.from_updates([created.update], BOB, HybridClock(wall_ms))
+    peers = TwoPeers()
+    alice, bob = peers.alice, peers.bob
     live: list[bytes] = []
     before = b""
     for i in range(messages):

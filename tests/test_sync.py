@@ -78,11 +78,8 @@ async def test_reconnect_sends_only_the_delta(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
         await alice.replica.send(conversation, Text("one more"))
         async with trio.open_nursery() as nursery:
-            counted = CountingStream()
-            left, right = trio.testing.memory_stream_pair()
-            counted.inner = left
-            nursery.start_soon(alice.engine.run_link, counted)
-            nursery.start_soon(bob.engine.run_link, right)
+            counted, _ = link(nursery, alice, bob, wrap_a=CountingStream)
+            assert isinstance(counted, CountingStream)
             await converged([alice, bob], conversation, 2001)
             nursery.cancel_scope.cancel()
         # Hello, announce, state vectors, one message, receipts: far less than the history.
@@ -106,11 +103,8 @@ async def test_a_peer_that_has_everything_is_sent_an_empty_step_2(tmp_path: Path
         in_sync = await bob.replica.state_vector(conversation)
         assert len(await alice.replica.diff(conversation, in_sync)) > 1024  # the delete set alone
         async with trio.open_nursery() as nursery:
-            counted = CountingStream()
-            left, right = trio.testing.memory_stream_pair()
-            counted.inner = left
-            nursery.start_soon(alice.engine.run_link, counted)
-            nursery.start_soon(bob.engine.run_link, right)
+            counted, _ = link(nursery, alice, bob, wrap_a=CountingStream)
+            assert isinstance(counted, CountingStream)
             await wait_for(bob, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
             await wait_for(alice, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
             nursery.cancel_scope.cancel()
@@ -120,8 +114,9 @@ async def test_a_peer_that_has_everything_is_sent_an_empty_step_2(tmp_path: Path
 class CountingStream(trio.abc.Stream):
     """Counts what one side sends."""
 
-    inner: trio.abc.Stream
-    sent = 0
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.sent = 0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.sent += len(data)
