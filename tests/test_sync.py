@@ -14,6 +14,7 @@ from sync_helpers import Node, converged, drain, joined, link, nodes, wait_for
 
 from gigi_crdt import ConversationKind, Text
 from gigi_crdt.sync import (
+    LinkSettings,
     MessageReceived,
     OfflineMessagesReceived,
     PeerOffline,
@@ -299,4 +300,16 @@ async def test_presence_and_typing_reach_members(tmp_path: Path) -> None:
             assert isinstance(typing, PresenceChanged)
             assert typing.peer_id == alice.peer_id
             assert bob.engine.presence(conversation)[0].typing
+        nursery.cancel_scope.cancel()
+
+
+async def test_presence_in_a_conversation_made_after_the_link_came_up(tmp_path: Path) -> None:
+    quiet = LinkSettings(handshake_timeout=2.0, ping_interval=3600, idle_timeout=7200, anti_entropy_interval=3600)
+    async with nodes(tmp_path, "alice", "bob", settings=quiet) as (alice, bob), trio.open_nursery() as nursery:
+        link(nursery, alice, bob)
+        with trio.fail_after(5):  # presence renews every 15 s: it must not wait for that
+            await wait_for(bob, lambda e: isinstance(e, PeerOnline))
+            conversation = await group_of([alice, bob])
+            online = await wait_for(bob, lambda e: isinstance(e, PresenceChanged) and e.online)
+        assert online == PresenceChanged(conversation, alice.peer_id, "alice", online=True, typing=False)
         nursery.cancel_scope.cancel()

@@ -151,6 +151,7 @@ class SyncEngine:
             else:
                 link.shared.add(conversation)
                 link.offer(Announce((conversation,)))
+                self._announce_presence(link, conversation)  # not only at the next renewal
 
     # -- links -----------------------------------------------------------------------
 
@@ -228,7 +229,7 @@ class SyncEngine:
         elif isinstance(event, SyncStep2 | Update):
             await self._on_update(session, event)
         elif isinstance(event, Awareness):
-            self._on_awareness(link, event)
+            self._on_awareness(session, event)
         elif isinstance(event, Ping):
             link.offer(Pong(event.nonce))
 
@@ -258,10 +259,10 @@ class SyncEngine:
         session.nursery.start_soon(self._keep_alive, link)
         session.nursery.start_soon(self._repair_periodically, session)
 
-    def _on_awareness(self, link: PeerLink, awareness: Awareness) -> None:
-        peer = link.peer
-        if peer is None or awareness.conversation not in link.shared:
-            return  # presence only counts among members
+    def _on_awareness(self, session: _Session, awareness: Awareness) -> None:
+        link, peer = session.link, session.link.peer
+        if peer is None or awareness.conversation not in link.shared | session.fetching:
+            return  # presence only counts among members (and a peer is one of a conversation it is sending us)
         for entry in awareness.entries:  # the protocol allowed only the peer's own client id
             if self._presence.record(trio.current_time(), awareness.conversation, peer.peer_id, peer.nickname, entry):
                 typing = entry.state is not None and entry.state.get("typing") is True
@@ -341,7 +342,9 @@ class SyncEngine:
     async def _may_share(self, link: PeerLink, conversation: str) -> bool:
         """True if the peer is a member now (it may have joined or left since the link came up)."""
         if link.peer is not None and await self._is_member(conversation, link.peer.peer_id):
-            link.shared.add(conversation)
+            if conversation not in link.shared:
+                link.shared.add(conversation)
+                self._announce_presence(link, conversation)  # not only at the next renewal
             return True
         link.shared.discard(conversation)
         return False
