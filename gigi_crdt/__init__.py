@@ -4,6 +4,7 @@ from .errors import ConfigError as ConfigError
 from .errors import ConversationError as ConversationError
 from .errors import GigiError as GigiError
 from .errors import NotAllowed as NotAllowed
+from .errors import RelayRefused as RelayRefused
 from .errors import SchemaError as SchemaError
 from .errors import StorageError as StorageError
 from .errors import StoreClosed as StoreClosed
@@ -46,6 +47,7 @@ __all__ = [
     "NodeConfig",
     "NotAllowed",
     "ReceiptKind",
+    "RelayRefused",
     "Replica",
     "Role",
     "SchemaError",

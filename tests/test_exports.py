@@ -11,6 +11,7 @@ def test_all_names_are_exported_and_exist() -> None:
         "model",
         "node",
         "protocol",
+        "relay",
         "replica",
         "store",
         "sync",

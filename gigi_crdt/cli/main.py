@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from ..errors import GigiError
 from .chat import add_chat_command, run_chat
 from .harness import add_harness_command, run_harness
+from .relay import add_relay_command, run_relay
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="three in-process peers on SQLite stores, one offline for a while")
     add_chat_command(commands)
     add_harness_command(commands)
+    add_relay_command(commands)
     return parser
 
 
@@ -33,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_chat(arguments)
         elif arguments.command == "harness":
             return run_harness(arguments)
+        elif arguments.command == "relay":
+            return run_relay(arguments)
     except KeyboardInterrupt:
         return 130
     except (Exception, BaseExceptionGroup) as exc:

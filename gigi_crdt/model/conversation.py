@@ -71,8 +71,14 @@ SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without
 
 
 def new_id() -> str:
-    """A fresh random id: 96 bits, URL-safe, 16 characters."""
+    """A fresh random id for a message: 96 bits, URL-safe, 16 characters."""
     return secrets.token_urlsafe(12)
+
+
+def new_conversation_id() -> str:
+    """A fresh conversation id: 144 bits, URL-safe, 24 characters. It is also the room name
+    on relays, where knowing it is what lets anyone with the relay's token in: unguessable."""
+    return secrets.token_urlsafe(18)
 
 
 @dataclass(slots=True)
@@ -154,7 +160,7 @@ class Conversation:
             raise SchemaError("a direct conversation has exactly one other member")
         conversation = cls(Doc(), local_peer, clock)
         now = clock.tick()
-        meta = Metadata(conversation_id or new_id(), kind, title, now, retention_days)
+        meta = Metadata(conversation_id or new_conversation_id(), kind, title, now, retention_days)
         parse_metadata(encode_metadata(meta))
         with conversation._local_transaction():
             conversation._meta.update(encode_metadata(meta))

@@ -21,6 +21,7 @@ from ..discovery.static import parse_peer_address
 from ..errors import ConfigError
 from ..sync import LinkSettings
 from ..sync.tcp import MAX_BACKOFF, MIN_BACKOFF
+from ..transport.websocket import RelayAddress
 
 INTERFACE_VARIABLE = "GIGI_CRDT_INTERFACE"
 EVERY_INTERFACE = "0.0.0.0"
@@ -45,6 +46,9 @@ class NodeConfig:
         interface: a network interface (``eth0``) or one of this machine's addresses, used for
             mDNS and as the default listen address; default: ``$GIGI_CRDT_INTERFACE``, else all.
         peers: static peers, ``host:port``, dialled (and redialled) while the node runs.
+        relays: y-websocket relays, ``ws://host:port?token=...``: every conversation is also
+            synced through each of them (one room per conversation), so that peers who are
+            never online at the same time still get each other's messages.
         links: timeouts and bounds of every peer link, the anti-entropy interval and the rate
             limits on what a peer sends among them.
         max_connections_per_address: incoming connections one remote address may hold open
@@ -61,6 +65,7 @@ class NodeConfig:
     mdns: bool = True
     interface: str | None = field(default_factory=_interface_from_environment)
     peers: tuple[str, ...] = ()
+    relays: tuple[str, ...] = ()
     links: LinkSettings = LinkSettings()
     max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
     max_connections: int = MAX_CONNECTIONS
@@ -75,6 +80,8 @@ class NodeConfig:
             raise ConfigError("max_connections_per_address and max_connections must be at least 1")
         for peer in self.peers:
             parse_peer_address(peer)  # fail at configuration time, naming the bad entry
+        for relay in self.relays:
+            RelayAddress.parse(relay)
 
     def listen_host(self) -> str:
         """The address the listener binds."""

@@ -22,7 +22,9 @@ from ..replica import Replica, _single_errors_unwrapped, open_replica
 from ..store import ConversationSummary
 from ..sync import PeerOnline, Presence, SyncEngine, connect_tcp
 from ..sync.limits import ConnectionLimiter
+from ..sync.relay import RelayClient
 from ..transport import TlsCredentials
+from ..transport.websocket import RelayAddress
 from ._config import NodeConfig, default_data_dir
 from ._events import ContactKeyChanged, EventHub, NodeEvent
 from ._links import SecureLinks
@@ -80,6 +82,15 @@ async def open_node(
                         await nursery.start(node._discover, dialer, config.mdns_addresses())
                     for peer in static:
                         dialer.feed(peer)
+                    for relay in config.relays:  # each in its own tasks: a dead relay holds up nothing
+                        client = RelayClient(
+                            replica,
+                            RelayAddress.parse(relay),
+                            hub.publish,
+                            min_backoff=config.min_backoff,
+                            max_backoff=config.max_backoff,
+                        )
+                        await nursery.start(client.run)
                     yield node
                     nursery.cancel_scope.cancel()
         finally:

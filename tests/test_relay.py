@@ -1,0 +1,163 @@
+"""Relays: store-and-forward through a relay process, the token gate, and interop with pycrdt clients."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+from hostile import hostile_updates
+from relay_helpers import TOKEN, plain_client, post_as, posts, relay_process, wait_until
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+
+from gigi_crdt import NodeConfig, RelayRefused, Text, open_node
+from gigi_crdt.node import Node
+from gigi_crdt.protocol.yproto import SyncKind, encode_sync
+from gigi_crdt.relay import serve_relay
+from gigi_crdt.sync import LinkSettings, MessageReceived, OfflineMessagesReceived, PeerOnline
+from gigi_crdt.transport.websocket import RelayAddress, open_room
+
+LOCAL = NodeConfig(
+    host="127.0.0.1",
+    mdns=False,
+    interface=None,
+    links=LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0),
+    min_backoff=0.05,
+    max_backoff=0.2,
+)
+
+
+def via(port: int, **changes: object) -> NodeConfig:
+    return dataclasses.replace(LOCAL, relays=(f"ws://127.0.0.1:{port}?token={TOKEN}",), **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def relay_port(tmp_path: Path) -> AsyncIterator[int]:
+    """An in-process relay on 127.0.0.1."""
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        yield await nursery.start(partial(serve_relay, tmp_path / "relay", TOKEN, shutdown=stop))
+        stop.set()
+
+
+async def texts_in(node: Node, conversation: str) -> list[str]:
+    return [message.content.text for message in await node.history(conversation, limit=500)]  # type: ignore[union-attr]
+
+
+async def wait_for_texts(node: Node, conversation: str, count: int) -> None:
+    with trio.fail_after(30):
+        async for event in node.events():
+            if isinstance(event, MessageReceived | OfflineMessagesReceived):
+                if len(await texts_in(node, conversation)) >= count:
+                    return
+
+
+async def test_store_and_forward_across_a_relay_restart(tmp_path: Path) -> None:
+    """B is offline while A sends 100; A leaves, the relay restarts, B comes back and gets all 100 in order."""
+    relay_dir = tmp_path / "relay"
+    sent = [f"message {i}" for i in range(100)]
+    async with relay_process(relay_dir) as port:
+        async with open_node(tmp_path / "alice", nickname="alice", config=via(port)) as alice:
+            near_alice = via(port, peers=(f"127.0.0.1:{alice.address[1]}",))
+            async with open_node(tmp_path / "bob", nickname="bob", config=near_alice) as bob:
+                with trio.fail_after(10):
+                    async for event in alice.events():
+                        if isinstance(event, PeerOnline):
+                            break
+                chat = await alice.create_direct(bob.peer_id, "bob")
+                await alice.send(chat, Text("hello"))
+                await wait_for_texts(bob, chat, 1)
+            for text in sent:  # bob is gone: only the relay hears these
+                await alice.send(chat, Text(text))
+            async with plain_client(port, chat) as observer:  # the relay holds them all before A leaves
+                await wait_until(observer, lambda: len(posts(observer)) == 101)
+    async with relay_process(relay_dir) as port:  # a new process on the same data directory
+        async with open_node(tmp_path / "bob", nickname="bob", config=via(port)) as bob:
+            await wait_for_texts(bob, chat, 101)
+            assert await texts_in(bob, chat) == ["hello", *sent]
+
+
+async def handshake(port: int, target: str, *headers: str) -> bytes:
+    """Send a WebSocket upgrade request by hand; return the relay's answer (its head only, if it accepts)."""
+    request = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade"]
+    request += ["Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13", *headers, "", ""]
+    answer = b""
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all("\r\n".join(request).encode())
+            # A refusal is read to the end (the relay closes); an accepted socket stays open.
+            while not (answer.startswith(b"HTTP/1.1 101") and b"\r\n\r\n" in answer):
+                chunk = await stream.receive_some()
+                if not chunk:
+                    break
+                answer += chunk
+    return answer
+
+
+async def test_wrong_token_gets_401_and_nothing(relay_port: int) -> None:
+    room = secrets.token_urlsafe(16)
+    for query in ("?token=wrong", "", "?token=", f"?token={TOKEN}x"):
+        answer = await handshake(relay_port, f"/{room}{query}")
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+        assert answer.endswith(b"\r\n\r\nunknown token"), answer  # no room data, no sync message
+    answer = await handshake(relay_port, f"/{room}", "Authorization: Bearer wrong")
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    wrong = RelayAddress.parse(f"ws://127.0.0.1:{relay_port}?token=wrong")
+    with pytest.raises(RelayRefused, match="HTTP 401"):
+        async with open_room(wrong, room):
+            pytest.fail("the relay accepted a wrong token")
+    right = RelayAddress.parse(f"ws://127.0.0.1:{relay_port}?token={TOKEN}")
+    async with open_room(right, room) as websocket:
+        assert (await websocket.get_message())[0] == 0  # the room's sync step 1
+
+
+async def test_bearer_header_and_query_token_are_accepted(relay_port: int) -> None:
+    by_header = await handshake(relay_port, "/room-name", f"Authorization: Bearer {TOKEN}")
+    by_query = await handshake(relay_port, f"/room-name?token={TOKEN}")
+    assert by_header.startswith(b"HTTP/1.1 101 ")
+    assert by_query.startswith(b"HTTP/1.1 101 ")
+
+
+async def test_only_room_paths_are_served(relay_port: int) -> None:
+    answer = await handshake(relay_port, f"/a/b?token={TOKEN}")
+    assert answer.startswith(b"HTTP/1.1 404 "), answer
+
+
+async def test_a_plain_pycrdt_client_and_a_node_share_a_room(tmp_path: Path, relay_port: int) -> None:
+    """pycrdt's Provider reads our messages from its Doc, and a message it writes in our format reaches us."""
+    carol = "carol" + secrets.token_hex(16)
+    async with open_node(tmp_path / "alice", nickname="alice", config=via(relay_port)) as alice:
+        group = await alice.create_group("relayed", {carol: "carol"})
+        await alice.send(group, Text("from gigi-crdt"))
+        async with plain_client(relay_port, group) as doc:
+            await wait_until(doc, lambda: [op["c"]["text"] for op in posts(doc)] == ["from gigi-crdt"])
+            post_as(doc, carol, "carol", "from plain pycrdt")
+            await wait_for_texts(alice, group, 2)
+        assert await texts_in(alice, group) == ["from gigi-crdt", "from plain pycrdt"]
+
+
+async def test_a_client_sending_a_hostile_update_is_cut_off_and_the_room_never_sees_it(relay_port: int) -> None:
+    (poison,) = hostile_updates("hang-string-in-array-root.hex")  # reading it as the room would hangs
+    room = secrets.token_urlsafe(18)
+    address = RelayAddress.parse(f"ws://127.0.0.1:{relay_port}?token={TOKEN}")
+    async with open_room(address, room) as websocket:
+        await websocket.get_message()  # the room's sync step 1
+        await websocket.send_message(encode_sync(SyncKind.UPDATE, poison))
+        with trio.fail_after(10):
+            closed = await _until_closed(websocket)
+    assert closed.code == 1008
+    async with plain_client(relay_port, room) as doc:  # the room still serves, and holds nothing
+        assert "a" not in doc.keys()
+
+
+async def _until_closed(websocket: WebSocketConnection) -> CloseReason:
+    """Read until the relay closes the connection; how it closed it."""
+    while True:
+        try:
+            await websocket.get_message()
+        except ConnectionClosed as closed:
+            return closed.reason
