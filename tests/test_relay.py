@@ -1,9 +1,12 @@
-"""Relays: store-and-forward through a relay process, the token gate, and interop with pycrdt clients."""
+"""Relays: store-and-forward through a relay process, the token gate, and interop with pycrdt and Node.js Yjs."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -15,6 +18,7 @@ from relay_helpers import TOKEN, plain_client, post_as, posts, relay_process, wa
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from gigi_crdt import NodeConfig, RelayRefused, Text, open_node
+from gigi_crdt.model.view import Message
 from gigi_crdt.node import Node
 from gigi_crdt.protocol.yproto import SyncKind, encode_sync
 from gigi_crdt.relay import serve_relay
@@ -140,6 +144,71 @@ async def test_a_plain_pycrdt_client_and_a_node_share_a_room(tmp_path: Path, rel
         assert await texts_in(alice, group) == ["from gigi-crdt", "from plain pycrdt"]
 
 
+JS_CLIENT = Path(__file__).parent / "js"  # package.json, package-lock.json, yclient.mjs
+
+
+@pytest.fixture(scope="session")
+def yclient(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The command running ``yclient.mjs`` beside its pinned Node packages (yjs, y-websocket, ws),
+    installed once a session.
+
+    ``npm ci`` runs in a copy of ``tests/js`` so no ``node_modules`` lands in the repository;
+    npm's own cache (``~/.npm``) makes later sessions quick.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("the Node.js interop test needs node and npm on PATH")
+    directory = tmp_path_factory.mktemp("yclient")
+    for name in ("package.json", "package-lock.json", "yclient.mjs"):
+        shutil.copy(JS_CLIENT / name, directory / name)
+    install = [npm, "ci", "--prefer-offline", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
+    done = subprocess.run(install, cwd=directory, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, f"npm ci failed:\n{done.stdout}{done.stderr}"
+    return [node, str(directory / "yclient.mjs")]
+
+
+async def received(node: Node, conversation: str, message_id: str) -> Message:
+    """The message ``message_id`` as the event announcing its arrival (live or in a catch-up) carries it."""
+    with trio.fail_after(30):
+        async for event in node.events():
+            if isinstance(event, MessageReceived) and event.conversation == conversation:
+                arrived: tuple[Message, ...] = (event.message,)
+            elif isinstance(event, OfflineMessagesReceived) and event.conversation == conversation:
+                arrived = event.messages
+            else:
+                continue
+            for message in arrived:
+                if message.id == message_id:
+                    return message
+    raise AssertionError("the node closed before the message arrived")
+
+
+async def test_a_node_js_yjs_client_and_a_node_share_a_room(
+    tmp_path: Path, relay_port: int, yclient: list[str]
+) -> None:
+    """y-websocket's WebsocketProvider in Node.js (yjs, not yrs) reads our messages from its Y.Doc, and a
+    message it writes in our format reaches us."""
+    dave = "dave" + secrets.token_hex(16)
+    async with open_node(tmp_path / "alice", nickname="alice", config=via(relay_port)) as alice:
+        group = await alice.create_group("relayed to Node.js", {dave: "dave"})
+        await alice.send(group, Text("from gigi-crdt"))
+        options = {"url": f"ws://127.0.0.1:{relay_port}", "room": group, "token": TOKEN, "member": dave}
+        options |= {"nickname": "dave", "send": "from y-websocket", "expect": "from gigi-crdt", "timeout": "20"}
+        command = [*yclient, *(f"--{name}={value}" for name, value in options.items())]  # ids may start with "-"
+        with trio.fail_after(30):
+            run = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+        assert run.returncode == 0, run.stderr.decode()
+        records = [json.loads(line) for line in run.stdout.decode().splitlines()]
+        seen = [(record["author"], record["text"]) for record in records if record["event"] == "post"]
+        assert seen == [(alice.peer_id, "from gigi-crdt")]
+        (appended,) = [record for record in records if record["event"] == "appended"]
+        assert [record["event"] for record in records][-2:] == ["confirmed", "done"]
+        message = await received(alice, group, appended["id"])
+        assert (message.author, message.nickname, message.seq) == (dave, "dave", 0)
+        assert message.content == Text("from y-websocket")
+        assert await texts_in(alice, group) == ["from gigi-crdt", "from y-websocket"]
+
+
 async def test_a_client_sending_a_hostile_update_is_cut_off_and_the_room_never_sees_it(relay_port: int) -> None:
     (poison,) = hostile_updates("hang-string-in-array-root.hex")  # reading it as the room would hangs
     room = secrets.token_urlsafe(18)
@@ -160,4 +229,5 @@ async def _until_closed(websocket: WebSocketConnection) -> CloseReason:
         try:
             await websocket.get_message()
         except ConnectionClosed as closed:
+            assert closed.reason is not None
             return closed.reason
