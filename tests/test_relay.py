@@ -85,6 +85,27 @@ async def test_store_and_forward_across_a_relay_restart(tmp_path: Path) -> None:
             assert await texts_in(bob, chat) == ["hello", *sent]
 
 
+async def test_a_relay_that_is_down_holds_up_no_lan_sync(tmp_path: Path) -> None:
+    with trio.socket.socket() as placeholder:  # a port with nothing listening on it
+        await placeholder.bind(("127.0.0.1", 0))
+        dead = placeholder.getsockname()[1]
+    with trio.fail_after(20):  # were the dead relay waited for, this would not end
+        async with (
+            open_node(tmp_path / "alice", nickname="alice", config=via(dead)) as alice,
+            open_node(
+                tmp_path / "bob", nickname="bob", config=via(dead, peers=(f"127.0.0.1:{alice.address[1]}",))
+            ) as bob,
+        ):
+            with trio.fail_after(10):
+                async for event in alice.events():
+                    if isinstance(event, PeerOnline):
+                        break
+            chat = await alice.create_direct(bob.peer_id, "bob")
+            for i in range(3):
+                await alice.send(chat, Text(f"over the LAN {i}"))
+            await wait_for_texts(bob, chat, 3)
+
+
 async def handshake(port: int, target: str, *headers: str) -> bytes:
     """Send a WebSocket upgrade request by hand; return the relay's answer (its head only, if it accepts)."""
     request = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade"]
