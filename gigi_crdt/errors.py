@@ -24,6 +24,9 @@ nothing is logged and then dropped.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "ConfigError",
     "ConversationError",
@@ -102,3 +105,19 @@ class StoreFull(StorageError):
 
 class StoreClosed(StorageError):
     """The store was used after it was closed."""
+
+
+@contextlib.contextmanager
+def single_errors_unwrapped() -> Iterator[None]:
+    """Let an error raised in a block around a nursery leave as itself, not inside a group.
+
+    Our background tasks (the store worker, a node's services) fail only by raising into
+    the block, so a group of one is the caller's own error: ``except StoreCorrupt`` around
+    ``open_replica`` or ``open_node`` must catch it.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

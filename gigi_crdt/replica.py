@@ -13,13 +13,21 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 
-from .errors import GigiError, NotAllowed, SchemaError, StorageError, UnknownConversation, UnknownMessage
+from .errors import (
+    GigiError,
+    NotAllowed,
+    SchemaError,
+    StorageError,
+    UnknownConversation,
+    UnknownMessage,
+    single_errors_unwrapped,
+)
 from .model import (
     Changes,
     Content,
@@ -77,7 +85,7 @@ async def open_replica(
             store.set_setting("peer_id", stored_id)
         elif peer_id is not None and peer_id != stored_id:
             raise ValueError(f"{data_dir} belongs to peer {stored_id}, not {peer_id}")
-        with _single_errors_unwrapped():
+        with single_errors_unwrapped():
             async with trio.open_nursery() as nursery:
                 await nursery.start(worker.run)
                 yield Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms))
@@ -93,21 +101,6 @@ async def _check_remote(update: bytes) -> None:
         await trio.to_thread.run_sync(check_update, update)
     else:
         check_update(update)
-
-
-@contextlib.contextmanager
-def _single_errors_unwrapped() -> Iterator[None]:
-    """Let an error raised in the caller's block leave as itself, not inside a group.
-
-    The background worker only fails by raising into the block, so a group of one is the
-    caller's own error; ``except StoreCorrupt`` around ``open_replica`` must catch it.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
 
 
 class Replica:

@@ -15,10 +15,10 @@ from pathlib import Path
 import trio
 
 from ..discovery import Dialer, PeerFound, PeerLost, open_mdns, static_peers
-from ..errors import ConfigError, GigiError
+from ..errors import ConfigError, GigiError, single_errors_unwrapped
 from ..identity import Contact, ContactBook, Identity, Trust
 from ..model import Content, ConversationKind, GroupInvite, Member, Message, Metadata, ReceiptKind
-from ..replica import Replica, _single_errors_unwrapped, open_replica
+from ..replica import Replica, open_replica
 from ..store import ConversationSummary
 from ..sync import PeerOnline, Presence, SyncEngine, connect_tcp
 from ..sync.limits import ConnectionLimiter
@@ -64,7 +64,7 @@ async def open_node(
         hub = EventHub()
         listeners = await _listen(config)
         try:
-            with _single_errors_unwrapped():
+            with single_errors_unwrapped():
                 async with trio.open_nursery() as nursery:
                     await nursery.start(trio.serve_listeners, links.accept, listeners)
                     dialer = Dialer(
