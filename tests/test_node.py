@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from node_helpers import LOCAL
 
 from gigi_crdt import ConfigError, GroupInvite, Message, NodeConfig, Text, open_node
 from gigi_crdt.discovery import InvalidPeerAddress
@@ -22,7 +23,6 @@ from gigi_crdt.node import ContactKeyChanged, Node, NodeEvent, default_data_dir
 from gigi_crdt.protocol import Close, CloseCode, Connection, ConnectionClosed, Hello, NeedData
 from gigi_crdt.sync import (
     LinkOutcome,
-    LinkSettings,
     MessageReceived,
     OfflineMessagesReceived,
     PeerOnline,
@@ -31,15 +31,6 @@ from gigi_crdt.sync import (
     SyncProgress,
 )
 from gigi_crdt.transport import open_tls_stream
-
-LOCAL = NodeConfig(
-    host="127.0.0.1",
-    mdns=False,
-    interface=None,
-    links=LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0),
-    min_backoff=0.05,
-    max_backoff=0.2,
-)
 
 
 def dialing(*nodes: Node) -> NodeConfig:

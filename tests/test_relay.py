@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 from hostile import hostile_updates
+from node_helpers import LOCAL
 from relay_helpers import TOKEN, plain_client, post_as, posts, relay_process, wait_until
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
@@ -22,17 +23,8 @@ from gigi_crdt.model.view import Message
 from gigi_crdt.node import Node
 from gigi_crdt.protocol.yproto import SyncKind, encode_sync
 from gigi_crdt.relay import serve_relay
-from gigi_crdt.sync import LinkSettings, MessageReceived, OfflineMessagesReceived, PeerOnline
+from gigi_crdt.sync import MessageReceived, OfflineMessagesReceived, PeerOnline
 from gigi_crdt.transport.websocket import RelayAddress, open_room
-
-LOCAL = NodeConfig(
-    host="127.0.0.1",
-    mdns=False,
-    interface=None,
-    links=LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0),
-    min_backoff=0.05,
-    max_backoff=0.2,
-)
 
 
 def via(port: int, **changes: object) -> NodeConfig:
