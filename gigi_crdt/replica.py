@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
+from pycrdt import merge_updates
 
 from .errors import (
     GigiError,
@@ -29,6 +30,7 @@ from .errors import (
     single_errors_unwrapped,
 )
 from .model import (
+    EMPTY_STATE_VECTOR,
     EMPTY_UPDATE,
     Changes,
     Content,
@@ -257,12 +259,11 @@ class Replica:
         return doc.state_vector()
 
     async def diff(self, conversation: str, state_vector: bytes | None) -> bytes:
-        """What a peer with ``state_vector`` lacks (sync step 2).
-
-        Always from the document: the stored log would spare loading it for a peer that has
-        nothing, but its structs are not squashed (a third more bytes for a 10^5-message
-        history, and many more structs for the receiver to check and apply).
-        """
+        """What a peer with ``state_vector`` lacks (sync step 2). For a peer that has
+        nothing, the stored log itself when the document is not in memory."""
+        if state_vector in (None, EMPTY_STATE_VECTOR) and conversation not in self._conversations:
+            updates = await self._worker.read(self._store.load_updates, conversation)
+            return updates[0] if len(updates) == 1 else await trio.to_thread.run_sync(merge_updates, *updates)
         return (await self._document(conversation)).diff(state_vector)
 
     async def receive(

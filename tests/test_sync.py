@@ -331,8 +331,8 @@ async def test_peers_with_nothing_new_sync_without_loading_documents(tmp_path: P
             await wait_for(node, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
         assert alice.replica.loaded_members(conversation) is None
         assert bob.replica.loaded_members(conversation) is None
-        # And the documents still serve a new member.
-        await alice.replica.add_member(conversation, carol.peer_id, "carol")
+        # A new member is sent the stored log itself, still without loading it.
+        await alice.replica.add_member(conversation, carol.peer_id, "carol")  # loads alice's copy
         link(nursery, bob, carol)
         views = await converged([alice, bob, carol], conversation, 300)
         assert views[0] == views[1] == views[2]
