@@ -66,7 +66,6 @@ class TwoPeers:
             self.created.changes,
             metadata=self.alice.metadata(),
             members=list(self.alice.members().values()),
-            state_vector=self.alice.state_vector(),
         )
 
     def message_record(self, i: int) -> Record:
@@ -74,10 +73,9 @@ class TwoPeers:
         if i % 2 == 0:
             written = self.alice.post(text_for(i), "alice")
             self.bob.apply_remote(written.update)
-            return Record(self.alice.id, written.update, written.changes, state_vector=self.alice.state_vector())
+            return Record(self.alice.id, written.update, written.changes)
         written = self.bob.post(text_for(i), "bob")
-        changes = self.alice.apply_remote(written.update)
-        return Record(self.alice.id, written.update, changes, state_vector=self.alice.state_vector())
+        return Record(self.alice.id, written.update, self.alice.apply_remote(written.update))
 
 
 def compact(store: Store, conv: str) -> int:
