@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
-from pycrdt import merge_updates
 
 from .errors import (
     GigiError,
@@ -30,8 +29,6 @@ from .errors import (
     single_errors_unwrapped,
 )
 from .model import (
-    EMPTY_STATE_VECTOR,
-    EMPTY_UPDATE,
     Changes,
     Content,
     Conversation,
@@ -248,22 +245,11 @@ class Replica:
     # -- sync (used by the sync engine and by tests) ---------------------------------
 
     async def state_vector(self, conversation: str) -> bytes:
-        """Our Yjs state vector for a conversation (sync step 1); from the store, without
-        loading the document, when it is not in memory."""
-        doc = self._conversations.get(conversation)
-        if doc is None:
-            stored = await self._worker.read(self._store.state_vector, conversation)
-            if stored is not None:
-                return stored
-            doc = await self._document(conversation)
-        return doc.state_vector()
+        """Our Yjs state vector for a conversation (sync step 1)."""
+        return (await self._document(conversation)).state_vector()
 
     async def diff(self, conversation: str, state_vector: bytes | None) -> bytes:
-        """What a peer with ``state_vector`` lacks (sync step 2). For a peer that has
-        nothing, the stored log itself when the document is not in memory."""
-        if state_vector in (None, EMPTY_STATE_VECTOR) and conversation not in self._conversations:
-            updates = await self._worker.read(self._store.load_updates, conversation)
-            return updates[0] if len(updates) == 1 else await trio.to_thread.run_sync(merge_updates, *updates)
+        """What a peer with ``state_vector`` lacks (sync step 2)."""
         return (await self._document(conversation)).diff(state_vector)
 
     async def receive(
@@ -280,8 +266,6 @@ class Replica:
         (``acknowledge``), e.g. after telling the application.
         """
         await _check_remote(update)
-        if update == EMPTY_UPDATE:
-            return Changes()  # "you have everything": nothing to load the document for
         new = False
         try:
             doc = await self._document(conversation)
@@ -306,12 +290,11 @@ class Replica:
 
     async def acknowledge(self, conversation: str, changes: Changes) -> None:
         """Mark what ``changes`` brought as delivered (only call once it is stored)."""
-        authors = {entry.author for entry in changes.entries} - {self.peer_id}
-        if not authors:
-            return
         doc = await self._document(conversation)
+        authors = {entry.author for entry in changes.entries} - {self.peer_id}
         delivered = {author: doc.stream_length(author) - 1 for author in authors}
-        await self._persist(doc, doc.mark(ReceiptKind.DELIVERED, delivered))
+        if delivered:
+            await self._persist(doc, doc.mark(ReceiptKind.DELIVERED, delivered))
 
     async def shared_conversations(self, peer_id: str) -> list[str]:
         """Conversations that list ``peer_id`` as a current member."""
@@ -409,8 +392,7 @@ class Replica:
         members: tuple[Member, ...] = ()
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
-        state = doc.state_vector() if written.update else None
-        record = Record(conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation, state)
+        record = Record(conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation)
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
         try:
             # The document already holds the change: cancelling now would leave it in memory

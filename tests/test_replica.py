@@ -316,7 +316,7 @@ async def test_entries_the_index_missed_are_indexed_when_the_document_loads(tmp_
         store.close()
     async with open_replica(tmp_path / "b", nickname="bob") as bob:
         assert texts(await bob.history(conversation, limit=500)) == ["seen"]  # index only, not loaded yet
-        await bob.export(conversation)  # loads the document
+        await bob.state_vector(conversation)  # loads the document
         assert texts(await bob.history(conversation, limit=500)) == ["seen"] + [f"unseen {i}" for i in range(300)]
 
 

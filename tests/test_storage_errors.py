@@ -7,7 +7,6 @@ subclass naming the file, and never as a silently empty (or partial) history.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import random
@@ -310,21 +309,3 @@ async def test_pycrdt_store_reads_our_database(tmp_path: Path) -> None:
     async with open_replica(data_dir, nickname="me", peer_id=PEER_ID) as replica:
         assert [m.id for m in await replica.history(conversation, limit=100)] == [m.id for m in ours]
         assert await replica.export(conversation) == ours
-
-
-async def test_a_schema_1_database_is_migrated_on_open(tmp_path: Path) -> None:
-    async with open_replica(tmp_path, nickname="alice") as alice:
-        chat = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
-        await alice.send(chat, Text("from before"))
-        current = await alice.state_vector(chat)
-    with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as db:  # as schema 1 left it
-        db.executescript(
-            "BEGIN; DROP TABLE state_vectors; UPDATE gigi_settings SET value = 1 WHERE key = 'schema_version'; COMMIT;"
-        )
-    async with open_replica(tmp_path, nickname="alice") as alice:
-        assert await alice.state_vector(chat) == current  # nothing stored for it yet: from the document
-        await alice.send(chat, Text("after"))
-        assert [m.content for m in await alice.history(chat)] == [Text("from before"), Text("after")]
-    with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as db:
-        assert db.execute("SELECT value FROM gigi_settings WHERE key = 'schema_version'").fetchone() == (2,)
-        assert db.execute("SELECT count(*) FROM state_vectors").fetchone() == (1,)

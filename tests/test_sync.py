@@ -313,27 +313,3 @@ async def test_presence_in_a_conversation_made_after_the_link_came_up(tmp_path: 
             online = await wait_for(bob, lambda e: isinstance(e, PresenceChanged) and e.online)
         assert online == PresenceChanged(conversation, alice.peer_id, "alice", online=True, typing=False)
         nursery.cancel_scope.cancel()
-
-
-async def test_peers_with_nothing_new_sync_without_loading_documents(tmp_path: Path) -> None:
-    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
-        conversation = await group_of([alice, bob])
-        for i in range(300):
-            await alice.replica.send(conversation, Text(f"m{i}"))
-        async with trio.open_nursery() as nursery:
-            link(nursery, alice, bob)
-            await converged([alice, bob], conversation, 300)
-            nursery.cancel_scope.cancel()
-    # Both restart: documents load lazily; a reunion with nothing new must not load them.
-    async with nodes(tmp_path, "alice", "bob", "carol") as (alice, bob, carol), trio.open_nursery() as nursery:
-        link(nursery, alice, bob)
-        for node in (alice, bob):
-            await wait_for(node, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
-        assert alice.replica.loaded_members(conversation) is None
-        assert bob.replica.loaded_members(conversation) is None
-        # A new member is sent the stored log itself, still without loading it.
-        await alice.replica.add_member(conversation, carol.peer_id, "carol")  # loads alice's copy
-        link(nursery, bob, carol)
-        views = await converged([alice, bob, carol], conversation, 300)
-        assert views[0] == views[1] == views[2]
-        nursery.cancel_scope.cancel()

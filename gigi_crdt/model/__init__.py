@@ -5,8 +5,6 @@ from .content import Content as Content
 from .content import FileShare as FileShare
 from .content import GroupInvite as GroupInvite
 from .content import Text as Text
-from .conversation import EMPTY_STATE_VECTOR as EMPTY_STATE_VECTOR
-from .conversation import EMPTY_UPDATE as EMPTY_UPDATE
 from .conversation import Changes as Changes
 from .conversation import Conversation as Conversation
 from .conversation import Written as Written

@@ -70,10 +70,6 @@ DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
 SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
 
 
-EMPTY_STATE_VECTOR = b"\x00"  # a Yjs state vector that counts no client
-EMPTY_UPDATE = b"\x00\x00"  # a Yjs v1 update with no structs and no deletions
-
-
 def new_id() -> str:
     """A fresh random id for a message: 96 bits, URL-safe, 16 characters."""
     return secrets.token_urlsafe(12)

@@ -22,7 +22,7 @@ from ..errors import StorageError, StoreCorrupt, StoreFull, StoreInUse, StoreRea
 
 DATABASE_NAME = "gigi.sqlite3"
 LOCK_NAME = "gigi.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 YSTORE_VERSION = 2  # pycrdt.store.BaseYStore.version
 
 _SCHEMA = """
@@ -55,9 +55,6 @@ CREATE TABLE receipts (
 CREATE TABLE stream_cursors (
     conv TEXT NOT NULL, author TEXT NOT NULL, length INTEGER NOT NULL,
     PRIMARY KEY (conv, author)) WITHOUT ROWID;
--- Each conversation's Yjs state vector as of its last stored update, so that a peer's state
--- vector can be answered (and a peer with everything left alone) without loading the document.
-CREATE TABLE state_vectors (conv TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 CREATE VIRTUAL TABLE message_text USING fts5(body, content='messages', content_rowid='rowid');
 -- The full-text index follows messages.body: new rows are added in bulk by the index code (a
 -- per-row trigger made a 10^5-message catch-up ten times slower); changes and deletions here.
@@ -171,13 +168,6 @@ def _create(path: Path) -> None:
         os.close(directory)
 
 
-# From schema version N to N + 1 (no data to convert: a missing state vector means "load
-# the document to find out").
-_MIGRATIONS = {
-    1: "CREATE TABLE state_vectors (conv TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;",
-}
-
-
 def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
     try:
         row = connection.execute("SELECT value FROM gigi_settings WHERE key = 'schema_version'").fetchone()
@@ -185,12 +175,5 @@ def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
         row = None
     if row is None:
         raise StoreCorrupt(f"{path}: not a gigi-crdt database (no schema version)")
-    version = row[0]
-    while version in _MIGRATIONS:
-        connection.executescript(
-            f"BEGIN IMMEDIATE; {_MIGRATIONS[version]} "
-            f"UPDATE gigi_settings SET value = {version + 1} WHERE key = 'schema_version'; COMMIT;"
-        )
-        version += 1
-    if version != SCHEMA_VERSION:
-        raise StorageError(f"{path}: schema version {version} is not supported (this is {SCHEMA_VERSION})")
+    if row[0] != SCHEMA_VERSION:
+        raise StorageError(f"{path}: schema version {row[0]} is not supported (this is {SCHEMA_VERSION})")

@@ -41,7 +41,6 @@ class Record:
     members: Sequence[Member] = ()
     expire_before: int | None = None  # messages older than this are past retention: not indexed
     generation: int = 0  # the in-memory document it came from; 0: none to track
-    state_vector: bytes | None = None  # the document's, with this update applied
 
 
 class Store:
@@ -105,11 +104,6 @@ class Store:
                 "log_bytes = CASE WHEN snapshot_bytes = 0 AND log_bytes = 0 THEN 0 ELSE log_bytes + :n END, "
                 "garbage = garbage + :deleted WHERE id = :conv",
                 {"n": len(record.update), "deleted": _deletions(record.changes), "conv": record.conversation},
-            )
-        if record.state_vector is not None:
-            db.execute(
-                "INSERT INTO state_vectors VALUES (?, ?) ON CONFLICT (conv) DO UPDATE SET state = excluded.state",
-                (record.conversation, record.state_vector),
             )
         index.record_changes(db, record.conversation, record.changes, record.expire_before)
 
@@ -189,13 +183,6 @@ class Store:
         if not updates:
             raise UnknownConversation(f"no conversation {conversation} in {self.path}")
         return updates
-
-    def state_vector(self, conversation: str) -> bytes | None:
-        """The state vector stored with a conversation's last update (``None``: none stored)."""
-        row = self.query(
-            lambda db: db.execute("SELECT state FROM state_vectors WHERE conv = ?", (conversation,)).fetchone()
-        )
-        return None if row is None else bytes(row[0])
 
     def _log(self, db: sqlite3.Connection, conversation: str) -> list[bytes]:
         # A checkpoint row may exist if pycrdt-store itself wrote to this file.

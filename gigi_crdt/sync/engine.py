@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import trio
 
 from ..errors import GigiError, NotAllowed, SchemaError
-from ..model import EMPTY_STATE_VECTOR, EMPTY_UPDATE
 from ..protocol import (
     Announce,
     Awareness,
@@ -46,12 +45,13 @@ from .activity import (
     describe_changes,
 )
 from .limits import RateLimitedStream
-from .link import LinkSettings, PeerLink, read_events
+from .link import EMPTY_STATE_VECTOR, LinkSettings, PeerLink, read_events
 from .presence import RENEW_SECONDS, Presence, PresenceTable, local_state
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0
+EMPTY_UPDATE = b"\x00\x00"  # a Yjs v1 update with no structs and no deletions
 EVENT_BUFFER = 1024
 
 

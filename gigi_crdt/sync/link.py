@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import trio
 
 from ..errors import ConfigError
-from ..model import EMPTY_STATE_VECTOR
 from ..protocol import (
     Close,
     CloseCode,
@@ -32,6 +31,7 @@ from ..protocol import (
 
 log = logging.getLogger(__name__)
 
+EMPTY_STATE_VECTOR = b"\x00"
 RECEIVE_CHUNK = 64 * 1024
 
 
