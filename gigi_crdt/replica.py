@@ -94,7 +94,7 @@ async def open_replica(
         store.close()
 
 
-async def _check_remote(update: bytes) -> None:
+async def check_remote_update(update: bytes) -> None:
     """``check_update``, in a worker thread when the update is large: it is pure Python,
     about as slow as applying the update, and other peers' links must not wait."""
     if len(update) > CHECK_IN_THREAD_BYTES:
@@ -265,7 +265,7 @@ class Replica:
         With ``acknowledge=False`` the caller sends the delivered receipt itself, later
         (``acknowledge``), e.g. after telling the application.
         """
-        await _check_remote(update)
+        await check_remote_update(update)
         new = False
         try:
             doc = await self._document(conversation)

@@ -17,12 +17,10 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
-import trio
-
 from ..errors import SchemaError
-from ..model import check_update
 from ..protocol import RemoteProtocolError
 from ..protocol.yproto import MESSAGE_SYNC, SyncKind, decode_sync, read_varuint
+from ..replica import check_remote_update
 from ..transport.websocket import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -35,7 +33,6 @@ App: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Conversation ids are URL-safe base64; allow the other unreserved URL characters so that
 # rooms named by other Yjs applications sharing the relay still work.
 _ROOM_PATH = re.compile(r"/[A-Za-z0-9_.~-]{1,128}")
-CHECK_IN_THREAD_BYTES = 64 * 1024
 POLICY_VIOLATION = 1008  # WebSocket close code
 
 
@@ -97,10 +94,7 @@ async def _check_message(data: bytes) -> None:
     kind, payload = decode_sync(data, max_payload=MAX_MESSAGE_BYTES)
     if kind is SyncKind.STEP1:
         return
-    if len(payload) > CHECK_IN_THREAD_BYTES:
-        await trio.to_thread.run_sync(check_update, payload)
-    else:
-        check_update(payload)
+    await check_remote_update(payload)
 
 
 async def _refuse(send: Send, status: int, text: str) -> None:

@@ -261,7 +261,8 @@ class SyncEngine:
 
     def _on_awareness(self, session: _Session, awareness: Awareness) -> None:
         link, peer = session.link, session.link.peer
-        if peer is None or awareness.conversation not in link.shared | session.fetching:
+        conversation = awareness.conversation
+        if peer is None or (conversation not in link.shared and conversation not in session.fetching):
             return  # presence only counts among members (and a peer is one of a conversation it is sending us)
         for entry in awareness.entries:  # the protocol allowed only the peer's own client id
             if self._presence.record(trio.current_time(), awareness.conversation, peer.peer_id, peer.nickname, entry):
