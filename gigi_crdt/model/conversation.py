@@ -647,8 +647,7 @@ class Conversation:
         self._member_cache = None
 
     def _require_member(self) -> None:
-        member = self._member_map().get(self._local_peer)
-        if member is None or not member.active:
+        if not self.is_member(self._local_peer):
             raise NotAllowed("the local peer is not a member of this conversation")
 
     def _require_admin(self, group_only: bool = True) -> None:
