@@ -42,6 +42,8 @@ from .model import (
 )
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
+from .model.yupdate import UpdateSummary
+from .protocol.yproto import decode_state_vector
 from .store import ConversationSummary, Record, Store, StoreWorker, index
 from .store.store import MIN_COMPACTION_BYTES
 
@@ -94,13 +96,29 @@ async def open_replica(
         store.close()
 
 
-async def check_remote_update(update: bytes) -> None:
+EMPTY_UPDATE = b"\x00\x00"  # a Yjs v1 update with no structs and no deletions
+
+
+async def check_remote_update(update: bytes) -> UpdateSummary:
     """``check_update``, in a worker thread when the update is large: it is pure Python,
     about as slow as applying the update, and other peers' links must not wait."""
     if len(update) > CHECK_IN_THREAD_BYTES:
-        await trio.to_thread.run_sync(check_update, update)
-    else:
-        check_update(update)
+        return await trio.to_thread.run_sync(check_update, update)
+    return check_update(update)
+
+
+def covers(theirs: bytes, ours: bytes) -> bool:
+    """True if state vector ``theirs`` counts every struct that ``ours`` counts."""
+    have = decode_state_vector(theirs)
+    return all(have.get(client, 0) >= clock for client, clock in decode_state_vector(ours).items())
+
+
+def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
+    """True if, after applying the update ``summary`` describes, the document's state vector
+    does not count all of its structs: some wait for a dependency (or may: a section that
+    ends in a Skip struct counts as waiting, which only costs a diff later)."""
+    have = decode_state_vector(state_vector)
+    return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items())
 
 
 class Replica:
@@ -249,8 +267,19 @@ class Replica:
         return (await self._document(conversation)).state_vector()
 
     async def diff(self, conversation: str, state_vector: bytes | None) -> bytes:
-        """What a peer with ``state_vector`` lacks (sync step 2)."""
-        return (await self._document(conversation)).diff(state_vector)
+        """What a peer with ``state_vector`` lacks (sync step 2): ``EMPTY_UPDATE`` if nothing.
+
+        When the peer's state vector covers ours, a diff would still carry our whole delete
+        set, which grows with every receipt; it cannot hold a deletion the peer lacks (in
+        our documents only retention deletes without writing, and every member expires its
+        own copy). Structs that wait for a dependency are added: no state vector counts
+        them, yet yrs shows those whose origins it has, so without them two replicas with
+        equal state vectors would show different messages (say the one struct they wait
+        for was lost with its author's store).
+        """
+        doc = await self._document(conversation)
+        covered = state_vector is not None and covers(state_vector, doc.state_vector())
+        return doc.catch_up(state_vector, covered=covered) or EMPTY_UPDATE
 
     async def receive(
         self, conversation: str, update: bytes, origin: str | None = None, *, acknowledge: bool = True
@@ -265,7 +294,7 @@ class Replica:
         With ``acknowledge=False`` the caller sends the delivered receipt itself, later
         (``acknowledge``), e.g. after telling the application.
         """
-        await check_remote_update(update)
+        summary = await check_remote_update(update)
         new = False
         try:
             doc = await self._document(conversation)
@@ -282,7 +311,14 @@ class Replica:
         except GigiError:
             self._release(conversation, doc)  # it may be half-applied: reload what is on disk
             raise
-        news = bool(changes) or doc.state_vector() != before or doc.is_waiting(update)
+        state_vector = doc.state_vector()
+        waiting = left_waiting(summary, state_vector)
+        if waiting:
+            doc.note_waiting(update)
+        # Structs left waiting may change nothing yet, but yrs integrates them, with no
+        # event, when the gap fills: they must be stored too, or a restart loses them
+        # while our state vector tells peers we have them.
+        news = bool(changes) or state_vector != before or waiting
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "")
         if acknowledge:
             await self.acknowledge(conversation, changes)
@@ -307,6 +343,14 @@ class Replica:
             return doc.is_member(peer_id)
         member = (await self.members(conversation)).get(peer_id)
         return member is not None and member.active
+
+    async def has_left(self, conversation: str, peer_id: str) -> bool:
+        """True if ``peer_id`` was a member of ``conversation`` and left (was not removed)."""
+        doc = self._conversations.get(conversation)
+        if doc is not None:
+            return doc.has_left(peer_id)
+        member = (await self.members(conversation)).get(peer_id)
+        return member is not None and member.has_left
 
     def loaded_members(self, conversation: str) -> dict[str, Member] | None:
         """Members from the document if it is in memory (no I/O), else ``None``."""

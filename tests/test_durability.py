@@ -23,8 +23,9 @@ import pytest
 import trio
 
 from gigi_crdt.errors import StoreCorrupt, StoreInUse
+from gigi_crdt.model import ConversationKind
 from gigi_crdt.replica import open_replica
-from gigi_crdt.store.database import _SCHEMA, DATABASE_NAME
+from gigi_crdt.store.database import _SCHEMA, DATABASE_NAME, SCHEMA_VERSION
 
 WRITER = Path(__file__).with_name("sigkill_writer.py")
 PEER_ID = "writer-peer-0001"  # must match sigkill_writer.PEER_ID
@@ -252,3 +253,24 @@ async def test_schema_less_database_in_place_is_corrupt_not_recreated(tmp_path: 
     with pytest.raises(StoreCorrupt, match="not a gigi-crdt database"):
         async with open_replica(data_dir, nickname="me"):
             pass
+
+
+async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    """Version 1 had no ``removed`` column in ``members``: opening adds it, keeping the rows."""
+    data_dir = tmp_path / "data"
+    async with open_replica(data_dir, nickname="me") as replica:
+        conversation = await replica.create_conversation(ConversationKind.GROUP, others={"other-peer-1": "other"})
+    raw = sqlite3.connect(data_dir / DATABASE_NAME, isolation_level=None)
+    raw.executescript(
+        "BEGIN; ALTER TABLE members DROP COLUMN removed; "
+        "UPDATE gigi_settings SET value = 1 WHERE key = 'schema_version'; COMMIT;"
+    )
+    raw.close()
+    async with open_replica(data_dir, nickname="me") as replica:
+        members = await replica.members(conversation)
+        assert members["other-peer-1"].nickname == "other"
+        await replica.remove_member(conversation, "other-peer-1")
+        assert (await replica.members(conversation))["other-peer-1"].removed
+    raw = sqlite3.connect(data_dir / DATABASE_NAME)
+    assert raw.execute("SELECT value FROM gigi_settings WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
+    raw.close()

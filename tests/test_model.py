@@ -154,6 +154,62 @@ def test_removed_member_cannot_post() -> None:
         bob.post(Text("still here?"), "bob")
 
 
+def test_leaving_and_being_removed_are_told_apart() -> None:
+    admin, bob = admin_and_member()
+    carol_added = admin.add_member(CAROL, "carol")
+    bob.apply_remote(carol_added.update)
+    bob.apply_remote(admin.remove_member(CAROL).update)
+    admin.apply_remote(bob.remove_member(BOB).update)
+    for view in (admin, bob):
+        assert view.has_left(BOB)
+        assert not view.is_member(BOB)
+        assert not view.has_left(CAROL)
+        assert view.members()[CAROL].removed
+        assert not view.has_left(ALICE)
+
+
+def test_a_member_record_whose_overwrite_is_half_applied_stays_known() -> None:
+    # An overwrite is an insert plus a delete of the old value. yrs applies a delete at
+    # once, even when it comes in another peer's update (its transaction picked up the
+    # delete while the insert waited for a dependency): the key vanishes for a while.
+    admin, bob = admin_and_member()
+    carol = Conversation.from_updates([admin.diff()], CAROL, fixed_clock())
+    leave = bob.remove_member(BOB).update
+    everything = Doc()
+    for update in (admin.diff(), leave):
+        everything.apply_update(update)
+    deletes_only = get_update(leave, everything.get_state())  # every struct of it dropped
+    carol.apply_remote(deletes_only)
+    document = Doc()
+    document.apply_update(carol.diff())
+    assert BOB not in document.get("members", type=Map).to_py()  # the key is gone from the document...
+    assert carol.is_member(BOB)  # ...but not the last record seen of it
+    changes = carol.apply_remote(leave)
+    assert changes.metadata_changed
+    assert carol.has_left(BOB)
+
+
+def test_structs_waiting_for_a_dependency_are_part_of_every_catch_up() -> None:
+    # Two replicas with equal state vectors can differ by structs that wait: no state
+    # vector counts them, so no diff against one carries them, yet yrs shows those whose
+    # origins it has. Whoever holds them must pass them on.
+    admin, bob = admin_and_member()
+    carol = Conversation.from_updates([admin.diff()], CAROL, fixed_clock())
+    first = bob.post(Text("one"), "bob").update
+    second = bob.post(Text("two"), "bob").update
+    admin.apply_remote(second)  # the first was lost on the way
+    admin.note_waiting(second)
+    assert admin.state_vector() == carol.state_vector()
+    assert admin.catch_up(carol.state_vector(), covered=False) is not None
+    waiting = admin.catch_up(carol.state_vector(), covered=True)
+    assert waiting is not None
+    carol.apply_remote(waiting)
+    carol.apply_remote(first)
+    assert texts(carol) == ["one", "two"]
+    admin.apply_remote(first)
+    assert admin.catch_up(carol.state_vector(), covered=True) is None  # integrated now: nothing waits
+
+
 def test_invalid_content_is_refused_locally() -> None:
     alice, _ = pair()
     with pytest.raises(SchemaError):

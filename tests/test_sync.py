@@ -10,9 +10,11 @@ import msgpack
 import pytest
 import trio
 import trio.testing
+from pycrdt import Doc
 from sync_helpers import Node, converged, drain, joined, link, nodes, wait_for
 
 from gigi_crdt import ConversationKind, Text
+from gigi_crdt.replica import EMPTY_UPDATE
 from gigi_crdt.sync import (
     LinkSettings,
     MessageReceived,
@@ -102,7 +104,10 @@ async def test_a_peer_that_has_everything_is_sent_an_empty_step_2(tmp_path: Path
         await bob.replica.receive(conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id)
         await alice.replica.receive(conversation, await bob.replica.diff(conversation, None), origin=bob.peer_id)
         in_sync = await bob.replica.state_vector(conversation)
-        assert len(await alice.replica.diff(conversation, in_sync)) > 1024  # the delete set alone
+        whole = Doc()
+        whole.apply_update(await alice.replica.diff(conversation, None))
+        assert len(whole.get_update(in_sync)) > 1024  # what a plain diff would send: the delete set alone
+        assert await alice.replica.diff(conversation, in_sync) == EMPTY_UPDATE
         async with trio.open_nursery() as nursery:
             counted, _ = link(nursery, alice, bob, wrap_a=CountingStream)
             assert isinstance(counted, CountingStream)
@@ -200,6 +205,40 @@ async def test_a_removed_member_is_sent_nothing_written_after_the_removal(tmp_pa
             await carol.replica.send(directs[other.peer_id], Text("hello?"))
             await converged([other], directs[other.peer_id], 2)
             assert len(await other.replica.history(conversation)) == 3
+        nursery.cancel_scope.cancel()
+
+
+class Recorder:
+    """Keeps every update a replica stores (an ``UpdateListener``)."""
+
+    def __init__(self) -> None:
+        self.updates: list[bytes] = []
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        self.updates.append(update)
+
+
+async def test_a_member_whose_leave_arrived_first_still_hands_over_what_it_wrote(tmp_path: Path) -> None:
+    # Yjs shows an item whose origins it has even while its author's earlier items are
+    # missing: carol sees bob's leave without bob's last message, which only bob holds.
+    async with nodes(tmp_path, "alice", "bob", "carol") as group, trio.open_nursery() as nursery:
+        alice, bob, carol = group
+        conversation = await group_of(group)
+        for other in (bob, carol):
+            await other.replica.receive(
+                conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id
+            )
+        recorder = Recorder()
+        bob.replica.add_listener(recorder)
+        await bob.replica.send(conversation, Text("before I go"))
+        await bob.replica.leave(conversation)
+        message, leave = recorder.updates
+        await carol.replica.receive(conversation, leave, origin=bob.peer_id)
+        assert await carol.replica.has_left(conversation, bob.peer_id)
+        assert await carol.replica.history(conversation) == []
+        link(nursery, bob, carol)
+        views = await converged([carol], conversation, 1)
+        assert views == [[m.id for m in await bob.replica.history(conversation)]]
         nursery.cancel_scope.cancel()
 
 

@@ -118,6 +118,7 @@ class Conversation:
         self._appended: list[tuple[str, int, list[Any] | None]] = []
         self._meta_changed = False
         self._member_cache: dict[str, Member] | None = None
+        self._member_seen: dict[str, Member] = {}
         self._metadata_cache: Metadata | None = None
         self._cursors = self._stream_lengths()
         self._own_places: dict[str, list[int]] | None = None
@@ -128,6 +129,7 @@ class Conversation:
         self._bucket_places: dict[str, tuple[str, int]] = {}  # validated bucket keys
         self._buckets_seen: dict[str, tuple[int, Array[Any]]] = {}  # author -> its current bucket
         self._unchecked_applies = 0
+        self._waiting: bytes | None = None  # an update with structs that wait for a dependency
         # pycrdt's observe wrappers convert every field of every event into Python objects up
         # front (state vectors, delete sets, paths), which more than doubled the cost of a live
         # message; the raw events compute only the fields read here. Keep the subscriptions:
@@ -139,6 +141,7 @@ class Conversation:
             self._meta.integrated.observe(self._on_meta),
             self._streams.integrated.observe_deep(self._on_streams),
         )
+        self._member_map()  # remembered from the start: see ``_member_map``
 
     # -- creation and loading ------------------------------------------------------
 
@@ -211,15 +214,30 @@ class Conversation:
         member = self._member_map().get(peer_id)
         return member is not None and member.active
 
+    def has_left(self, peer_id: str) -> bool:
+        """True if ``peer_id`` was a member and left of its own accord (was not removed)."""
+        member = self._member_map().get(peer_id)
+        return member is not None and member.has_left
+
     def _member_map(self) -> dict[str, Member]:
         """The cached member map (rebuilt after membership changes); do not mutate."""
         if self._member_cache is None:
+            previous = self._member_seen
             self._member_cache = {}
             for peer_id, raw in self._members.items():
                 try:
                     self._member_cache[peer_id] = parse_member(peer_id, raw)
                 except SchemaError as exc:
                     log.warning("conversation member %r skipped: %s", peer_id, exc)
+            # Member records are only ever overwritten, never deleted, yet a key can vanish
+            # for a while: an overwrite is an insert plus a delete of the old value, and yrs
+            # applies the delete at once when it comes in another peer's update (whose
+            # transaction picked it up) while the insert still waits for a dependency. Until
+            # the new record shows, the last one seen is the truth: forgetting the member
+            # would refuse the very peer whose updates hold the missing insert.
+            for peer_id, member in previous.items():
+                self._member_cache.setdefault(peer_id, member)
+            self._member_seen = self._member_cache
         return self._member_cache
 
     def receipts(self) -> list[Receipt]:
@@ -321,16 +339,30 @@ class Conversation:
         """The Yjs state vector, for sync step 1."""
         return self._doc.get_state()
 
-    def is_waiting(self, update: bytes) -> bool:
-        """True if ``update`` (applied already) holds structs that wait for a dependency.
+    def note_waiting(self, update: bytes) -> None:
+        """Keep what ``update`` (applied already) left waiting for a dependency.
 
-        Such an update changes nothing yet, but yrs keeps its structs and integrates them,
-        with no event, when the gap fills: it must be stored, or a restart loses them
-        while our state vector tells peers we have them. (Deletions of items we lack are not
-        looked for: every anti-entropy diff repeats the sender's whole delete set.)
+        Such structs change nothing yet, or show already: yrs shows those whose origins it
+        has. No state vector counts them, so no diff against one carries them; ``catch_up``
+        adds them until they are integrated. (Only noted as they arrive: after a restart
+        they wait again, unnoticed until a later update leaves some waiting.)
         """
-        rest = get_update(update, self.state_vector())  # what the document has not integrated
-        return rest[:1] != b"\x00"  # a Yjs v1 update starts with its count of clients with structs
+        rest = get_update(update, self.state_vector())
+        if rest[:1] != b"\x00":  # a Yjs v1 update starts with its count of clients with structs
+            self._waiting = rest if self._waiting is None else merge_updates(self._waiting, rest)
+
+    def catch_up(self, state_vector: bytes | None, *, covered: bool) -> bytes | None:
+        """What a peer with ``state_vector`` lacks, or ``None`` for nothing; ``covered``
+        says its state vector counts every struct ours counts (so no diff is needed),
+        though structs of ours that wait for a dependency may still be news to it."""
+        if self._waiting is not None:
+            self._waiting = get_update(self._waiting, self.state_vector())  # drop what got integrated
+            if self._waiting[:1] == b"\x00":
+                self._waiting = None
+        if covered:
+            return self._waiting
+        update = self.diff(state_vector)
+        return update if self._waiting is None else merge_updates(update, self._waiting)
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """What a peer with ``state_vector`` lacks (the whole document for ``None``)."""
@@ -353,6 +385,7 @@ class Conversation:
             self._unchecked_applies = 0
             for author, entries in self._unannounced().items():
                 found[author] = found.get(author, []) + entries
+            changes.metadata_changed |= self._metadata_moved()
         for entries in found.values():
             changes.entries.extend(entries)
             self._clock.observe(_timestamp(entries[-1].op))
@@ -379,6 +412,17 @@ class Conversation:
                     if entries:
                         missing[author] = entries
         return missing
+
+    def _metadata_moved(self) -> bool:
+        """Re-read members and metadata, which yrs may also have changed without an event;
+        True if they differ from what was last reported."""
+        members, metadata = self._member_cache, self._metadata_cache
+        self._member_cache = self._metadata_cache = None
+        try:
+            moved = members is not None and self._member_map() != members
+            return moved or (metadata is not None and self.metadata() != metadata)
+        except SchemaError:
+            return False
 
     def _current_length(self, author: str, bucket: int) -> int:
         """Length of an author's bucket, keeping the array at hand (its last bucket is read
@@ -568,7 +612,8 @@ class Conversation:
         member = self.members().get(peer_id)
         if member is None:
             raise NotAllowed(f"{peer_id} is not a member")
-        gone = Member(member.peer_id, member.nickname, member.role, member.joined_at, self._clock.tick())
+        removed = peer_id != self._local_peer
+        gone = Member(member.peer_id, member.nickname, member.role, member.joined_at, self._clock.tick(), removed)
         with self._local_transaction():
             self._members[peer_id] = encode_member(gone)
         return self._written(Changes())

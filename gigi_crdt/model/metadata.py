@@ -57,11 +57,18 @@ class Member:
     role: Role
     joined_at: int
     left_at: int | None = None
+    removed: bool = False
+    """Gone because an admin removed it (``left_at`` is then when), not of its own accord."""
 
     @property
     def active(self) -> bool:
         """True while the peer has not left or been removed."""
         return self.left_at is None
+
+    @property
+    def has_left(self) -> bool:
+        """True if the peer left of its own accord (it was not removed)."""
+        return self.left_at is not None and not self.removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +116,8 @@ def encode_member(member: Member) -> dict[str, Any]:
     value: dict[str, Any] = {"nick": member.nickname, "role": member.role.value, "since": member.joined_at}
     if member.left_at is not None:
         value["left"] = member.left_at
+    if member.removed:
+        value["removed"] = True
     return value
 
 
@@ -127,6 +136,7 @@ def parse_member(peer_id: str, raw: object) -> Member:
         role,
         parse_timestamp(raw.get("since")),
         None if left is None else parse_timestamp(left),
+        left is not None and raw.get("removed") is True,
     )
 
 

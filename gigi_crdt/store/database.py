@@ -22,7 +22,7 @@ from ..errors import StorageError, StoreCorrupt, StoreFull, StoreInUse, StoreRea
 
 DATABASE_NAME = "gigi.sqlite3"
 LOCK_NAME = "gigi.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 YSTORE_VERSION = 2  # pycrdt.store.BaseYStore.version
 
 _SCHEMA = """
@@ -37,7 +37,8 @@ CREATE TABLE conversations (
     snapshot_bytes INTEGER NOT NULL DEFAULT 0, garbage INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE members (
     conv TEXT NOT NULL, peer TEXT NOT NULL, nickname TEXT NOT NULL, role TEXT NOT NULL,
-    joined_at INTEGER NOT NULL, left_at INTEGER, PRIMARY KEY (conv, peer)) WITHOUT ROWID;
+    joined_at INTEGER NOT NULL, left_at INTEGER, removed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conv, peer)) WITHOUT ROWID;
 CREATE TABLE messages (
     conv TEXT NOT NULL, id TEXT NOT NULL, author TEXT NOT NULL, seq INTEGER NOT NULL,
     nickname TEXT NOT NULL, ts INTEGER NOT NULL, kind TEXT, content TEXT, body TEXT,
@@ -67,6 +68,12 @@ CREATE TRIGGER message_text_update AFTER UPDATE OF body ON messages BEGIN
     INSERT INTO message_text (rowid, body) SELECT new.rowid, new.body WHERE new.body IS NOT NULL;
 END;
 """
+
+# From each older version straight to SCHEMA_VERSION, in one transaction.
+_MIGRATIONS = {
+    1: f"ALTER TABLE members ADD COLUMN removed INTEGER NOT NULL DEFAULT 0; "
+    f"UPDATE gigi_settings SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';",
+}
 
 
 def translate(exc: sqlite3.Error, path: Path) -> StorageError:
@@ -175,5 +182,8 @@ def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
         row = None
     if row is None:
         raise StoreCorrupt(f"{path}: not a gigi-crdt database (no schema version)")
+    if row[0] in _MIGRATIONS:
+        connection.executescript(f"BEGIN; {_MIGRATIONS[row[0]]} COMMIT;")
+        row = (SCHEMA_VERSION,)
     if row[0] != SCHEMA_VERSION:
         raise StorageError(f"{path}: schema version {row[0]} is not supported (this is {SCHEMA_VERSION})")

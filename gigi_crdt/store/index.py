@@ -45,8 +45,8 @@ def record_metadata(db: sqlite3.Connection, meta: Metadata, members: Iterable[Me
         (meta.id, meta.kind.value, meta.title, meta.created_at, meta.retention_days),
     )
     db.executemany(
-        "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?)",
-        [(meta.id, m.peer_id, m.nickname, m.role.value, m.joined_at, m.left_at) for m in members],
+        "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(meta.id, m.peer_id, m.nickname, m.role.value, m.joined_at, m.left_at, m.removed) for m in members],
     )
 
 
@@ -245,8 +245,10 @@ def metadata(db: sqlite3.Connection, conv: str) -> Metadata | None:
 
 def members(db: sqlite3.Connection, conv: str) -> dict[str, Member]:
     """A conversation's members from the index."""
-    rows = db.execute("SELECT peer, nickname, role, joined_at, left_at FROM members WHERE conv = ?", (conv,)).fetchall()
-    return {r[0]: Member(r[0], r[1], Role(r[2]), r[3], r[4]) for r in rows}
+    rows = db.execute(
+        "SELECT peer, nickname, role, joined_at, left_at, removed FROM members WHERE conv = ?", (conv,)
+    ).fetchall()
+    return {r[0]: Member(r[0], r[1], Role(r[2]), r[3], r[4], bool(r[5])) for r in rows}
 
 
 def stream_cursors(db: sqlite3.Connection, conv: str) -> dict[str, int]:

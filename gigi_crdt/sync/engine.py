@@ -33,8 +33,7 @@ from ..protocol import (
     SyncStep2,
     Update,
 )
-from ..protocol.yproto import decode_state_vector
-from ..replica import Replica
+from ..replica import EMPTY_UPDATE, Replica
 from .activity import (
     Activity,
     EventsDropped,
@@ -51,7 +50,6 @@ from .presence import RENEW_SECONDS, Presence, PresenceTable, local_state
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0
-EMPTY_UPDATE = b"\x00\x00"  # a Yjs v1 update with no structs and no deletions
 EVENT_BUFFER = 1024
 
 
@@ -75,6 +73,7 @@ class _Session:
     catching_up: set[str] = field(default_factory=set)
     catch_up_total: int = 0
     registered: bool = False
+    asked_former: dict[str, float] = field(default_factory=dict)  # conversation -> when
 
 
 class SyncEngine:
@@ -287,6 +286,8 @@ class SyncEngine:
                 link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
             elif await self._may_share(link, conversation):
                 link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+            else:
+                await self._ask_former_member(session, conversation)
 
     async def _on_step1(self, session: _Session, step: SyncStep1) -> None:
         link = session.link
@@ -295,17 +296,11 @@ class SyncEngine:
             link.offer(SyncStep2(step.conversation, EMPTY_UPDATE))
             return
         if not await self._may_share(link, step.conversation):
-            log.info("%s asked for %s, which we do not share with it", self._name(link), step.conversation)
+            if not await self._ask_former_member(session, step.conversation):
+                log.info("%s asked for %s, which we do not share with it", self._name(link), step.conversation)
             return
         link.peer_state[step.conversation] = step.state_vector
-        if covers(step.state_vector, await self.replica.state_vector(step.conversation)):
-            # Nothing to send: a diff would still carry our whole delete set, which grows
-            # with every receipt. It cannot hold a deletion the peer lacks, for in our
-            # documents only retention deletes without writing, and every member expires
-            # its own copy.
-            update = EMPTY_UPDATE
-        else:
-            update = await self.replica.diff(step.conversation, step.state_vector)
+        update = await self.replica.diff(step.conversation, step.state_vector)
         if not link.offer(SyncStep2(step.conversation, update)):
             link.mark_resync(step.conversation)
 
@@ -317,8 +312,11 @@ class SyncEngine:
         if fetched and isinstance(event, Update):
             return  # the step 2 we asked for is still coming, and holds this update too
         if not fetched and not await self._may_share(link, conversation):
-            log.info("%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation)
-            return
+            if not await self._has_left(conversation, link.peer.peer_id):
+                log.info(
+                    "%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation
+                )
+                return
         try:
             changes = await self.replica.receive(
                 conversation, event.update, origin=link.peer.peer_id, acknowledge=False
@@ -350,9 +348,32 @@ class SyncEngine:
         link.shared.discard(conversation)
         return False
 
+    async def _ask_former_member(self, session: _Session, conversation: str) -> bool:
+        """Ask a peer that left for what it wrote before (our state vector); send it nothing.
+        Its leave may have reached us ahead of its last writes (yrs shows items whose
+        origins it has, even while the same author's earlier items are missing), and no
+        one else may hold them. (A removed member is heard no more: what it wrote and had
+        not shared before its removal is lost.) At most once per anti-entropy interval,
+        so that two peers who each see the other as gone cannot keep asking each other.
+        True if the peer left."""
+        link = session.link
+        if link.peer is None or not await self._has_left(conversation, link.peer.peer_id):
+            return False
+        now = trio.current_time()
+        if now - session.asked_former.get(conversation, -math.inf) >= self.settings.anti_entropy_interval:
+            session.asked_former[conversation] = now
+            link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+        return True
+
     async def _is_member(self, conversation: str, peer_id: str) -> bool:
         try:
             return await self.replica.is_member(conversation, peer_id)
+        except GigiError:
+            return False
+
+    async def _has_left(self, conversation: str, peer_id: str) -> bool:
+        try:
+            return await self.replica.has_left(conversation, peer_id)
         except GigiError:
             return False
 
@@ -402,9 +423,3 @@ class SyncEngine:
     @staticmethod
     def _name(link: PeerLink) -> str:
         return f"{link.peer.nickname} ({link.peer.peer_id})" if link.peer else "an unidentified peer"
-
-
-def covers(theirs: bytes, ours: bytes) -> bool:
-    """True if state vector ``theirs`` counts every struct that ``ours`` counts."""
-    have = decode_state_vector(theirs)
-    return all(have.get(client, 0) >= clock for client, clock in decode_state_vector(ours).items())
