@@ -319,7 +319,7 @@ class Replica:
         # event, when the gap fills: they must be stored too, or a restart loses them
         # while our state vector tells peers we have them.
         news = bool(changes) or state_vector != before or waiting
-        await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "")
+        await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting)
         if acknowledge:
             await self.acknowledge(conversation, changes)
         return changes
@@ -405,7 +405,10 @@ class Replica:
                 while self._in_flight.get(conversation):
                     await self._settled.setdefault(conversation, trio.Event()).wait()
                 updates = await self._worker.read(self._store.load_updates, conversation)
+                waiting = await self._worker.read(self._store.waiting_updates, conversation)
                 doc = await trio.to_thread.run_sync(Conversation.from_updates, updates, self.peer_id, self._clock)
+                for update in waiting:
+                    doc.note_waiting(update)
                 self._hold(conversation, doc)
                 await self._index_missed(conversation, doc)
         return doc
@@ -423,9 +426,16 @@ class Replica:
             await self._persist(doc, Written(b"", Changes(entries=missed)), conversation)
 
     async def _persist(
-        self, doc: Conversation, written: Written, conversation: str | None = None, origin: str | None = None
+        self,
+        doc: Conversation,
+        written: Written,
+        conversation: str | None = None,
+        origin: str | None = None,
+        *,
+        waiting: bool = False,
     ) -> None:
-        """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None: local)."""
+        """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None: local);
+        ``waiting``: the update left structs waiting for a dependency."""
         if not written.update and not written.changes:
             return
         conv = conversation or doc.id
@@ -436,7 +446,9 @@ class Replica:
         members: tuple[Member, ...] = ()
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
-        record = Record(conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation)
+        record = Record(
+            conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation, waiting
+        )
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
         try:
             # The document already holds the change: cancelling now would leave it in memory

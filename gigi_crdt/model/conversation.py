@@ -344,8 +344,8 @@ class Conversation:
 
         Such structs change nothing yet, or show already: yrs shows those whose origins it
         has. No state vector counts them, so no diff against one carries them; ``catch_up``
-        adds them until they are integrated. (Only noted as they arrive: after a restart
-        they wait again, unnoticed until a later update leaves some waiting.)
+        adds them until they are integrated. After a reload they wait again: whoever
+        stored the update must note it again (the store marks such updates).
         """
         rest = get_update(update, self.state_vector())
         if rest[:1] != b"\x00":  # a Yjs v1 update starts with its count of clients with structs

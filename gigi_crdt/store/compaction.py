@@ -43,3 +43,15 @@ def build_snapshot(updates: Sequence[bytes], collect_garbage: bool) -> bytes:
         doc.apply_update(update)
     waiting = get_update(merged, doc.get_state())
     return merge_updates(doc.get_update(), waiting)
+
+
+def still_waiting(snapshot: bytes, waiting: Sequence[bytes]) -> bytes:
+    """What of the updates in ``waiting`` still waits for a dependency once ``snapshot``
+    is applied (``b""`` if nothing): kept beside the snapshot, marked, so a reload can
+    tell the document about it."""
+    if not waiting:
+        return b""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(snapshot)
+    rest = get_update(merge_all(waiting), doc.get_state())
+    return rest if rest[:1] != b"\x00" else b""  # a Yjs v1 update starts with its count of clients

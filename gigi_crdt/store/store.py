@@ -28,6 +28,7 @@ T = TypeVar("T")
 # proportional to what was written.
 MIN_COMPACTION_BYTES = 1024 * 1024
 COMPACTION_RATIO = 0.25
+WAITING = b"waiting"  # yupdates.metadata of an update that left structs waiting for a dependency
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class Record:
     members: Sequence[Member] = ()
     expire_before: int | None = None  # messages older than this are past retention: not indexed
     generation: int = 0  # the in-memory document it came from; 0: none to track
+    waiting: bool = False  # the update left structs waiting for a dependency (see ``waiting_updates``)
 
 
 class Store:
@@ -95,7 +97,10 @@ class Store:
             raise UnknownConversation(f"conversation {record.conversation} has no metadata yet")
         known.add(record.conversation)
         if record.update:
-            db.execute("INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (record.conversation, record.update, time.time()))
+            db.execute(
+                "INSERT INTO yupdates VALUES (?, ?, ?, ?)",
+                (record.conversation, record.update, WAITING if record.waiting else None, time.time()),
+            )
             # A conversation's first update (often a whole catch-up) counts as its snapshot;
             # later ones as log. Deletions are counted: only they leave garbage to collect.
             db.execute(
@@ -107,19 +112,21 @@ class Store:
             )
         index.record_changes(db, record.conversation, record.changes, record.expire_before)
 
-    def committed_log(self, conversation: str) -> tuple[int, list[bytes], bool]:
-        """The last row id, every committed update of a conversation, and whether deletions
-        since the last garbage collection left garbage (for compaction)."""
+    def committed_log(self, conversation: str) -> tuple[int, list[bytes], bool, list[bytes]]:
+        """The last row id, every committed update of a conversation, whether deletions
+        since the last garbage collection left garbage, and the updates marked as having
+        left structs waiting (for compaction)."""
         db = self._connection(self._reader)
         with translated(self.path):
             db.execute("BEGIN")  # one consistent snapshot of the log
             try:
                 (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM yupdates").fetchone()
                 updates = self._log(db, conversation)
+                waiting = self._waiting(db, conversation)
                 row = db.execute("SELECT garbage FROM conversations WHERE id = ?", (conversation,)).fetchone()
             finally:
                 db.execute("COMMIT")
-        return int(last), updates, bool(row and row[0])
+        return int(last), updates, bool(row and row[0]), waiting
 
     def adopt_snapshot(self, conversation: str, upto_row: int) -> None:
         """Count the log rows up to ``upto_row`` (a single update) as the snapshot."""
@@ -133,15 +140,21 @@ class Store:
                 {"conv": conversation, "upto": upto_row},
             )
 
-    def replace_log(self, conversation: str, upto_row: int, snapshot: bytes, collected: bool) -> None:
+    def replace_log(
+        self, conversation: str, upto_row: int, snapshot: bytes, collected: bool, waiting: bytes = b""
+    ) -> None:
         """Swap the log rows up to ``upto_row`` for ``snapshot``; later rows stay as they are.
 
         ``collected``: the snapshot was garbage-collected, so the deletion count restarts.
+        ``waiting``: structs of the snapshot still waiting for a dependency, kept beside it
+        as a marked row (see ``waiting_updates``).
         """
         with self._transaction() as db:
             db.execute("DELETE FROM yupdates WHERE path = ? AND rowid <= ?", (conversation, upto_row))
             db.execute("DELETE FROM ycheckpoints WHERE path = ?", (conversation,))
             db.execute("INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (conversation, snapshot, time.time()))
+            if waiting:
+                db.execute("INSERT INTO yupdates VALUES (?, ?, ?, ?)", (conversation, waiting, WAITING, time.time()))
             (remaining,) = db.execute(
                 "SELECT coalesce(sum(length(yupdate)), 0) FROM yupdates WHERE path = ? AND rowid > ?",
                 (conversation, upto_row),
@@ -183,6 +196,22 @@ class Store:
         if not updates:
             raise UnknownConversation(f"no conversation {conversation} in {self.path}")
         return updates
+
+    def waiting_updates(self, conversation: str) -> list[bytes]:
+        """Stored updates that left structs waiting for a dependency when they arrived.
+
+        yrs keeps such structs, and shows some, but no state vector counts them, so the
+        document must be told of them again after a load to pass them on (``note_waiting``).
+        """
+        db = self._connection(self._reader)
+        with translated(self.path):
+            return self._waiting(db, conversation)
+
+    def _waiting(self, db: sqlite3.Connection, conversation: str) -> list[bytes]:
+        rows = db.execute(
+            "SELECT yupdate FROM yupdates WHERE path = ? AND metadata = ? ORDER BY rowid", (conversation, WAITING)
+        ).fetchall()
+        return [bytes(row[0]) for row in rows]
 
     def _log(self, db: sqlite3.Connection, conversation: str) -> list[bytes]:
         # A checkpoint row may exist if pycrdt-store itself wrote to this file.
