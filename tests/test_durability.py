@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from gigi_crdt.errors import StoreCorrupt, StoreInUse
-from gigi_crdt.model import ConversationKind
+from gigi_crdt.model import ConversationKind, Text
 from gigi_crdt.replica import open_replica
 from gigi_crdt.store.database import _SCHEMA, DATABASE_NAME, SCHEMA_VERSION
 
@@ -260,15 +260,19 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None
     data_dir = tmp_path / "data"
     async with open_replica(data_dir, nickname="me") as replica:
         conversation = await replica.create_conversation(ConversationKind.GROUP, others={"other-peer-1": "other"})
+        await replica.send(conversation, Text("hello"))
     raw = sqlite3.connect(data_dir / DATABASE_NAME, isolation_level=None)
     raw.executescript(
         "BEGIN; ALTER TABLE members DROP COLUMN removed; "
-        "UPDATE gigi_settings SET value = 1 WHERE key = 'schema_version'; COMMIT;"
+        "UPDATE gigi_settings SET value = 1 WHERE key = 'schema_version'; "
+        # Version 1 also kept a text's fields as JSON (now its body alone): still read.
+        """UPDATE messages SET content = '{"text":"hello, from JSON"}'; COMMIT;"""
     )
     raw.close()
     async with open_replica(data_dir, nickname="me") as replica:
         members = await replica.members(conversation)
         assert members["other-peer-1"].nickname == "other"
+        assert [m.content for m in await replica.history(conversation)] == [Text("hello, from JSON")]
         await replica.remove_member(conversation, "other-peer-1")
         assert (await replica.members(conversation))["other-peer-1"].removed
     raw = sqlite3.connect(data_dir / DATABASE_NAME)
