@@ -12,7 +12,7 @@ from pycrdt import Array, Doc, Map, get_update
 
 from gigi_crdt import FileShare, GroupInvite, NotAllowed, SchemaError, Text, UnknownMessage
 from gigi_crdt.model import BUCKET_SIZE, Conversation, ConversationKind, HybridClock, ReceiptKind, Role
-from gigi_crdt.model.ops import Posted
+from gigi_crdt.model.ops import Posted, Tombstone, encode_op
 
 ALICE, BOB, CAROL = "alice-peer-01", "bob-peer-0002", "carol-peer-03"
 
@@ -235,6 +235,26 @@ def test_schema_violating_remote_entries_are_skipped_with_a_warning(caplog: pyte
     assert "skipped" in caplog.text
     bob.apply_remote(alice.post(Text("still fine"), "alice").update)
     assert texts(bob) == ["good", "still fine"]
+
+
+def test_an_entry_missing_below_the_cursor_is_reported_when_it_shows_up() -> None:
+    # A replacement (a deletion's tombstone) is a delete plus an insert; a peer can apply
+    # the delete while the insert waits, and see the bucket one entry short. Built here
+    # by hand: the bucket holds seq 0 and 2, then seq 1 shows up.
+    alice, bob = pair()
+    writer = Doc()
+    writer.apply_update(alice.diff())
+    bucket = Array([encode_op(Posted(f"message-{seq}", 5, "alice", Text(str(seq))), seq) for seq in (0, 2)])
+    writer.get("streams", type=Map)[f"{ALICE}/0"] = bucket
+    first = bob.apply_remote(writer.get_update(bob.state_vector()))
+    assert [entry.seq for entry in first.entries] == [0, 2]
+    assert first.complete_upto == {ALICE: 1}  # the index must not count seq 1 as folded
+    before = writer.get_state()
+    bucket.insert(1, encode_op(Tombstone("message-1", 5, "alice", 9), 1))
+    late = bob.apply_remote(writer.get_update(before))
+    assert [(entry.seq, entry.op) for entry in late.entries] == [(1, Tombstone("message-1", 5, "alice", 9))]
+    assert late.complete_upto == {}
+    assert [m.deleted_at for m in bob.history()] == [None, 9, None]
 
 
 def test_garbage_update_is_a_schema_error() -> None:

@@ -88,6 +88,9 @@ class Changes:
     entries: list[StreamEntry] = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
     metadata_changed: bool = False
+    complete_upto: dict[str, int] = field(default_factory=dict)
+    """Author -> how much of its stream the document holds with no entry missing below,
+    where that is less than the entries suggest (see ``Conversation.apply_remote``)."""
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.receipts or self.metadata_changed)
@@ -128,6 +131,10 @@ class Conversation:
         self._own_bucket: tuple[str, Array[Any]] | None = None
         self._bucket_places: dict[str, tuple[str, int]] = {}  # validated bucket keys
         self._buckets_seen: dict[str, tuple[int, Array[Any]]] = {}  # author -> its current bucket
+        # author -> seqs below its cursor whose entry is missing: a replacement (a
+        # deletion's tombstone) is a delete plus an insert, and the insert may wait for a
+        # dependency after the delete applied. Reported when they show up.
+        self._holes: dict[str, set[int]] = {}
         self._unchecked_applies = 0
         self._waiting: bytes | None = None  # an update with structs that wait for a dependency
         # pycrdt's observe wrappers convert every field of every event into Python objects up
@@ -385,11 +392,27 @@ class Conversation:
             self._unchecked_applies = 0
             for author, entries in self._unannounced().items():
                 found[author] = found.get(author, []) + entries
+            for author, entries in self._filled_holes().items():
+                found[author] = entries + found.get(author, [])
             changes.metadata_changed |= self._metadata_moved()
-        for entries in found.values():
+        for author, entries in found.items():
             changes.entries.extend(entries)
-            self._clock.observe(_timestamp(entries[-1].op))
+            self._clock.observe(max(_timestamp(entry.op) for entry in entries))
+            if self._holes.get(author):
+                changes.complete_upto[author] = min(self._holes[author])
         return changes
+
+    def _filled_holes(self) -> dict[str, list[StreamEntry]]:
+        """Entries that showed up, without an event, where a hole was."""
+        filled: dict[str, list[StreamEntry]] = {}
+        for author, holes in self._holes.items():
+            for bucket in sorted({seq // BUCKET_SIZE for seq in holes}):
+                for entry in self._read_bucket(author, bucket, 0):
+                    if entry.seq in holes:
+                        holes.discard(entry.seq)
+                        filled.setdefault(author, []).append(entry)
+        self._holes = {author: holes for author, holes in self._holes.items() if holes}
+        return filled
 
     def _unannounced(self) -> dict[str, list[StreamEntry]]:
         """Entries that arrived without any event: yrs integrates structs that waited for a
@@ -464,8 +487,10 @@ class Conversation:
                 self._clock.observe(_timestamp(entry.op))
 
     def _take_appended(self) -> dict[str, list[StreamEntry]]:
-        """New stream entries since the last call, by author, each author's in order."""
+        """New stream entries since the last call, by author, each author's in order
+        (entries that filled a hole first)."""
         found: dict[str, list[StreamEntry]] = {}
+        late: dict[str, list[StreamEntry]] = {}
         for key, position, values in self._appended:
             place = self._bucket_places.get(key)
             if place is None:
@@ -488,6 +513,9 @@ class Conversation:
                     continue
                 if entry.seq >= self._cursors.get(author, 0):  # not an in-place redaction of a known entry
                     found.setdefault(author, []).append(entry)
+                elif entry.seq in self._holes.get(author, ()):
+                    self._holes[author].discard(entry.seq)
+                    late.setdefault(author, []).append(entry)
         self._appended.clear()
         for author, entries in found.items():
             if len(entries) > 1:
@@ -501,6 +529,8 @@ class Conversation:
             else:
                 end = entries[-1].seq + 1
             self._cursors[author] = max(start, end)
+        for author, entries in late.items():
+            found[author] = sorted(entries, key=lambda entry: entry.seq) + found.get(author, [])
         return {author: entries for author, entries in found.items() if entries}
 
     def _read_range(self, author: str, start: int, end: int) -> list[StreamEntry]:
@@ -511,9 +541,13 @@ class Conversation:
             limit = min(end - bucket * BUCKET_SIZE, BUCKET_SIZE) - first
             found = list(self._read_bucket(author, bucket, first, limit))
             lowest = bucket * BUCKET_SIZE + first
-            if [entry.seq for entry in found] != list(range(lowest, lowest + len(found))):
-                # Positions lie while a replacement waits (see ``encode_op``): filter by seq.
+            if [entry.seq for entry in found] != list(range(lowest, lowest + limit)):
+                # Positions lie while a replacement waits (see ``encode_op``): filter by seq,
+                # and remember the holes.
                 found = [e for e in self._read_bucket(author, bucket, 0) if start <= e.seq < end]
+                if self._bucket_length(author, bucket) < first + limit:  # short: not just malformed values
+                    missing = set(range(lowest, lowest + limit)) - {e.seq for e in found}
+                    self._holes.setdefault(author, set()).update(missing)
             entries.extend(found)
         return entries
 
@@ -547,11 +581,12 @@ class Conversation:
         original = self._entry_at(self._local_peer, places[0]).op
         if not isinstance(original, Posted):
             raise UnknownMessage(f"message {message_id} is already deleted")
+        now = self._clock.tick()
         with self._local_transaction():
-            self._replace(places[0], Tombstone(message_id, original.timestamp, original.nickname))
+            self._replace(places[0], Tombstone(message_id, original.timestamp, original.nickname, now))
             for seq in places[1:]:
                 self._replace(seq, Redacted(message_id))
-            entry = self._append_in_transaction(Deleted(message_id, self._clock.tick()))
+            entry = self._append_in_transaction(Deleted(message_id, now))
         return self._written(Changes(entries=[entry]))
 
     def react(self, message_id: str, emoji: str, on: bool = True) -> Written:

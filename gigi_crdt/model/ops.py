@@ -65,11 +65,16 @@ class Reacted:
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
-    """What is left where a deleted post stood: who wrote it and when, but no content."""
+    """What is left where a deleted post stood: who wrote it and when, but no content.
+
+    It names when the post was deleted too: a peer may get it before the deletion op
+    (written after it in the same transaction) shows, or long after having folded that op.
+    """
 
     id: str
     timestamp: int
     nickname: str
+    deleted_at: int | None = None  # None in tombstones written before it was recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +138,8 @@ def _op_fields(op: Op) -> dict[str, Any]:
     if isinstance(op, Reacted):
         return {"o": "react", "i": op.target, "t": op.timestamp, "e": op.emoji, "on": op.on}
     if isinstance(op, Tombstone):
-        return {"o": "tombstone", "i": op.id, "t": op.timestamp, "n": op.nickname}
+        fields = {"o": "tombstone", "i": op.id, "t": op.timestamp, "n": op.nickname}
+        return fields if op.deleted_at is None else fields | {"d": op.deleted_at}
     return {"o": "redacted", "i": op.target}
 
 
@@ -161,7 +167,10 @@ def parse_op(raw: object) -> Op:
     if name == "post":
         return Posted(target, timestamp, _nickname(raw.get("n")), decode_content(raw.get("k"), raw.get("c")))
     if name == "tombstone":
-        return Tombstone(target, timestamp, _nickname(raw.get("n")))
+        deleted_at = raw.get("d")
+        return Tombstone(
+            target, timestamp, _nickname(raw.get("n")), None if deleted_at is None else parse_timestamp(deleted_at)
+        )
     if name == "edit":
         return Edited(target, timestamp, decode_content(raw.get("k"), raw.get("c")))
     if name == "delete":

@@ -63,8 +63,12 @@ class HistoryFold:
         """Fold one entry in."""
         op = entry.op
         if isinstance(op, Posted | Tombstone) and op.id not in self._drafts:
-            content = op.content if isinstance(op, Posted) else None
-            self._drafts[op.id] = _Draft(entry.author, op.nickname, op.timestamp, entry.seq, content)
+            if isinstance(op, Posted):
+                self._drafts[op.id] = _Draft(entry.author, op.nickname, op.timestamp, entry.seq, op.content)
+            else:
+                self._drafts[op.id] = _Draft(
+                    entry.author, op.nickname, op.timestamp, entry.seq, None, deleted_at=op.deleted_at
+                )
         elif isinstance(op, Edited | Deleted):
             draft = self._drafts.get(op.target)
             if draft is None or draft.author != entry.author or draft.deleted_at is not None:

@@ -73,6 +73,8 @@ def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_b
     folded: dict[str, int] = {}
     for entry in changes.entries:
         folded[entry.author] = max(folded.get(entry.author, 0), entry.seq + 1)
+    for author, complete in changes.complete_upto.items():  # not past an entry still missing
+        folded[author] = min(folded.get(author, complete), complete)
     db.executemany(
         "INSERT INTO stream_cursors VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET length = excluded.length "
         "WHERE excluded.length > stream_cursors.length",
@@ -87,8 +89,8 @@ def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_b
 
 def _post_row(conv: str, author: str, seq: int, op: Posted | Tombstone) -> tuple[object, ...]:
     if isinstance(op, Tombstone):
-        return (conv, op.id, author, seq, op.nickname, op.timestamp, None, None, None)
-    return (conv, op.id, author, seq, op.nickname, op.timestamp, *_content_columns(op.content))
+        return (conv, op.id, author, seq, op.nickname, op.timestamp, None, None, None, op.deleted_at)
+    return (conv, op.id, author, seq, op.nickname, op.timestamp, *_content_columns(op.content), None)
 
 
 def _content_columns(content: Content) -> tuple[str, str | None, str]:
@@ -103,8 +105,8 @@ def _content_columns(content: Content) -> tuple[str, str | None, str]:
 def _insert_posts(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
     (before,) = db.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchone()
     db.executemany(
-        "INSERT OR IGNORE INTO messages (conv, id, author, seq, nickname, ts, kind, content, body) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO messages (conv, id, author, seq, nickname, ts, kind, content, body, deleted_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
     # New rows get row ids above every existing one; index their text in one statement.
