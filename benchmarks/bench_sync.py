@@ -924,7 +924,7 @@ def report_live(r: Live, rate: float) -> None:
     )
     p99 = percentile(r.latencies, 0.99)
     print(f"target p99 <= 5 ms -> {ms(p99)} ms: {verdict(p99 <= 0.005)}")
-    print("   B's event comes after B durably stored the update and its delivered receipt (two commits)")
+    print("   B's event comes once B merged the update, before B's commit (A's send() waits for A's)")
     print(f"   worst event-loop stall during the run {ms(r.worst_lag)} ms; compactions overlapping it: {r.compactions}")
     if r.slow:
         first, last = r.slow[0][0], r.slow[-1][0]

@@ -136,6 +136,8 @@ class Replica:
         self._listeners: list[UpdateListener] = []
         self._generations: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}  # commits not yet settled, per conversation
+        self._commits_begun = self._commits_ended = 0  # reads wait for the commits begun before them
+        self._commit_ended = trio.Event()
         self._settled: dict[str, trio.Event] = {}
 
     # -- conversations -------------------------------------------------------------
@@ -185,6 +187,15 @@ class Replica:
         """Add (or re-add) ``peer_id`` to a group we administer; raises ``NotAllowed`` otherwise."""
         doc = await self._document(conversation)
         await self._persist(doc, doc.add_member(peer_id, nickname, role))
+
+    async def invite(self, conversation: str, peer_id: str, nickname: str) -> str:
+        """Add ``peer_id`` to a group we administer and post a ``GroupInvite``, together;
+        returns the invite's message id."""
+        doc = await self._document(conversation)
+        written = doc.invite(peer_id, nickname, self.nickname)
+        await self._persist(doc, written)
+        assert written.message_id is not None
+        return written.message_id
 
     async def remove_member(self, conversation: str, peer_id: str) -> None:
         """Remove ``peer_id`` from a group we administer; it is sent nothing written after."""
@@ -282,7 +293,13 @@ class Replica:
         return doc.catch_up(state_vector, covered=covered) or EMPTY_UPDATE
 
     async def receive(
-        self, conversation: str, update: bytes, origin: str | None = None, *, acknowledge: bool = True
+        self,
+        conversation: str,
+        update: bytes,
+        origin: str | None = None,
+        *,
+        acknowledge: bool = True,
+        applied: Callable[[Changes], None] | None = None,
     ) -> Changes:
         """Merge and persist an update from peer ``origin``, then acknowledge it as delivered.
 
@@ -293,6 +310,12 @@ class Replica:
         Listeners hear of the update (to pass it on) only if it brought something new.
         With ``acknowledge=False`` the caller sends the delivered receipt itself, later
         (``acknowledge``), e.g. after telling the application.
+
+        ``applied`` hears what the update changed once it is merged, before the commit: the
+        application can show a message without waiting for the disk, while reads still see
+        it (they wait for commits under way) and the delivered receipt still waits for the
+        commit. If the commit fails, the document is reloaded from disk and the sender
+        sends the update again later: the change may then be heard twice.
         """
         summary = await check_remote_update(update)
         new = False
@@ -319,6 +342,8 @@ class Replica:
         # event, when the gap fills: they must be stored too, or a restart loses them
         # while our state vector tells peers we have them.
         news = bool(changes) or state_vector != before or waiting
+        if applied is not None and changes:
+            applied(changes)
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting)
         if acknowledge:
             await self.acknowledge(conversation, changes)
@@ -450,6 +475,7 @@ class Replica:
             conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation, waiting
         )
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
+        self._commits_begun += 1
         try:
             # The document already holds the change: cancelling now would leave it in memory
             # but not on disk (nor in the index). Commits are short; let this one finish.
@@ -464,6 +490,9 @@ class Replica:
             self._in_flight[conv] -= 1
             if not self._in_flight[conv]:
                 self._settled.pop(conv, trio.Event()).set()
+            self._commits_ended += 1
+            self._commit_ended.set()
+            self._commit_ended = trio.Event()
         if written.update:
             for listener in self._listeners:
                 listener.offer(conv, written.update, origin or None)
@@ -484,4 +513,10 @@ class Replica:
             del self._conversations[conversation]
 
     async def _read(self, function: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        # Commits are queued in order: once as many have ended as had begun, every change
+        # made before this read (a remote one may already have been announced, see
+        # ``receive``) is in the index.
+        begun = self._commits_begun
+        while self._commits_ended < begun:
+            await self._commit_ended.wait()
         return await self._worker.read(self._store.query, lambda db: function(db, *args))

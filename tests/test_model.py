@@ -147,6 +147,18 @@ def test_group_membership_needs_an_admin() -> None:
     assert not member.members()[CAROL].active
 
 
+def test_an_invite_and_the_membership_it_announces_are_one_update() -> None:
+    admin, bob = admin_and_member()
+    written = admin.invite(CAROL, "carol", "alice")
+    bob.apply_remote(written.update)  # that update alone
+    assert bob.is_member(CAROL)
+    invite = bob.history()[-1]
+    assert invite.id == written.message_id
+    assert invite.content == GroupInvite(admin.id, "g", "alice")
+    with pytest.raises(NotAllowed):
+        bob.invite(CAROL, "carol", "bob")  # not an admin
+
+
 def test_removed_member_cannot_post() -> None:
     admin, bob = admin_and_member()
     bob.apply_remote(admin.remove_member(BOB).update)

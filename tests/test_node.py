@@ -54,8 +54,15 @@ def texts_arrived(event: NodeEvent) -> list[str]:
     return []
 
 
-async def received(node: Node, text: str) -> None:
-    await wait_for(node, lambda event: text in texts_arrived(event))
+async def received(node: Node, *wanted: str) -> None:
+    """Wait until every text in ``wanted`` has arrived, in whatever order (events are used up)."""
+    missing = set(wanted)
+
+    def all_arrived(event: NodeEvent) -> bool:
+        missing.difference_update(texts_arrived(event))
+        return not missing
+
+    await wait_for(node, all_arrived)
 
 
 def texts(messages: Sequence[Message]) -> list[str]:
@@ -137,8 +144,7 @@ async def test_three_nodes_converge_on_a_group(tmp_path: Path) -> None:
         await bob.send(group, Text("yes"))
         await carol.send(group, Text("me too"))
         for node, others in ((alice, ("yes", "me too")), (bob, ("me too",)), (carol, ("yes",))):
-            for text in others:
-                await received(node, text)
+            await received(node, *others)
         views = [[m.id for m in await node.history(group)] for node in (alice, bob, carol)]
         assert len(views[0]) == 3
         assert views[0] == views[1] == views[2]

@@ -15,6 +15,7 @@ from sync_helpers import Node, converged, drain, joined, link, nodes, wait_for
 
 from gigi_crdt import ConversationKind, Text
 from gigi_crdt.replica import EMPTY_UPDATE
+from gigi_crdt.store import Record
 from gigi_crdt.sync import (
     LinkSettings,
     MessageReceived,
@@ -115,6 +116,45 @@ async def test_a_peer_that_has_everything_is_sent_an_empty_step_2(tmp_path: Path
             await wait_for(alice, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
             nursery.cancel_scope.cancel()
         assert counted.sent < 512, counted.sent
+
+
+async def test_a_message_is_announced_before_its_commit_and_reads_wait_for_that(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+        conversation = await group_of([alice, bob])
+        link(nursery, alice, bob)
+        with trio.fail_after(10):
+            await wait_for(bob, lambda e: isinstance(e, SyncProgress) and e.done == e.total)
+        disk = trio.Event()
+        commit = bob.replica._worker.commit
+
+        async def slow_disk(record: Record) -> None:
+            await disk.wait()
+            await commit(record)
+
+        bob.replica._worker.commit = slow_disk  # type: ignore[method-assign]
+        await alice.replica.send(conversation, Text("hi"))
+        with trio.fail_after(10):
+            await wait_for(bob, lambda e: isinstance(e, MessageReceived))  # while bob's disk is stuck
+        read: list[list[str]] = []
+        done = trio.Event()
+
+        async def read_history() -> None:
+            read.append([m.id for m in await bob.replica.history(conversation)])
+            done.set()
+
+        nursery.start_soon(read_history)
+        try:
+            await trio.testing.wait_all_tasks_blocked()
+            # Whatever went to bob's reader thread has come back once this has had its turn.
+            await trio.to_thread.run_sync(lambda: None, limiter=bob.replica._worker._read_thread)
+            await trio.testing.wait_all_tasks_blocked()
+            assert read == []  # the read waits for the commit under way
+        finally:
+            disk.set()  # a commit cannot be cancelled: never leave it stuck
+        with trio.fail_after(10):
+            await done.wait()
+        assert read == [[m.id for m in await alice.replica.history(conversation)]]
+        nursery.cancel_scope.cancel()
 
 
 class CountingStream(trio.abc.Stream):

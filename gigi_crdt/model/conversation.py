@@ -30,7 +30,7 @@ from pycrdt import Array, Doc, Map, Transaction, get_update, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
 from .clock import TICKS_PER_MS, HybridClock
-from .content import Content
+from .content import Content, GroupInvite
 from .metadata import (
     ConversationKind,
     Member,
@@ -632,13 +632,28 @@ class Conversation:
 
     def add_member(self, peer_id: str, nickname: str, role: Role = Role.MEMBER) -> Written:
         """Add (or re-add) a member to a group; admins only."""
+        member = self._new_member(peer_id, nickname, role)
+        with self._local_transaction():
+            self._members[peer_id] = member
+        return self._written(Changes())
+
+    def invite(self, peer_id: str, nickname: str, inviter: str) -> Written:
+        """Add a member to a group and post a ``GroupInvite`` (by ``inviter``, our nickname)
+        in one transaction, so that the invitee gets the invite with the group; admins only."""
+        member = self._new_member(peer_id, nickname, Role.MEMBER)
+        content = GroupInvite(self.id, self.metadata().title, check_nickname(inviter))
+        op = Posted(new_id(), self._clock.tick(), inviter, content)
+        with self._local_transaction():
+            self._members[peer_id] = member
+            entry = self._append_in_transaction(op)
+        self._places()[op.id] = [entry.seq]
+        return self._written(Changes(entries=[entry]), op.id)
+
+    def _new_member(self, peer_id: str, nickname: str, role: Role) -> dict[str, Any]:
         self._require_admin(group_only=False)
         if self.metadata().kind is ConversationKind.DIRECT:
             raise NotAllowed("a direct conversation cannot gain members")
-        member = Member(check_id(peer_id, "peer id"), check_nickname(nickname), role, self._clock.tick())
-        with self._local_transaction():
-            self._members[peer_id] = encode_member(member)
-        return self._written(Changes())
+        return encode_member(Member(check_id(peer_id, "peer id"), check_nickname(nickname), role, self._clock.tick()))
 
     def remove_member(self, peer_id: str) -> Written:
         """Mark a member as gone (admins, or the member itself leaving)."""

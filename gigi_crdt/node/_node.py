@@ -17,7 +17,7 @@ import trio
 from ..discovery import Dialer, PeerFound, PeerLost, open_mdns, static_peers
 from ..errors import ConfigError, GigiError, single_errors_unwrapped
 from ..identity import Contact, ContactBook, Identity, Trust
-from ..model import Content, ConversationKind, GroupInvite, Member, Message, Metadata, ReceiptKind
+from ..model import Content, ConversationKind, Member, Message, Metadata, ReceiptKind
 from ..replica import Replica, open_replica
 from ..store import ConversationSummary
 from ..sync import PeerOnline, Presence, SyncEngine, connect_tcp
@@ -205,12 +205,11 @@ class Node:
     async def invite(self, conversation: str, peer_id: str, nickname: str) -> str:
         """Add a member to a group (admins only) and post a ``GroupInvite`` there; returns its id.
 
-        As a member the invitee receives the whole group as soon as it is linked to any
-        member; the invite message tells everyone in the group what happened.
+        Both are one change: as a member the invitee receives the whole group, the invite
+        with it, as soon as it is linked to any member; the invite message tells everyone
+        in the group what happened.
         """
-        await self._replica.add_member(conversation, peer_id, nickname)
-        title = (await self.metadata(conversation)).title
-        return await self.send(conversation, GroupInvite(conversation, title, self.nickname))
+        return await self._replica.invite(conversation, peer_id, nickname)
 
     async def remove_member(self, conversation: str, peer_id: str) -> None:
         """Remove a member from a group (admins only): it is sent nothing written after this."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..errors import GigiError, NotAllowed, SchemaError
+from ..model import Changes
 from ..protocol import (
     Announce,
     Awareness,
@@ -317,9 +318,16 @@ class SyncEngine:
                     "%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation
                 )
                 return
+        catch_up = isinstance(event, SyncStep2)
+
+        def tell_application(changes: Changes) -> None:
+            # Merged, not yet on disk: the delivered receipt below waits for the disk.
+            for activity in describe_changes(conversation, changes, catch_up=catch_up):
+                self._publish(activity)
+
         try:
             changes = await self.replica.receive(
-                conversation, event.update, origin=link.peer.peer_id, acknowledge=False
+                conversation, event.update, origin=link.peer.peer_id, acknowledge=False, applied=tell_application
             )
         except NotAllowed as exc:  # a conversation new to us, offered by a non-member or not ours
             log.warning("%s: %s; not stored", self._name(link), exc)
@@ -329,9 +337,6 @@ class SyncEngine:
             session.fetching.discard(conversation)
             if await self.replica.is_member(conversation, link.peer.peer_id):
                 link.shared.add(conversation)
-        catch_up = isinstance(event, SyncStep2)
-        for activity in describe_changes(conversation, changes, catch_up=catch_up):
-            self._publish(activity)  # stored already; the delivered receipt need not hold it up
         await self.replica.acknowledge(conversation, changes)
         if catch_up and conversation in session.catching_up:
             session.catching_up.discard(conversation)
