@@ -380,6 +380,7 @@ class Conversation:
     def apply_remote(self, update: bytes) -> Changes:
         """Merge an update from a peer and return what it changed."""
         self._writing = False  # in case a failed local write left it set
+        had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
         _apply(self._doc, update)
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes())
@@ -394,6 +395,7 @@ class Conversation:
                 found[author] = found.get(author, []) + entries
             for author, entries in self._filled_holes().items():
                 found[author] = entries + found.get(author, [])
+        if had_waiting:  # members and metadata have no later event to reveal a silent change
             changes.metadata_changed |= self._metadata_moved()
         for author, entries in found.items():
             changes.entries.extend(entries)
