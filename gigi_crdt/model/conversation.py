@@ -3,7 +3,7 @@
 Document layout (root types of the pycrdt ``Doc``)::
 
     meta     Map   id, kind, title, created_at, retention_days
-    members  Map   peer id -> {nick, role, since, left?}   (members are never deleted)
+    members  Map   peer id -> {nick, role, since, left?, removed?}   (members are never deleted)
     streams  Map   "<author>/<bucket>" -> Array of at most BUCKET_SIZE plain op dicts
     acks     Map   "<member>/<delivered|read>/<author>" -> highest seq of author's stream
 
