@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
+import weakref
 
 import pytest
 from hypothesis import given, settings
@@ -267,6 +269,17 @@ def test_an_entry_missing_below_the_cursor_is_reported_when_it_shows_up() -> Non
     assert [(entry.seq, entry.op) for entry in late.entries] == [(1, Tombstone("message-1", 5, "alice", 9))]
     assert late.complete_upto == {}
     assert [m.deleted_at for m in bob.history()] == [None, 9, None]
+
+
+def test_a_conversation_nobody_holds_is_freed() -> None:
+    # yrs holds the observers' callbacks where Python's collector cannot see them: had they
+    # referred to the conversation, every dropped or reloaded document would stay in memory.
+    alice, bob = pair()
+    bob.apply_remote(alice.post(Text("hi"), "alice").update)
+    gone = [weakref.ref(alice), weakref.ref(bob)]
+    del alice, bob
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
 
 
 def test_garbage_update_is_a_schema_error() -> None:

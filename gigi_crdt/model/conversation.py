@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,12 +142,13 @@ class Conversation:
         # front (state vectors, delete sets, paths), which more than doubled the cost of a live
         # message; the raw events compute only the fields read here. Keep the subscriptions:
         # dropping one unsubscribes.
+        outbox = self._outbox
         self._subscriptions = (
-            doc._doc.observe(lambda event: self._outbox.append(event.update)),
-            self._acks.integrated.observe(self._on_acks),
-            self._members.integrated.observe(self._on_meta),
-            self._meta.integrated.observe(self._on_meta),
-            self._streams.integrated.observe_deep(self._on_streams),
+            doc._doc.observe(lambda event: outbox.append(event.update)),
+            self._acks.integrated.observe(_weakly(self._on_acks)),
+            self._members.integrated.observe(_weakly(self._on_meta)),
+            self._meta.integrated.observe(_weakly(self._on_meta)),
+            self._streams.integrated.observe_deep(_weakly(self._on_streams)),
         )
         self._member_map()  # remembered from the start: see ``_member_map``
 
@@ -809,6 +811,20 @@ class Conversation:
             end = number * BUCKET_SIZE + self._bucket_length(author, number)
             lengths[author] = max(lengths.get(author, 0), end)
         return lengths
+
+
+def _weakly(method: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A callback for yrs that does not keep its object alive. yrs holds callbacks where
+    Python's garbage collector cannot see them, so a bound method there would keep its
+    conversation, and the document inside, alive forever."""
+    ref = weakref.WeakMethod(method)
+
+    def call(event: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(event)
+
+    return call
 
 
 def _apply(doc: Doc[Any], update: bytes) -> None:
