@@ -125,7 +125,10 @@ class Conversation:
         self._member_seen: dict[str, Member] = {}
         self._metadata_cache: Metadata | None = None
         self._cursors = self._stream_lengths()
-        self._own_places: dict[str, list[int]] | None = None
+        # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
+        # garbage collector stops tracking: a list per message made every full collection
+        # walk one more object per message written.
+        self._own_places: dict[str, tuple[int, ...]] | None = None
         self._own_receipt_cache: dict[str, int] = {}
         self._own_new_receipts: list[Receipt] = []
         self._writing = False
@@ -569,14 +572,14 @@ class Conversation:
         with self._local_transaction():
             entry = self._append_in_transaction(op)
             self._advance(ReceiptKind.READ, read_upto)
-        self._places()[op.id] = [entry.seq]
+        self._places()[op.id] = (entry.seq,)
         return self._written(Changes(entries=[entry]), op.id)
 
     def edit(self, message_id: str, content: Content) -> Written:
         """Replace the content of one of the local peer's messages."""
         places = self._own_message(message_id)
         written = self._append(Edited(message_id, self._clock.tick(), content))
-        places.append(written.changes.entries[0].seq)
+        self._places()[message_id] = (*places, written.changes.entries[0].seq)
         return written
 
     def delete(self, message_id: str) -> Written:
@@ -650,7 +653,7 @@ class Conversation:
         with self._local_transaction():
             self._members[peer_id] = member
             entry = self._append_in_transaction(op)
-        self._places()[op.id] = [entry.seq]
+        self._places()[op.id] = (entry.seq,)
         return self._written(Changes(entries=[entry]), op.id)
 
     def _new_member(self, peer_id: str, nickname: str, role: Role) -> dict[str, Any]:
@@ -756,23 +759,23 @@ class Conversation:
         if self.members()[self._local_peer].role is not Role.ADMIN:
             raise NotAllowed("only an admin may do this")
 
-    def _own_message(self, message_id: str) -> list[int]:
+    def _own_message(self, message_id: str) -> tuple[int, ...]:
         self._require_member()
         places = self._places().get(message_id)
         if places is None:
             raise UnknownMessage(f"no message {message_id} by the local peer")
         return places
 
-    def _places(self) -> dict[str, list[int]]:
+    def _places(self) -> dict[str, tuple[int, ...]]:
         """Where each of the local peer's posts and their edits stand (built on first use)."""
         if self._own_places is None:
             self._own_places = {}
             for number in range(self._cursors.get(self._local_peer, 0) // BUCKET_SIZE + 1):
                 for entry in self._read_bucket(self._local_peer, number, 0):
                     if isinstance(entry.op, Posted | Tombstone):
-                        self._own_places[entry.op.id] = [entry.seq]
+                        self._own_places[entry.op.id] = (entry.seq,)
                     elif isinstance(entry.op, Edited | Redacted) and entry.op.target in self._own_places:
-                        self._own_places[entry.op.target].append(entry.seq)
+                        self._own_places[entry.op.target] += (entry.seq,)
         return self._own_places
 
     def _entry_at(self, author: str, seq: int) -> StreamEntry:
