@@ -359,8 +359,8 @@ class Conversation:
         adds them until they are integrated. After a reload they wait again: whoever
         stored the update must note it again (the store marks such updates).
         """
-        rest = get_update(update, self.state_vector())
-        if rest[:1] != b"\x00":  # a Yjs v1 update starts with its count of clients with structs
+        rest = unintegrated(update, self.state_vector())
+        if rest is not None:
             self._waiting = rest if self._waiting is None else merge_updates(self._waiting, rest)
 
     def catch_up(self, state_vector: bytes | None, *, covered: bool) -> bytes | None:
@@ -368,9 +368,7 @@ class Conversation:
         says its state vector counts every struct ours counts (so no diff is needed),
         though structs of ours that wait for a dependency may still be news to it."""
         if self._waiting is not None:
-            self._waiting = get_update(self._waiting, self.state_vector())  # drop what got integrated
-            if self._waiting[:1] == b"\x00":
-                self._waiting = None
+            self._waiting = unintegrated(self._waiting, self.state_vector())  # drop what got integrated
         if covered:
             return self._waiting
         update = self.diff(state_vector)
@@ -814,6 +812,13 @@ class Conversation:
             end = number * BUCKET_SIZE + self._bucket_length(author, number)
             lengths[author] = max(lengths.get(author, 0), end)
         return lengths
+
+
+def unintegrated(update: bytes, state_vector: bytes) -> bytes | None:
+    """The structs of ``update`` (with its delete set) that a document at ``state_vector``
+    has not integrated, or ``None`` if it has them all."""
+    rest = get_update(update, state_vector)
+    return rest if rest[:1] != b"\x00" else None  # a Yjs v1 update starts with its count of clients with structs
 
 
 def _weakly(method: Callable[[Any], None]) -> Callable[[Any], None]:

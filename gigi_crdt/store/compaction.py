@@ -10,6 +10,8 @@ from typing import Any
 
 from pycrdt import Doc, get_update, merge_updates
 
+from ..model.conversation import unintegrated
+
 # pycrdt's merge_updates is quadratic in the number of updates it is given (40k updates
 # took 13 s); merging in groups of this size keeps it O(size x log(count)).
 MERGE_FANOUT = 64
@@ -53,5 +55,4 @@ def still_waiting(snapshot: bytes, waiting: Sequence[bytes]) -> bytes:
         return b""
     doc: Doc[Any] = Doc()
     doc.apply_update(snapshot)
-    rest = get_update(merge_all(waiting), doc.get_state())
-    return rest if rest[:1] != b"\x00" else b""  # a Yjs v1 update starts with its count of clients
+    return unintegrated(merge_all(waiting), doc.get_state()) or b""
