@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,12 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
+from node_helpers import LOCAL, dialing, received, wait_for
 
 from gigi_crdt import NodeConfig, Text, open_node
 from gigi_crdt.errors import ConfigError
 from gigi_crdt.identity import Identity
-from gigi_crdt.node import Node, NodeEvent
+from gigi_crdt.node import Node
 from gigi_crdt.protocol import (
     Announce,
     Close,
@@ -35,12 +35,11 @@ from gigi_crdt.protocol import (
     RemoteProtocolError,
 )
 from gigi_crdt.protocol.codec import HEADER
-from gigi_crdt.sync import LinkSettings, MessageReceived, OfflineMessagesReceived, PeerOffline, PeerOnline
+from gigi_crdt.sync import LinkSettings, PeerOffline, PeerOnline
 from gigi_crdt.sync.limits import ConnectionLimiter, FrameCounter, RateLimitedStream, TokenBucket
 from gigi_crdt.transport import AuthenticatedStream, HandshakeRefused, open_tls_stream
 
-FAST = LinkSettings(handshake_timeout=2.0, ping_interval=0.5, idle_timeout=2.0)
-LOCAL = NodeConfig(host="127.0.0.1", mdns=False, interface=None, links=FAST, min_backoff=0.05, max_backoff=0.2)
+FAST = LOCAL.links
 FLOOD_ADDRESS = "127.0.0.2"
 GARBAGE_ADDRESS = "127.0.0.3"
 
@@ -157,27 +156,6 @@ async def test_frames_over_the_rate_end_the_link(autojump_clock: trio.testing.Mo
 
 
 # --------------------------------------------------------------------------- nodes over real TLS
-
-
-async def wait_for(node: Node, wanted: Callable[[NodeEvent], bool], seconds: float = 10) -> NodeEvent:
-    with trio.fail_after(seconds):
-        async for event in node.events():
-            if wanted(event):
-                return event
-    raise AssertionError("the node's events ended")
-
-
-async def received(node: Node, text: str, seconds: float = 10) -> None:
-    def arrived(event: NodeEvent) -> bool:
-        if isinstance(event, MessageReceived):
-            return event.message.content == Text(text)
-        return isinstance(event, OfflineMessagesReceived) and Text(text) in [m.content for m in event.messages]
-
-    await wait_for(node, arrived, seconds)
-
-
-def dialing(node: Node, config: NodeConfig = LOCAL) -> NodeConfig:
-    return dataclasses.replace(config, peers=(f"127.0.0.1:{node.address[1]}",))
 
 
 async def connect_from(address: str, node: Node) -> trio.SocketStream:

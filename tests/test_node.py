@@ -8,18 +8,18 @@ import os
 import re
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from node_helpers import LOCAL
+from node_helpers import LOCAL, dialing, received, texts, wait_for
 
-from gigi_crdt import ConfigError, GroupInvite, Message, NodeConfig, Text, open_node
+from gigi_crdt import ConfigError, GroupInvite, NodeConfig, Text, open_node
 from gigi_crdt.discovery import InvalidPeerAddress
 from gigi_crdt.identity import Identity
-from gigi_crdt.node import ContactKeyChanged, Node, NodeEvent, default_data_dir
+from gigi_crdt.node import ContactKeyChanged, Node, default_data_dir
 from gigi_crdt.protocol import Close, CloseCode, Connection, ConnectionClosed, Hello, NeedData
 from gigi_crdt.sync import (
     LinkOutcome,
@@ -31,42 +31,6 @@ from gigi_crdt.sync import (
     SyncProgress,
 )
 from gigi_crdt.transport import open_tls_stream
-
-
-def dialing(*nodes: Node) -> NodeConfig:
-    """``LOCAL``, with static peers pointing at ``nodes``."""
-    return dataclasses.replace(LOCAL, peers=tuple(f"127.0.0.1:{node.address[1]}" for node in nodes))
-
-
-async def wait_for(node: Node, wanted: Callable[[NodeEvent], bool], seconds: float = 10) -> NodeEvent:
-    with trio.fail_after(seconds):
-        async for event in node.events():
-            if wanted(event):
-                return event
-    raise AssertionError("the node's events ended")
-
-
-def texts_arrived(event: NodeEvent) -> list[str]:
-    if isinstance(event, MessageReceived):
-        return texts([event.message])
-    if isinstance(event, OfflineMessagesReceived):
-        return texts(event.messages)
-    return []
-
-
-async def received(node: Node, *wanted: str) -> None:
-    """Wait until every text in ``wanted`` has arrived, in whatever order (events are used up)."""
-    missing = set(wanted)
-
-    def all_arrived(event: NodeEvent) -> bool:
-        missing.difference_update(texts_arrived(event))
-        return not missing
-
-    await wait_for(node, all_arrived)
-
-
-def texts(messages: Sequence[Message]) -> list[str]:
-    return [m.content.text for m in messages if isinstance(m.content, Text)]
 
 
 def open_files_under(directory: Path) -> list[str]:
