@@ -44,6 +44,7 @@ from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.yupdate import UpdateSummary
 from .protocol.yproto import decode_state_vector
+from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
 from .store.store import MIN_COMPACTION_BYTES
 
@@ -72,12 +73,20 @@ async def open_replica(
     *,
     nickname: str,
     peer_id: str | None = None,
+    signer: Signer | None = None,
     now_ms: Callable[[], int] = _wall_ms,
 ) -> AsyncIterator[Replica]:
     """Open the replica stored in ``data_dir`` (created if missing) for the duration of the block.
 
     ``peer_id`` is fixed on first open (a random id if not given) and checked afterwards.
+    With a ``signer`` (the peer's identity; its peer id is then the replica's), the
+    conversations it creates are signed and it signs the member records it writes (see
+    ``gigi_crdt.model.membership``).
     """
+    if signer is not None:
+        if peer_id is not None and peer_id != signer.peer_id:
+            raise ValueError(f"peer id {peer_id} is not the signer's ({signer.peer_id})")
+        peer_id = signer.peer_id
     store = await trio.to_thread.run_sync(Store.open, Path(data_dir))
     try:
         worker = StoreWorker(store)
@@ -90,7 +99,7 @@ async def open_replica(
         with single_errors_unwrapped():
             async with trio.open_nursery() as nursery:
                 await nursery.start(worker.run)
-                yield Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms))
+                yield Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms), signer)
                 nursery.cancel_scope.cancel()
     finally:
         store.close()
@@ -124,8 +133,11 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
 class Replica:
     """All conversations of one peer. Get one from ``open_replica``."""
 
-    def __init__(self, worker: StoreWorker, peer_id: str, nickname: str, clock: HybridClock) -> None:
+    def __init__(
+        self, worker: StoreWorker, peer_id: str, nickname: str, clock: HybridClock, signer: Signer | None = None
+    ) -> None:
         self._worker = worker
+        self._signer = signer
         self._store = worker.store
         self.peer_id = peer_id
         self.nickname = nickname
@@ -159,6 +171,7 @@ class Replica:
             clock=self._clock,
             others=others,
             retention_days=retention_days,
+            signer=self._signer,
         )
         self._hold(conversation.id, conversation)
         await self._persist(conversation, written)
@@ -322,7 +335,7 @@ class Replica:
         try:
             doc = await self._document(conversation)
         except UnknownConversation:
-            doc, new = Conversation.from_updates([], self.peer_id, self._clock), True
+            doc, new = Conversation.from_updates([], self.peer_id, self._clock, self._signer), True
             self._hold(conversation, doc)
         before = doc.state_vector()
         try:
@@ -345,6 +358,10 @@ class Replica:
         if applied is not None and changes:
             applied(changes)
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting)
+        if changes.metadata_changed and doc.is_member(self.peer_id):
+            restored = doc.restore_members()  # someone put back an older member record
+            if restored is not None:
+                await self._persist(doc, restored)
         if acknowledge:
             await self.acknowledge(conversation, changes)
         return changes
@@ -431,7 +448,9 @@ class Replica:
                     await self._settled.setdefault(conversation, trio.Event()).wait()
                 updates = await self._worker.read(self._store.load_updates, conversation)
                 waiting = await self._worker.read(self._store.waiting_updates, conversation)
-                doc = await trio.to_thread.run_sync(Conversation.from_updates, updates, self.peer_id, self._clock)
+                doc = await trio.to_thread.run_sync(
+                    Conversation.from_updates, updates, self.peer_id, self._clock, self._signer
+                )
                 for update in waiting:
                     doc.note_waiting(update)
                 self._hold(conversation, doc)

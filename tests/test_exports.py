@@ -13,6 +13,7 @@ def test_all_names_are_exported_and_exist() -> None:
         "protocol",
         "relay",
         "replica",
+        "signatures",
         "store",
         "sync",
         "testing",

@@ -14,11 +14,15 @@ from typing import Any
 
 import pytest
 import trio
+from forgery import forge_member_records
 from node_helpers import LOCAL, dialing, received, texts, wait_for
 
 from gigi_crdt import ConfigError, GroupInvite, NodeConfig, Text, open_node
 from gigi_crdt.discovery import InvalidPeerAddress
 from gigi_crdt.identity import Identity
+from gigi_crdt.model import Member, Role
+from gigi_crdt.model.membership import sign_member
+from gigi_crdt.model.metadata import encode_member
 from gigi_crdt.node import ContactKeyChanged, Node, default_data_dir
 from gigi_crdt.protocol import Close, CloseCode, Connection, ConnectionClosed, Hello, NeedData
 from gigi_crdt.sync import (
@@ -135,6 +139,45 @@ async def test_invite_and_leave(tmp_path: Path) -> None:
         with trio.fail_after(10):
             while (await alice.members(group))[bob.peer_id].active:
                 await wait_for(alice, lambda e: True)
+
+
+async def test_a_member_cannot_add_anyone_to_a_group(tmp_path: Path) -> None:
+    async with (
+        open_node(tmp_path / "alice", nickname="alice", config=LOCAL) as alice,
+        open_node(tmp_path / "bob", nickname="bob", config=dialing(alice)) as bob,
+        open_node(tmp_path / "carol", nickname="carol", config=dialing(alice, bob)) as carol,
+        open_node(tmp_path / "mallory", nickname="mallory", config=dialing(alice, bob, carol)) as mallory,
+    ):
+        for node in (alice, bob, carol, mallory):
+            with trio.fail_after(10):
+                while len(node.online_peers()) < 3:
+                    await wait_for(node, lambda e: isinstance(e, PeerOnline))
+        group = await alice.create_group("hiking", {bob.peer_id: "bob", carol.peer_id: "carol"})
+        await alice.send(group, Text("saturday?"))
+        await received(bob, "saturday?")
+        await received(carol, "saturday?")
+        before = await alice.members(group)
+        # bob runs modified code: it writes mallory into the member list itself, once with
+        # a record it signed and once unsigned, and its engine passes that on as usual.
+        replica = bob._replica
+        document = await replica.diff(group, None)
+        added = Member(mallory.peer_id, "mallory", Role.MEMBER, 1_800_000_000_000_000)
+        signed_by_bob = Identity.load_or_create(bob.data_dir)
+        await replica.receive(
+            group, forge_member_records(document, {mallory.peer_id: sign_member(signed_by_bob, group, added)})
+        )
+        document = await replica.diff(group, None)
+        await replica.receive(group, forge_member_records(document, {"mallory-twin": encode_member(added)}))
+        await bob.send(group, Text("after the forgery"))  # links are ordered: it follows the forged updates
+        await received(alice, "after the forgery")
+        await received(carol, "after the forgery")
+        for node in (alice, carol):
+            assert await node.members(group) == before
+        for sender in (alice, carol):
+            canary = await sender.create_direct(mallory.peer_id, "mallory")
+            await sender.send(canary, Text(f"hello from {sender.nickname}"))
+            await received(mallory, f"hello from {sender.nickname}")
+        assert group not in [s.metadata.id for s in await mallory.conversations()]
 
 
 class _Recording(trio.abc.Stream):

@@ -4,10 +4,7 @@ The key pair is created on first use and kept in the data directory as ``identit
 (unencrypted PKCS#8 PEM, mode 0600, directory 0700). Whoever can read that file can be
 this node; protecting the data directory is the operating system's job.
 
-**Peer id**: lowercase base32 (RFC 4648 alphabet, no padding) of the SHA-256 of the raw
-32-byte public key, cut to 32 characters (160 bits). Only ``a-z`` and ``2-7`` occur, so
-it fits the id rule of the model and the protocol (``[A-Za-z0-9_-]{8,64}``). A peer id
-names one key: a new key is a new peer id.
+**Peer id** and **signatures**: see :mod:`gigi_crdt.signatures`.
 
 **Fingerprint and safety number**: Signal's numeric scheme. A key's fingerprint is 30
 digits: SHA-512 iterated 5200 times over a version tag and the key (the iterations make
@@ -16,25 +13,20 @@ bytes are read as six 5-byte big-endian numbers, each taken modulo 100000. The s
 number of two peers is both fingerprints, the smaller first: 60 digits in 12 groups of
 5, the same on both devices. Users compare it out of band (read aloud, side by side);
 each half is one peer's own fingerprint.
-
-**Signatures** made with :meth:`Identity.sign` cover a domain tag, a caller-chosen
-context and the data, so they can never be mistaken for the TLS 1.3 CertificateVerify
-signatures the same key makes on peer links (those start with 64 spaces) or for
-signatures made for another purpose.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..errors import SchemaError, StoreCorrupt
+from ..errors import StoreCorrupt
+from ..signatures import PUBLIC_KEY_BYTES, check_public_key, peer_id_for, signed_message, verify
 from ._files import read_private, write_private
 
 __all__ = [
@@ -48,29 +40,14 @@ __all__ = [
 ]
 
 KEY_FILE_NAME = "identity.key"
-PUBLIC_KEY_BYTES = 32
-PEER_ID_CHARS = 32
 FINGERPRINT_ITERATIONS = 5200
 _FINGERPRINT_VERSION = b"gigi-crdt fingerprint v1\x00"
-_SIGNATURE_DOMAIN = b"gigi-crdt signature v1\x00"
-
-
-def _check_public_key(public_key: bytes) -> bytes:
-    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
-        raise SchemaError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} raw bytes")
-    return public_key
-
-
-def peer_id_for(public_key: bytes) -> str:
-    """The peer id of a raw 32-byte Ed25519 public key."""
-    digest = hashlib.sha256(_check_public_key(public_key)).digest()
-    return base64.b32encode(digest).decode("ascii").lower()[:PEER_ID_CHARS]
 
 
 @functools.lru_cache(maxsize=256)
 def fingerprint(public_key: bytes) -> str:
     """A key's 30-digit fingerprint, as six groups of five digits separated by spaces."""
-    _check_public_key(public_key)
+    check_public_key(public_key)
     digest = hashlib.sha512(_FINGERPRINT_VERSION + public_key).digest()
     for _ in range(FINGERPRINT_ITERATIONS - 1):
         digest = hashlib.sha512(digest + public_key).digest()
@@ -82,23 +59,6 @@ def safety_number(public_key: bytes, other_public_key: bytes) -> str:
     """The 60-digit safety number two peers compare: 12 groups of 5 digits, order-independent."""
     halves = sorted((fingerprint(public_key), fingerprint(other_public_key)))
     return " ".join(halves)
-
-
-def _signed_message(context: str, data: bytes) -> bytes:
-    tag = context.encode("utf-8")
-    if not tag or len(tag) > 255:
-        raise SchemaError("a signature context is 1 to 255 UTF-8 bytes")
-    return _SIGNATURE_DOMAIN + bytes([len(tag)]) + tag + data
-
-
-def verify(public_key: bytes, signature: bytes, data: bytes, *, context: str) -> bool:
-    """Whether ``signature`` is the key's signature of ``data`` made for ``context``."""
-    message = _signed_message(context, data)
-    try:
-        Ed25519PublicKey.from_public_bytes(_check_public_key(public_key)).verify(signature, message)
-    except (InvalidSignature, ValueError):  # ValueError: 32 bytes that are no curve point
-        return False
-    return True
 
 
 class Identity:
@@ -158,7 +118,7 @@ class Identity:
 
     def sign(self, data: bytes, *, context: str) -> bytes:
         """An Ed25519 signature of ``data`` for ``context`` (e.g. ``"membership"``); see :func:`verify`."""
-        return self._private_key.sign(_signed_message(context, data))
+        return self._private_key.sign(signed_message(context, data))
 
     def __repr__(self) -> str:
         return f"Identity(peer_id={self.peer_id!r})"

@@ -3,7 +3,8 @@
 Document layout (root types of the pycrdt ``Doc``)::
 
     meta     Map   id, kind, title, created_at, retention_days
-    members  Map   peer id -> {nick, role, since, left?, removed?}   (members are never deleted)
+    members  Map   peer id -> {nick, role, since, left?, removed?, by?, key?, sig?}
+                   (members are never deleted; signed records: see ``membership``)
     streams  Map   "<author>/<bucket>" -> Array of at most BUCKET_SIZE plain op dicts
     acks     Map   "<member>/<delivered|read>/<author>" -> highest seq of author's stream
 
@@ -30,8 +31,10 @@ from typing import Any
 from pycrdt import Array, Doc, Map, Transaction, get_update, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
+from ..signatures import Signer
 from .clock import TICKS_PER_MS, HybridClock
 from .content import Content, GroupInvite
+from .membership import Statement, check_statement, is_creator_key, is_signed, new_signed_conversation_id, sign_member
 from .metadata import (
     ConversationKind,
     Member,
@@ -107,10 +110,18 @@ class Written:
 
 
 class Conversation:
-    """A conversation document. Create with ``create`` or ``from_updates``."""
+    """A conversation document. Create with ``create`` or ``from_updates``.
 
-    def __init__(self, doc: Doc[Any], local_peer: str, clock: HybridClock) -> None:
+    ``signer`` (the local peer's identity, if it has one) signs the member records it
+    writes; without one, the replica cannot change the member list of a signed
+    conversation (see ``membership``).
+    """
+
+    def __init__(self, doc: Doc[Any], local_peer: str, clock: HybridClock, signer: Signer | None = None) -> None:
+        if signer is not None and signer.peer_id != local_peer:
+            raise ValueError(f"signer {signer.peer_id} is not the local peer {local_peer}")
         self._doc = doc
+        self._signer = signer
         self._local_peer = check_id(local_peer, "peer id")
         self._clock = clock
         self._meta: Map[Any] = doc.get("meta", type=Map)
@@ -123,6 +134,8 @@ class Conversation:
         self._meta_changed = False
         self._member_cache: dict[str, Member] | None = None
         self._member_seen: dict[str, Member] = {}
+        self._statements: dict[str, Statement] = {}  # signed conversations: the record that holds
+        self._stale_records: set[str] = set()  # members whose record in the document is behind ours
         self._metadata_cache: Metadata | None = None
         self._cursors = self._stream_lengths()
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
@@ -169,32 +182,41 @@ class Conversation:
         others: Mapping[str, str] = {},
         conversation_id: str | None = None,
         retention_days: int | None = None,
+        signer: Signer | None = None,
     ) -> tuple[Conversation, Written]:
-        """A new conversation with the local peer as admin and ``others`` (peer id -> nickname)."""
+        """A new conversation with the local peer as admin and ``others`` (peer id -> nickname).
+
+        With a ``signer`` the conversation is signed: its id commits to the signer's key and
+        only the signer can change its member list (see ``membership``).
+        """
         if kind is ConversationKind.DIRECT and len(others) != 1:
             raise SchemaError("a direct conversation has exactly one other member")
-        conversation = cls(Doc(), local_peer, clock)
+        conversation = cls(Doc(), local_peer, clock, signer)
         now = clock.tick()
-        meta = Metadata(conversation_id or new_conversation_id(), kind, title, now, retention_days)
+        if conversation_id is None:
+            conversation_id = new_conversation_id() if signer is None else new_signed_conversation_id(signer.public_key)
+        meta = Metadata(conversation_id, kind, title, now, retention_days)
         parse_metadata(encode_metadata(meta))
         with conversation._local_transaction():
             conversation._meta.update(encode_metadata(meta))
-            conversation._members[local_peer] = encode_member(
+            conversation._members[local_peer] = conversation._record(
                 Member(local_peer, check_nickname(nickname), Role.ADMIN, now)
             )
             role = Role.ADMIN if kind is ConversationKind.DIRECT else Role.MEMBER
             for peer_id, nick in others.items():
                 member = Member(check_id(peer_id, "peer id"), check_nickname(nick), role, now)
-                conversation._members[peer_id] = encode_member(member)
+                conversation._members[peer_id] = conversation._record(member)
         return conversation, conversation._written(Changes(metadata_changed=True))
 
     @classmethod
-    def from_updates(cls, updates: Iterable[bytes], local_peer: str, clock: HybridClock) -> Conversation:
+    def from_updates(
+        cls, updates: Iterable[bytes], local_peer: str, clock: HybridClock, signer: Signer | None = None
+    ) -> Conversation:
         """A conversation rebuilt from its stored updates."""
         doc: Doc[Any] = Doc()
         for update in updates:
             _apply(doc, update)
-        conversation = cls(doc, local_peer, clock)
+        conversation = cls(doc, local_peer, clock, signer)
         for author in conversation._cursors:
             conversation._observe_last_timestamp(author)
         return conversation
@@ -235,12 +257,16 @@ class Conversation:
         """The cached member map (rebuilt after membership changes); do not mutate."""
         if self._member_cache is None:
             previous = self._member_seen
-            self._member_cache = {}
-            for peer_id, raw in self._members.items():
-                try:
-                    self._member_cache[peer_id] = parse_member(peer_id, raw)
-                except SchemaError as exc:
-                    log.warning("conversation member %r skipped: %s", peer_id, exc)
+            conversation = self._meta.get("id")
+            if isinstance(conversation, str) and is_signed(conversation):
+                self._member_cache = self._signed_members(conversation)
+            else:
+                self._member_cache = {}
+                for peer_id, raw in self._members.items():
+                    try:
+                        self._member_cache[peer_id] = parse_member(peer_id, raw)
+                    except SchemaError as exc:
+                        log.warning("conversation member %r skipped: %s", peer_id, exc)
             # Member records are only ever overwritten, never deleted, yet a key can vanish
             # for a while: an overwrite is an insert plus a delete of the old value, and yrs
             # applies the delete at once when it comes in another peer's update (whose
@@ -251,6 +277,31 @@ class Conversation:
                 self._member_cache.setdefault(peer_id, member)
             self._member_seen = self._member_cache
         return self._member_cache
+
+    def _signed_members(self, conversation: str) -> dict[str, Member]:
+        """Members of a signed conversation: per member, the newest valid record seen.
+
+        A record the document shows but which is not valid, or older than one seen before
+        (a replay), is ignored, and the member is noted as stale: ``restore_members``
+        writes the newer record back, so that peers that never saw it learn it. Only records
+        seen are held: this runs after every change (local writes, remote updates), since the
+        next change may overwrite a record in the document.
+        """
+        for peer_id, raw in self._members.items():
+            held = self._statements.get(peer_id)
+            if held is not None and raw == held.record:
+                continue
+            try:
+                statement = check_statement(conversation, peer_id, raw)
+            except SchemaError as exc:
+                log.warning("conversation %s: member record ignored: %s", conversation, exc)
+                statement = None
+            if statement is not None and statement.supersedes(held):
+                self._statements[peer_id] = statement
+                self._stale_records.discard(peer_id)
+            elif held is not None:
+                self._stale_records.add(peer_id)
+        return {peer_id: statement.member for peer_id, statement in self._statements.items()}
 
     def receipts(self) -> list[Receipt]:
         """Every delivered/read counter in the document."""
@@ -405,6 +456,7 @@ class Conversation:
             self._clock.observe(max(_timestamp(entry.op) for entry in entries))
             if self._holes.get(author):
                 changes.complete_upto[author] = min(self._holes[author])
+        self._member_map()  # see ``_signed_members``: every record must be seen as it comes
         return changes
 
     def _filled_holes(self) -> dict[str, list[StreamEntry]]:
@@ -655,23 +707,55 @@ class Conversation:
         return self._written(Changes(entries=[entry]), op.id)
 
     def _new_member(self, peer_id: str, nickname: str, role: Role) -> dict[str, Any]:
-        self._require_admin(group_only=False)
+        self._require_admin(group_only=False, member_list=True)
         if self.metadata().kind is ConversationKind.DIRECT:
             raise NotAllowed("a direct conversation cannot gain members")
-        return encode_member(Member(check_id(peer_id, "peer id"), check_nickname(nickname), role, self._clock.tick()))
+        since = self._record_time(check_id(peer_id, "peer id"))
+        return self._record(Member(peer_id, check_nickname(nickname), role, since))
 
     def remove_member(self, peer_id: str) -> Written:
         """Mark a member as gone (admins, or the member itself leaving)."""
         if peer_id != self._local_peer:
-            self._require_admin(group_only=False)
+            self._require_admin(group_only=False, member_list=True)
         member = self.members().get(peer_id)
         if member is None:
             raise NotAllowed(f"{peer_id} is not a member")
         removed = peer_id != self._local_peer
-        gone = Member(member.peer_id, member.nickname, member.role, member.joined_at, self._clock.tick(), removed)
+        left = self._record_time(peer_id)
+        gone = Member(member.peer_id, member.nickname, member.role, member.joined_at, left, removed)
         with self._local_transaction():
-            self._members[peer_id] = encode_member(gone)
+            self._members[peer_id] = self._record(gone)
         return self._written(Changes())
+
+    def restore_members(self) -> Written | None:
+        """Write back the member records the document shows older than the ones we hold
+        (``_signed_members``); None if there are none."""
+        self._member_map()
+        stale = {peer_id: self._statements[peer_id].record for peer_id in self._stale_records}
+        self._stale_records.clear()
+        if not stale:
+            return None
+        with self._local_transaction():
+            for peer_id, record in stale.items():
+                self._members[peer_id] = dict(record)
+        return self._written(Changes())
+
+    def _record(self, member: Member) -> dict[str, Any]:
+        """The stored form of ``member``'s record: signed in a signed conversation."""
+        conversation = self._meta.get("id")
+        if not (isinstance(conversation, str) and is_signed(conversation)):
+            return encode_member(member)
+        if self._signer is None:
+            raise NotAllowed("this replica has no identity key to sign member records with")
+        return sign_member(self._signer, conversation, member)
+
+    def _record_time(self, peer_id: str) -> int:
+        """A timestamp for a new record of ``peer_id``: after every record seen of it, so
+        that the new one holds (see ``membership``)."""
+        held = self._statements.get(peer_id)
+        if held is not None:
+            self._clock.observe(held.version)
+        return self._clock.tick()
 
     # -- internals -----------------------------------------------------------------
 
@@ -721,6 +805,7 @@ class Conversation:
         changes.receipts.extend(self._own_new_receipts)
         self._own_new_receipts.clear()
         self._writing = False
+        self._member_map()  # see ``_signed_members``: every record must be seen as it comes
         return Written(update, self._drain(changes), message_id)
 
     def _drain(self, changes: Changes) -> Changes:
@@ -750,12 +835,15 @@ class Conversation:
         if not self.is_member(self._local_peer):
             raise NotAllowed("the local peer is not a member of this conversation")
 
-    def _require_admin(self, group_only: bool = True) -> None:
+    def _require_admin(self, group_only: bool = True, member_list: bool = False) -> None:
         self._require_member()
         if group_only and self.metadata().kind is ConversationKind.DIRECT:
             return
         if self.members()[self._local_peer].role is not Role.ADMIN:
             raise NotAllowed("only an admin may do this")
+        if member_list and is_signed(self.id):
+            if self._signer is None or not is_creator_key(self.id, self._signer.public_key):
+                raise NotAllowed("only the creator of a signed conversation changes its member list")
 
     def _own_message(self, message_id: str) -> tuple[int, ...]:
         self._require_member()

@@ -1,0 +1,197 @@
+"""Signed membership: only what the creator signed (or a member's own leave) counts, on every peer.
+
+The forgeries are written the way a malicious member would: straight into the Yjs
+document with pycrdt, under its own client id, bypassing the model's checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from forgery import forge_member_records
+from pycrdt import Doc, Map
+
+from gigi_crdt import NotAllowed
+from gigi_crdt.identity import Identity
+from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Role
+from gigi_crdt.model.membership import is_creator_key, is_signed, sign_member
+from gigi_crdt.model.metadata import Member, encode_member
+
+ALICE, BOB, CAROL, MALLORY = (Identity.generate() for _ in range(4))
+
+
+def clock() -> HybridClock:
+    counter = itertools.count(1_700_000_000_000)
+    return HybridClock(lambda: next(counter))
+
+
+def signed_group() -> tuple[Conversation, Conversation]:
+    """A signed group created by alice, with bob as a member."""
+    alice, written = Conversation.create(
+        kind=ConversationKind.GROUP,
+        title="g",
+        local_peer=ALICE.peer_id,
+        nickname="alice",
+        clock=clock(),
+        others={BOB.peer_id: "bob"},
+        signer=ALICE,
+    )
+    return alice, Conversation.from_updates([written.update], BOB.peer_id, clock(), BOB)
+
+
+def forge(holder: Conversation, records: dict[str, Any]) -> bytes:
+    """An update writing ``records`` (peer id -> raw member record) over ``holder``'s document."""
+    return forge_member_records(holder.diff(), records)
+
+
+def record_of(holder: Conversation, peer_id: str) -> Any:
+    """The raw member record ``holder``'s document shows for ``peer_id``."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(holder.diff())
+    return doc.get("members", type=Map).to_py()[peer_id]
+
+
+def fresh_peer(source: Conversation) -> Conversation:
+    """Someone who learns the whole document from ``source`` now, having seen nothing before."""
+    return Conversation.from_updates([source.diff()], CAROL.peer_id, clock(), CAROL)
+
+
+def test_a_signed_conversation_id_commits_to_its_creator() -> None:
+    alice, _ = signed_group()
+    assert is_signed(alice.id)
+    assert is_creator_key(alice.id, ALICE.public_key)
+    assert not is_creator_key(alice.id, BOB.public_key)
+    unsigned, _ = Conversation.create(
+        kind=ConversationKind.GROUP, title="g", local_peer=ALICE.peer_id, nickname="alice", clock=clock()
+    )
+    assert not is_signed(unsigned.id)
+
+
+def test_the_creators_changes_hold_on_every_peer() -> None:
+    alice, bob = signed_group()
+    bob.apply_remote(alice.add_member(CAROL.peer_id, "carol").update)
+    assert bob.is_member(CAROL.peer_id)
+    bob.apply_remote(alice.remove_member(CAROL.peer_id).update)
+    assert bob.members()[CAROL.peer_id].removed
+    assert fresh_peer(bob).members() == alice.members() == bob.members()
+
+
+def _unsigned_outsider() -> dict[str, Any]:
+    return encode_member(Member(MALLORY.peer_id, "mallory", Role.MEMBER, 1_800_000_000_000))
+
+
+def _outsider_signed_by_bob(conversation: str) -> dict[str, Any]:
+    return sign_member(BOB, conversation, Member(MALLORY.peer_id, "mallory", Role.MEMBER, 1_800_000_000_000))
+
+
+def _bob_made_admin_by_bob(conversation: str) -> dict[str, Any]:
+    return sign_member(BOB, conversation, Member(BOB.peer_id, "bob", Role.ADMIN, 1_800_000_000_000))
+
+
+def _alices_record_edited(conversation: str) -> dict[str, Any]:
+    record = sign_member(ALICE, conversation, Member(MALLORY.peer_id, "mallory", Role.MEMBER, 1_800_000_000_000))
+    record["role"] = Role.ADMIN.value  # the signature covers the role
+    return record
+
+
+def _claims_alice_signed_it(conversation: str) -> dict[str, Any]:
+    record = _outsider_signed_by_bob(conversation)
+    record["by"] = ALICE.peer_id  # but the key and signature are bob's
+    return record
+
+
+@pytest.mark.parametrize(
+    ("forged_for", "make"),
+    [
+        (MALLORY.peer_id, lambda conversation: _unsigned_outsider()),
+        (MALLORY.peer_id, _outsider_signed_by_bob),
+        (BOB.peer_id, _bob_made_admin_by_bob),
+        (MALLORY.peer_id, _alices_record_edited),
+        (MALLORY.peer_id, _claims_alice_signed_it),
+    ],
+    ids=["unsigned", "signed-by-a-member", "self-promotion", "edited-after-signing", "wrong-signer-named"],
+)
+def test_a_member_record_the_creator_did_not_sign_changes_nothing(forged_for: str, make: Any) -> None:
+    alice, bob = signed_group()
+    before = alice.members()
+    changes = alice.apply_remote(forge(bob, {forged_for: make(alice.id)}))
+    assert changes.metadata_changed  # it did reach the document...
+    assert alice.members() == before  # ...and counts for nothing
+    assert not alice.is_member(MALLORY.peer_id)
+    assert alice.members()[BOB.peer_id].role is Role.MEMBER
+    alice.restore_members()  # what a replica does next: put back a record the forgery hid
+    assert fresh_peer(alice).members() == before  # nor for someone who sees only the document
+
+
+def test_a_replayed_older_record_does_not_undo_a_removal_and_is_overwritten() -> None:
+    alice, bob = signed_group()
+    bob.apply_remote(alice.add_member(CAROL.peer_id, "carol").update)
+    add_record = record_of(alice, CAROL.peer_id)  # the signed "carol joins" record
+    bob.apply_remote(alice.remove_member(CAROL.peer_id).update)
+    replay = forge(bob, {CAROL.peer_id: add_record})  # put the signed add back
+    alice.apply_remote(replay)
+    assert alice.members()[CAROL.peer_id].removed
+    assert fresh_peer(alice).is_member(CAROL.peer_id)  # what the document alone now says
+    restored = alice.restore_members()
+    assert restored is not None
+    assert fresh_peer(alice).members()[CAROL.peer_id].removed
+    assert alice.restore_members() is None  # done once
+
+
+def test_the_creators_own_record_overwritten_by_a_forgery_is_restored() -> None:
+    alice, bob = signed_group()
+    alice.apply_remote(forge(bob, {ALICE.peer_id: encode_member(Member(ALICE.peer_id, "alice", Role.MEMBER, 1))}))
+    assert alice.members()[ALICE.peer_id].role is Role.ADMIN
+    assert ALICE.peer_id not in fresh_peer(alice).members()  # the document shows only the forgery
+    restored = alice.restore_members()
+    assert restored is not None
+    assert fresh_peer(alice).members()[ALICE.peer_id].role is Role.ADMIN
+
+
+def test_a_member_signs_its_own_leave_but_cannot_come_back_by_itself() -> None:
+    alice, bob = signed_group()
+    alice.apply_remote(bob.remove_member(BOB.peer_id).update)
+    assert alice.has_left(BOB.peer_id)
+    back = sign_member(BOB, alice.id, Member(BOB.peer_id, "bob", Role.MEMBER, 1_900_000_000_000))
+    alice.apply_remote(forge(bob, {BOB.peer_id: back}))
+    assert alice.has_left(BOB.peer_id)
+    alice.add_member(BOB.peer_id, "bob")  # the creator can take it back
+    assert alice.is_member(BOB.peer_id)
+
+
+def test_a_members_leave_does_not_count_for_another_member() -> None:
+    alice, bob = signed_group()
+    alice.add_member(CAROL.peer_id, "carol")
+    bob.apply_remote(alice.diff())
+    gone = sign_member(BOB, alice.id, Member(CAROL.peer_id, "carol", Role.MEMBER, 1, 1_900_000_000_000))
+    alice.apply_remote(forge(bob, {CAROL.peer_id: gone}))
+    assert alice.is_member(CAROL.peer_id)
+
+
+def test_only_the_creator_changes_the_member_list() -> None:
+    alice, bob = signed_group()
+    dave = Identity.generate()
+    alice.add_member(dave.peer_id, "dave", Role.ADMIN)
+    dave_view = Conversation.from_updates([alice.diff()], dave.peer_id, clock(), dave)
+    assert dave_view.members()[dave.peer_id].role is Role.ADMIN
+    with pytest.raises(NotAllowed, match="creator"):
+        dave_view.add_member(MALLORY.peer_id, "mallory")
+    with pytest.raises(NotAllowed, match="creator"):
+        dave_view.remove_member(BOB.peer_id)
+    alice.apply_remote(dave_view.set_title("renamed").update)  # an admin still renames
+    assert alice.metadata().title == "renamed"
+
+
+def test_a_replica_without_a_key_cannot_write_member_records_of_a_signed_conversation() -> None:
+    alice, _ = signed_group()
+    keyless = Conversation.from_updates([alice.diff()], BOB.peer_id, clock())
+    with pytest.raises(NotAllowed, match="identity key"):
+        keyless.remove_member(BOB.peer_id)
+    assert keyless.is_member(BOB.peer_id)
+
+
+def test_a_signer_must_be_the_local_peer() -> None:
+    with pytest.raises(ValueError, match="not the local peer"):
+        Conversation(Doc(), BOB.peer_id, clock(), ALICE)
