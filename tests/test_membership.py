@@ -150,6 +150,19 @@ def test_the_creators_own_record_overwritten_by_a_forgery_is_restored() -> None:
     assert fresh_peer(alice).members()[ALICE.peer_id].role is Role.ADMIN
 
 
+def test_a_deleted_member_record_is_still_known_and_written_back() -> None:
+    alice, bob = signed_group()
+    doc: Doc[Any] = Doc()
+    doc.apply_update(bob.diff())
+    before = doc.get_state()
+    del doc.get("members", type=Map)[BOB.peer_id]
+    alice.apply_remote(doc.get_update(before))
+    assert BOB.peer_id not in fresh_peer(alice).members()  # gone from the document...
+    assert alice.is_member(BOB.peer_id)  # ...not from what alice holds
+    assert alice.restore_members() is not None
+    assert fresh_peer(alice).is_member(BOB.peer_id)
+
+
 def test_a_member_signs_its_own_leave_but_cannot_come_back_by_itself() -> None:
     alice, bob = signed_group()
     alice.apply_remote(bob.remove_member(BOB.peer_id).update)

@@ -729,9 +729,12 @@ class Conversation:
 
     def restore_members(self) -> Written | None:
         """Write back the member records the document shows older than the ones we hold
-        (``_signed_members``); None if there are none."""
+        (``_signed_members``), or no longer shows at all; None if there are none."""
         self._member_map()
-        stale = {peer_id: self._statements[peer_id].record for peer_id in self._stale_records}
+        # A record can vanish for a while when its overwrite waits for a dependency (see
+        # ``_member_map``); with nothing waiting, it was deleted.
+        vanished = self._statements.keys() - self._members.keys() if self._waiting is None else set()
+        stale = {peer_id: self._statements[peer_id].record for peer_id in self._stale_records | vanished}
         self._stale_records.clear()
         if not stale:
             return None
