@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import trio
 import trio.testing
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..identity import Identity
 from ..replica import Replica, open_replica
 from ..sync import LinkSettings, SyncEngine
 from ._faults import FaultRates, FaultSource, FaultyStream, WireStats
@@ -47,13 +50,18 @@ class SimNode:
 
     index: int
     data_dir: Path
-    peer_id: str
+    identity: Identity
     generation: int = 0
     online: bool = True
     replica: Replica | None = None
     engine: SyncEngine | None = None
     scope: trio.CancelScope | None = None
     stopped: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def peer_id(self) -> str:
+        """Its peer id, from its identity (which signs its member records)."""
+        return self.identity.peer_id
 
     @property
     def name(self) -> str:
@@ -66,9 +74,10 @@ class SimNode:
         return self.replica is not None
 
 
-def peer_id_for(index: int, generation: int) -> str:
-    """Deterministic peer ids, so a replayed seed names the same peers."""
-    return f"sim-node-{index:02d}-g{generation}"
+def identity_for(index: int, generation: int) -> Identity:
+    """Deterministic identities, so a replayed seed names the same peers."""
+    seed = hashlib.sha256(f"gigi-crdt simulated node {index} generation {generation}".encode()).digest()
+    return Identity(Ed25519PrivateKey.from_private_bytes(seed))
 
 
 @dataclass(slots=True)
@@ -112,7 +121,7 @@ class Network:
         self.rates = rates
         self._faults = faults
         self.transport = transport
-        self.nodes = [SimNode(i, root / f"n{i:02d}-g0", peer_id_for(i, 0)) for i in range(size)]
+        self.nodes = [SimNode(i, root / f"n{i:02d}-g0", identity_for(i, 0)) for i in range(size)]
         self.partitions: dict[int, frozenset[int]] = {}  # id -> one side (node indexes)
         self.stats = WireStats()
         self.watch = StoreWatch()
@@ -135,7 +144,7 @@ class Network:
         with trio.CancelScope() as scope:
             node.scope = scope
             try:
-                async with open_replica(node.data_dir, nickname=node.name, peer_id=node.peer_id) as replica:
+                async with open_replica(node.data_dir, nickname=node.name, signer=node.identity) as replica:
                     engine = SyncEngine(replica, settings=self.settings)
                     replica.add_listener(engine)
                     replica.add_listener(self.watch)
@@ -159,7 +168,7 @@ class Network:
             shutil.rmtree(node.data_dir, ignore_errors=True)
             node.generation += 1
             node.data_dir = self.root / f"n{index:02d}-g{node.generation}"
-            node.peer_id = peer_id_for(index, node.generation)
+            node.identity = identity_for(index, node.generation)
 
     def set_online(self, index: int, online: bool) -> None:
         """Take node ``index`` off the network (its replica stays open) or bring it back."""
