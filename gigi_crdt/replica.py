@@ -40,6 +40,7 @@ from .model import (
     check_update,
     new_id,
 )
+from .model.membership import is_signed
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.yupdate import UpdateSummary
@@ -313,6 +314,7 @@ class Replica:
         *,
         acknowledge: bool = True,
         applied: Callable[[Changes], None] | None = None,
+        proving: bool = False,
     ) -> Changes:
         """Merge and persist an update from peer ``origin``, then acknowledge it as delivered.
 
@@ -320,6 +322,8 @@ class Replica:
         (``UnsafeUpdate``: nothing of it is applied or stored). A conversation seen for
         the first time is created from the update, if it lists
         both us and ``origin`` as members (else ``NotAllowed``, and nothing is stored).
+        With ``proving``, ``origin`` is not a member as far as we know, and the update is
+        taken only if it makes it one (``NotAllowed`` otherwise, and nothing is stored).
         Listeners hear of the update (to pass it on) only if it brought something new.
         With ``acknowledge=False`` the caller sends the delivered receipt itself, later
         (``acknowledge``), e.g. after telling the application.
@@ -342,8 +346,8 @@ class Replica:
             changes = doc.apply_remote(update)
             if doc.metadata().id != conversation:
                 raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
-            if new and not (doc.is_member(self.peer_id) and (origin is None or doc.is_member(origin))):
-                raise NotAllowed(f"{origin} offered conversation {conversation}, which does not list us both")
+            if (new or proving) and not (doc.is_member(self.peer_id) and (origin is None or doc.is_member(origin))):
+                raise NotAllowed(f"{origin} sent an update of {conversation} that does not list us both as members")
         except GigiError:
             self._release(conversation, doc)  # it may be half-applied: reload what is on disk
             raise
@@ -385,6 +389,19 @@ class Replica:
             return doc.is_member(peer_id)
         member = (await self.members(conversation)).get(peer_id)
         return member is not None and member.active
+
+    async def is_stranger(self, conversation: str, peer_id: str) -> bool:
+        """True if ``conversation`` is signed and we know no member record of ``peer_id``.
+
+        Such a peer may be a member all the same, added by a record we have not seen (the
+        admin who wrote it lost its store before we heard of it, say): the creator's
+        signature lets it prove that (see ``receive(proving=True)``).
+        """
+        if not is_signed(conversation):
+            return False
+        doc = self._conversations.get(conversation)
+        members = doc.members() if doc is not None else await self.members(conversation)
+        return peer_id not in members
 
     async def has_left(self, conversation: str, peer_id: str) -> bool:
         """True if ``peer_id`` was a member of ``conversation`` and left (was not removed)."""

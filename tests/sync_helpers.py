@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from gigi_crdt import Replica, UnknownConversation, open_replica
+from gigi_crdt.identity import Identity
 from gigi_crdt.sync import Activity, LinkSettings, SyncEngine
 from gigi_crdt.testing import StoreWatch
 
@@ -30,11 +31,15 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def nodes(tmp_path: Path, *names: str, settings: LinkSettings = FAST) -> AsyncIterator[list[Node]]:
+async def nodes(
+    tmp_path: Path, *names: str, settings: LinkSettings = FAST, signed: bool = False
+) -> AsyncIterator[list[Node]]:
+    """Replicas with engines; ``signed``: each has an identity, so its conversations are signed."""
     async with contextlib.AsyncExitStack() as stack:
         result = []
         for name in names:
-            replica = await stack.enter_async_context(open_replica(tmp_path / name, nickname=name))
+            signer = Identity.generate() if signed else None
+            replica = await stack.enter_async_context(open_replica(tmp_path / name, nickname=name, signer=signer))
             engine = SyncEngine(replica, settings=settings)
             replica.add_listener(engine)
             result.append(Node(replica, engine))

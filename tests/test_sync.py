@@ -10,10 +10,14 @@ import msgpack
 import pytest
 import trio
 import trio.testing
+from forgery import forge_member_records
 from pycrdt import Doc
 from sync_helpers import Node, converged, drain, joined, link, nodes, wait_for
 
-from gigi_crdt import ConversationKind, Text
+from gigi_crdt import ConversationKind, NotAllowed, Text
+from gigi_crdt.identity import Identity
+from gigi_crdt.model import Member, Role
+from gigi_crdt.model.membership import sign_member
 from gigi_crdt.replica import EMPTY_UPDATE
 from gigi_crdt.store import Record
 from gigi_crdt.sync import (
@@ -280,6 +284,43 @@ async def test_a_member_whose_leave_arrived_first_still_hands_over_what_it_wrote
         views = await converged([carol], conversation, 1)
         assert views == [[m.id for m in await bob.replica.history(conversation)]]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_added_unseen_proves_its_membership(tmp_path: Path) -> None:
+    # alice adds carol, tells only carol, and is gone for good (her device lost its store,
+    # say). bob, who never saw carol's record, learns it from carol: the creator's signature.
+    async with nodes(tmp_path, "alice", "bob", "carol", signed=True) as group, trio.open_nursery() as nursery:
+        alice, bob, carol = group
+        conversation = await alice.replica.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        await bob.replica.receive(conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id)
+        await alice.replica.add_member(conversation, carol.peer_id, "carol")
+        await carol.replica.receive(conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id)
+        assert await bob.replica.is_stranger(conversation, carol.peer_id)
+        await carol.replica.send(conversation, Text("hi, I'm new"))
+        link(nursery, bob, carol)
+        assert await converged([bob], conversation, 1) == [[m.id for m in await carol.replica.history(conversation)]]
+        assert await bob.replica.is_member(conversation, carol.peer_id)
+        await bob.replica.send(conversation, Text("welcome"))
+        await converged([carol], conversation, 2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stranger_that_cannot_prove_membership_leaves_nothing(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", "bob", signed=True) as group:
+        alice, bob = group
+        conversation = await alice.replica.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        document = await alice.replica.diff(conversation, None)
+        await bob.replica.receive(conversation, document, origin=alice.peer_id)
+        mallory = Identity.generate()
+        claim = Member(mallory.peer_id, "mallory", Role.MEMBER, 1_800_000_000_000_000)
+        forged = forge_member_records(document, {mallory.peer_id: sign_member(mallory, conversation, claim)})
+        before = await bob.replica.state_vector(conversation)
+        assert await bob.replica.is_stranger(conversation, mallory.peer_id)
+        with pytest.raises(NotAllowed):
+            await bob.replica.receive(conversation, forged, origin=mallory.peer_id, proving=True)
+        assert await bob.replica.state_vector(conversation) == before
+        assert not await bob.replica.is_member(conversation, mallory.peer_id)
+        assert mallory.peer_id not in await bob.replica.members(conversation)
 
 
 async def test_over_real_tcp_with_reconnect(tmp_path: Path) -> None:

@@ -74,7 +74,8 @@ class _Session:
     catching_up: set[str] = field(default_factory=set)
     catch_up_total: int = 0
     registered: bool = False
-    asked_former: dict[str, float] = field(default_factory=dict)  # conversation -> when
+    asked_outsider: dict[str, float] = field(default_factory=dict)  # conversation -> when
+    proof_awaited: set[str] = field(default_factory=set)  # asked a stranger: its step 2 may prove it a member
 
 
 class SyncEngine:
@@ -288,7 +289,7 @@ class SyncEngine:
             elif await self._may_share(link, conversation):
                 link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
             else:
-                await self._ask_former_member(session, conversation)
+                await self._ask_outsider(session, conversation)
 
     async def _on_step1(self, session: _Session, step: SyncStep1) -> None:
         link = session.link
@@ -297,7 +298,7 @@ class SyncEngine:
             link.offer(SyncStep2(step.conversation, EMPTY_UPDATE))
             return
         if not await self._may_share(link, step.conversation):
-            if not await self._ask_former_member(session, step.conversation):
+            if not await self._ask_outsider(session, step.conversation):
                 log.info("%s asked for %s, which we do not share with it", self._name(link), step.conversation)
             return
         link.peer_state[step.conversation] = step.state_vector
@@ -312,8 +313,12 @@ class SyncEngine:
         fetched = conversation in session.fetching
         if fetched and isinstance(event, Update):
             return  # the step 2 we asked for is still coming, and holds this update too
+        proving = False
         if not fetched and not await self._may_share(link, conversation):
-            if not await self._has_left(conversation, link.peer.peer_id):
+            if isinstance(event, SyncStep2) and conversation in session.proof_awaited:
+                session.proof_awaited.discard(conversation)  # one answer per question
+                proving = True
+            elif not await self._has_left(conversation, link.peer.peer_id):
                 log.info(
                     "%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation
                 )
@@ -327,9 +332,14 @@ class SyncEngine:
 
         try:
             changes = await self.replica.receive(
-                conversation, event.update, origin=link.peer.peer_id, acknowledge=False, applied=tell_application
+                conversation,
+                event.update,
+                origin=link.peer.peer_id,
+                acknowledge=False,
+                applied=tell_application,
+                proving=proving,
             )
-        except NotAllowed as exc:  # a conversation new to us, offered by a non-member or not ours
+        except NotAllowed as exc:  # from a non-member, or a conversation new to us that is not ours
             log.warning("%s: %s; not stored", self._name(link), exc)
             session.fetching.discard(conversation)
             return
@@ -353,26 +363,44 @@ class SyncEngine:
         link.shared.discard(conversation)
         return False
 
-    async def _ask_former_member(self, session: _Session, conversation: str) -> bool:
-        """Ask a peer that left for what it wrote before (our state vector); send it nothing.
-        Its leave may have reached us ahead of its last writes (yrs shows items whose
-        origins it has, even while the same author's earlier items are missing), and no
-        one else may hold them. (A removed member is heard no more: what it wrote and had
-        not shared before its removal is lost.) At most once per anti-entropy interval,
-        so that two peers who each see the other as gone cannot keep asking each other.
-        True if the peer left."""
+    async def _ask_outsider(self, session: _Session, conversation: str) -> bool:
+        """Ask a peer that is no member as far as we know, but may hold what we lack, for
+        it (our state vector); send it nothing. True if the peer is one of these:
+
+        - it left: its leave may have reached us ahead of its last writes (yrs shows items
+          whose origins it has, even while the same author's earlier items are missing),
+          and no one else may hold them. (A removed member is heard no more: what it wrote
+          and had not shared before its removal is lost.)
+        - it is a stranger to a signed conversation: it may be a member added by a record
+          we never saw, whose signature it can show. Its answer is taken only if it makes
+          it a member (``Replica.receive(proving=True)``).
+
+        At most once per anti-entropy interval, so that two peers who each see the other
+        as an outsider cannot keep asking each other.
+        """
         link = session.link
-        if link.peer is None or not await self._has_left(conversation, link.peer.peer_id):
+        if link.peer is None:
+            return False
+        stranger = await self._is_stranger(conversation, link.peer.peer_id)
+        if not stranger and not await self._has_left(conversation, link.peer.peer_id):
             return False
         now = trio.current_time()
-        if now - session.asked_former.get(conversation, -math.inf) >= self.settings.anti_entropy_interval:
-            session.asked_former[conversation] = now
+        if now - session.asked_outsider.get(conversation, -math.inf) >= self.settings.anti_entropy_interval:
+            session.asked_outsider[conversation] = now
+            if stranger:
+                session.proof_awaited.add(conversation)
             link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
         return True
 
     async def _is_member(self, conversation: str, peer_id: str) -> bool:
         try:
             return await self.replica.is_member(conversation, peer_id)
+        except GigiError:
+            return False
+
+    async def _is_stranger(self, conversation: str, peer_id: str) -> bool:
+        try:
+            return await self.replica.is_stranger(conversation, peer_id)
         except GigiError:
             return False
 
