@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 from forgery import forge_member_records
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
 from gigi_crdt import NotAllowed
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Role
 from gigi_crdt.model.membership import is_creator_key, is_signed, sign_member
-from gigi_crdt.model.metadata import Member, encode_member
+from gigi_crdt.model.metadata import Member, encode_member, parse_member
 
 ALICE, BOB, CAROL, MALLORY = (Identity.generate() for _ in range(4))
 
@@ -208,3 +210,93 @@ def test_a_replica_without_a_key_cannot_write_member_records_of_a_signed_convers
 def test_a_signer_must_be_the_local_peer() -> None:
     with pytest.raises(ValueError, match="not the local peer"):
         Conversation(Doc(), BOB.peer_id, clock(), ALICE)
+
+
+# -- convergence under any delivery order ---------------------------------------------------
+
+PEOPLE = {CAROL.peer_id: "carol", MALLORY.peer_id: "mallory"}
+actions = st.lists(
+    st.tuples(st.sampled_from(["add", "remove", "bob leaves", "replay"]), st.sampled_from(sorted(PEOPLE)), st.data()),
+    min_size=1,
+    max_size=8,
+)
+
+
+def deliver(replica: Conversation, update: bytes) -> list[bytes]:
+    """What a replica does with a remote update: apply, note what waits, restore records."""
+    changes = replica.apply_remote(update)
+    replica.note_waiting(update)
+    restored = replica.restore_members() if changes.metadata_changed and replica.is_member(replica.local_peer) else None
+    return [] if restored is None else [restored.update]
+
+
+@settings(max_examples=60, deadline=None)
+@given(actions, st.randoms(use_true_random=False))
+def test_every_replica_ends_with_the_newest_valid_records(steps: list[Any], rng: Any) -> None:
+    shared = clock()  # one clock: record versions follow the order of the steps
+    alice, created = Conversation.create(
+        kind=ConversationKind.GROUP,
+        title="g",
+        local_peer=ALICE.peer_id,
+        nickname="alice",
+        clock=shared,
+        others={BOB.peer_id: "bob"},
+        signer=ALICE,
+    )
+    bob_author = Conversation.from_updates([created.update], BOB.peer_id, shared, BOB)
+    records_seen: list[tuple[str, Any]] = []  # every valid record written, to replay
+    updates: list[bytes] = []
+    for action, who, data in steps:
+        if action == "add" and not alice.is_member(who):
+            written = alice.add_member(who, PEOPLE[who])
+        elif action == "remove" and alice.is_member(who):
+            written = alice.remove_member(who)
+        elif action == "bob leaves" and bob_author.is_member(BOB.peer_id):
+            written = bob_author.remove_member(BOB.peer_id)
+            alice.apply_remote(written.update)
+        elif action == "replay" and records_seen:
+            peer_id, record = data.draw(st.sampled_from(records_seen))
+            updates.append(forge_member_records(alice.diff(), {peer_id: record}))
+            continue
+        else:
+            continue
+        bob_author.apply_remote(written.update)
+        updates.append(written.update)
+        records_seen.extend(
+            (peer_id, record) for peer_id, record in _records(alice).items() if (peer_id, record) not in records_seen
+        )
+    truth = alice.members()
+    bob = Conversation.from_updates([created.update], BOB.peer_id, clock(), BOB)
+    dave_key = Identity.generate()
+    observer = Conversation.from_updates([created.update], dave_key.peer_id, clock(), dave_key)
+    replicas = [alice, bob, observer]
+    outbox: list[tuple[Conversation, bytes]] = []
+    for receiver in (bob, observer):
+        for update in rng.sample(updates, len(updates)):
+            outbox += [(receiver, restore) for restore in deliver(receiver, update)]
+    for update in updates:  # alice sees the replays too (her own updates are no news)
+        outbox += [(alice, restore) for restore in deliver(alice, update)]
+    for _ in range(10):  # restores go to everyone, then everyone catches up with everyone
+        for sender, restore in outbox:
+            for receiver in replicas:
+                if receiver is not sender:
+                    deliver(receiver, restore)
+        outbox = []
+        for sender in replicas:
+            for receiver in replicas:
+                if receiver is not sender:
+                    outbox += [(receiver, restore) for restore in deliver(receiver, sender.diff())]
+        if not outbox:
+            break
+    assert alice.members() == truth  # what the creator signed holds for the creator...
+    for replica in replicas:
+        assert replica.members() == truth  # ...and for everyone
+        shown = {peer_id: parse_member(peer_id, raw) for peer_id, raw in _records(replica).items()}
+        assert shown == truth  # and the documents show it, for whoever joins later
+
+
+def _records(conversation: Conversation) -> dict[str, Any]:
+    """Every member record ``conversation``'s document shows."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(conversation.diff())
+    return doc.get("members", type=Map).to_py()  # type: ignore[no-any-return]

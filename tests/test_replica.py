@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from forgery import forge_member_records
 from hostile import hostile_updates
+from pycrdt import Doc, Map
 
 from gigi_crdt import (
     ConversationKind,
@@ -23,6 +25,7 @@ from gigi_crdt import (
     UnknownConversation,
     open_replica,
 )
+from gigi_crdt.identity import Identity
 from gigi_crdt.model import Changes, UnsafeUpdate
 from gigi_crdt.store import Record, Store
 
@@ -367,3 +370,30 @@ async def test_a_new_conversation_is_only_taken_from_a_member_and_if_it_lists_us
         assert await carol.conversation_ids() == []
         await carol.receive(ours, await alice.diff(ours, None), origin=alice.peer_id)
         assert await carol.conversation_ids() == [ours]
+
+
+def member_records(document: bytes) -> dict[str, dict[str, object]]:
+    doc: Doc[object] = Doc()
+    doc.apply_update(document)
+    return doc.get("members", type=Map).to_py()  # type: ignore[return-value]
+
+
+async def test_a_replayed_member_record_is_written_back_for_good(tmp_path: Path) -> None:
+    alice_key, bob_key, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
+        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
+    ):
+        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        await alice.add_member(group, carol.peer_id, "carol")
+        carol_added = member_records(await alice.diff(group, None))[carol.peer_id]
+        await alice.remove_member(group, carol.peer_id)
+        await sync(alice, bob, group)
+        # bob, a member running modified code, puts the old "carol joins" record back.
+        replay = forge_member_records(await bob.diff(group, None), {carol.peer_id: carol_added})
+        await alice.receive(group, replay, origin=bob.peer_id)
+        assert not await alice.is_member(group, carol.peer_id)
+        assert member_records(await alice.diff(group, None))[carol.peer_id]["removed"] is True  # written back
+    async with open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice:
+        assert not await alice.is_member(group, carol.peer_id)
+        assert member_records(await alice.diff(group, None))[carol.peer_id]["removed"] is True

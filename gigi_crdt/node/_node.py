@@ -192,7 +192,10 @@ class Node:
         return await self._replica.create_conversation(ConversationKind.DIRECT, others={peer_id: nickname})
 
     async def create_group(self, title: str, members: Mapping[str, str]) -> str:
-        """Start a group with ``members`` (peer id -> nickname), us as its admin; returns its id."""
+        """Start a group with ``members`` (peer id -> nickname), us as its admin; returns its id.
+
+        The group is signed with our identity key: only we can ever change its member list
+        (see ``gigi_crdt.model.membership``)."""
         return await self._replica.create_conversation(ConversationKind.GROUP, title=title, others=dict(members))
 
     async def direct_with(self, peer_id: str) -> str | None:
@@ -203,7 +206,7 @@ class Node:
         return None
 
     async def invite(self, conversation: str, peer_id: str, nickname: str) -> str:
-        """Add a member to a group (admins only) and post a ``GroupInvite`` there; returns its id.
+        """Add a member to a group we created and post a ``GroupInvite`` there; returns its id.
 
         Both are one change: as a member the invitee receives the whole group, the invite
         with it, as soon as it is linked to any member; the invite message tells everyone
@@ -212,7 +215,7 @@ class Node:
         return await self._replica.invite(conversation, peer_id, nickname)
 
     async def remove_member(self, conversation: str, peer_id: str) -> None:
-        """Remove a member from a group (admins only): it is sent nothing written after this."""
+        """Remove a member from a group we created: it is sent nothing written after this."""
         await self._replica.remove_member(conversation, peer_id)
 
     async def leave(self, conversation: str) -> None:
