@@ -158,19 +158,8 @@ async def test_lossy_network_with_partitions_and_crashes_converges(seed: int, me
     assert result.ok, result.summary()
 
 
-# Seed 6 loses a group's admin with its store while one member (n09) has not yet heard of
-# three members the admin added. n09 accepts membership news only from members it knows,
-# and the only one it knows is gone: it never catches up. Signed membership (issue 4's
-# client-id binding) would let the others prove what the admin wrote.
-STALE_VIEW_OF_A_LOST_ADMIN = pytest.mark.xfail(
-    reason="known limit: membership news only from known members; needs signed membership", strict=False
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "seed", [pytest.param(s, marks=STALE_VIEW_OF_A_LOST_ADMIN) if s == 6 else s for s in range(20)]
-)
+@pytest.mark.parametrize("seed", range(20))
 async def test_ten_nodes_many_ops(seed: int) -> None:
     rates = FaultRates(loss=0.1, dup=0.05, reorder=0.2)
     config = ScenarioConfig(nodes=10, ops=2000, seed=seed, rates=rates, partitions=5, crashes=3, converge_timeout=60)
