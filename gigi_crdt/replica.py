@@ -40,9 +40,9 @@ from .model import (
     check_update,
     new_id,
 )
-from .model.membership import is_signed
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
+from .model.signed import is_signed
 from .model.yupdate import UpdateSummary
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
@@ -363,7 +363,7 @@ class Replica:
             applied(changes)
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting)
         if changes.metadata_changed and doc.is_member(self.peer_id):
-            restored = doc.restore_members()  # someone put back an older member record
+            restored = doc.restore_records()  # someone put back an older signed record
             if restored is not None:
                 await self._persist(doc, restored)
         if acknowledge:

@@ -21,8 +21,8 @@ from gigi_crdt import ConfigError, GroupInvite, NodeConfig, Text, open_node
 from gigi_crdt.discovery import InvalidPeerAddress
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Member, Role
-from gigi_crdt.model.membership import sign_member
 from gigi_crdt.model.metadata import encode_member
+from gigi_crdt.model.signed import sign_member
 from gigi_crdt.node import ContactKeyChanged, Node, default_data_dir
 from gigi_crdt.protocol import Close, CloseCode, Connection, ConnectionClosed, Hello, NeedData
 from gigi_crdt.sync import (

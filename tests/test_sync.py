@@ -17,7 +17,7 @@ from sync_helpers import Node, converged, drain, joined, link, nodes, wait_for
 from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Member, Role
-from gigi_crdt.model.membership import sign_member
+from gigi_crdt.model.signed import sign_member
 from gigi_crdt.replica import EMPTY_UPDATE
 from gigi_crdt.store import Record
 from gigi_crdt.sync import (

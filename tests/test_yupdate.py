@@ -27,6 +27,7 @@ from gigi_crdt.errors import SchemaError
 from gigi_crdt.model import Conversation, ConversationKind, HybridClock, ReceiptKind
 from gigi_crdt.model import Text as TextContent
 from gigi_crdt.model.metadata import Metadata, encode_metadata
+from gigi_crdt.model.signed import CHARTER
 from gigi_crdt.model.ydecode import MAX_CLIENT, MAX_CLOCK, decode_update
 from gigi_crdt.model.yupdate import META_FIELDS, UnsafeUpdate, UpdateLimits, UpdateSummary, check_update
 from gigi_crdt.protocol.yproto import decode_state_vector
@@ -294,7 +295,8 @@ def test_expired_buckets_dropped_as_garbage_pass() -> None:
 
 
 def test_meta_fields_are_what_the_model_writes() -> None:
-    assert set(encode_metadata(Metadata("conversation-1", ConversationKind.GROUP, "t", 1, 30))) == META_FIELDS
+    written = set(encode_metadata(Metadata("conversation-1", ConversationKind.GROUP, "t", 1, 30))) | {CHARTER}
+    assert written == META_FIELDS
 
 
 def test_decoder_agrees_with_pycrdt_on_clocks() -> None:

@@ -2,9 +2,9 @@
 
 Document layout (root types of the pycrdt ``Doc``)::
 
-    meta     Map   id, kind, title, created_at, retention_days
+    meta     Map   id, kind, title, created_at, retention_days, charter? (signed: see ``signed``)
     members  Map   peer id -> {nick, role, since, left?, removed?, by?, key?, sig?}
-                   (members are never deleted; signed records: see ``membership``)
+                   (members are never deleted; signed records: see ``signed``)
     streams  Map   "<author>/<bucket>" -> Array of at most BUCKET_SIZE plain op dicts
     acks     Map   "<member>/<delivered|read>/<author>" -> highest seq of author's stream
 
@@ -20,6 +20,7 @@ Nothing outside this module touches the pycrdt structures.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -34,7 +35,6 @@ from ..errors import NotAllowed, SchemaError, UnknownMessage
 from ..signatures import Signer
 from .clock import TICKS_PER_MS, HybridClock
 from .content import Content, GroupInvite
-from .membership import Statement, check_statement, is_creator_key, is_signed, new_signed_conversation_id, sign_member
 from .metadata import (
     ConversationKind,
     Member,
@@ -65,6 +65,17 @@ from .ops import (
     encode_op,
     parse_entry,
     split_bucket_key,
+)
+from .signed import (
+    CHARTER,
+    Signed,
+    check_charter,
+    check_member,
+    is_creator_key,
+    is_signed,
+    new_signed_conversation_id,
+    sign_charter,
+    sign_member,
 )
 from .view import Message, fold_history
 
@@ -134,8 +145,10 @@ class Conversation:
         self._meta_changed = False
         self._member_cache: dict[str, Member] | None = None
         self._member_seen: dict[str, Member] = {}
-        self._statements: dict[str, Statement] = {}  # signed conversations: the record that holds
-        self._stale_records: set[str] = set()  # members whose record in the document is behind ours
+        # Signed conversations: per place ((root, key) of a signed record), the record that
+        # holds, and the places where the document shows an older one (see ``_hold_signed``).
+        self._held: dict[tuple[str, str], Signed[Any]] = {}
+        self._stale: set[tuple[str, str]] = set()
         self._metadata_cache: Metadata | None = None
         self._cursors = self._stream_lengths()
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
@@ -197,8 +210,13 @@ class Conversation:
             conversation_id = new_conversation_id() if signer is None else new_signed_conversation_id(signer.public_key)
         meta = Metadata(conversation_id, kind, title, now, retention_days)
         parse_metadata(encode_metadata(meta))
+        charter = None
+        if is_signed(conversation_id):
+            charter = conversation._sign(lambda signer: sign_charter(signer, meta, now))
         with conversation._local_transaction():
             conversation._meta.update(encode_metadata(meta))
+            if charter is not None:
+                conversation._meta[CHARTER] = charter
             conversation._members[local_peer] = conversation._record(
                 Member(local_peer, check_nickname(nickname), Role.ADMIN, now)
             )
@@ -236,7 +254,15 @@ class Conversation:
     def metadata(self) -> Metadata:
         """Kind, title, creation time and retention; ``SchemaError`` if the document has none."""
         if self._metadata_cache is None:
-            self._metadata_cache = parse_metadata(self._meta.to_py() or {})
+            conversation = self._signed_id()
+            if conversation is None:
+                self._metadata_cache = parse_metadata(self._meta.to_py() or {})
+            else:
+                self._hold_signed(conversation)
+                charter = self._held.get(("meta", CHARTER))
+                if charter is None:
+                    raise SchemaError(f"signed conversation {conversation} has no valid charter")
+                self._metadata_cache = charter.value
         return self._metadata_cache
 
     def members(self) -> dict[str, Member]:
@@ -257,9 +283,10 @@ class Conversation:
         """The cached member map (rebuilt after membership changes); do not mutate."""
         if self._member_cache is None:
             previous = self._member_seen
-            conversation = self._meta.get("id")
-            if isinstance(conversation, str) and is_signed(conversation):
-                self._member_cache = self._signed_members(conversation)
+            conversation = self._signed_id()
+            if conversation is not None:
+                self._hold_signed(conversation)
+                self._member_cache = {key: held.value for (root, key), held in self._held.items() if root == "members"}
             else:
                 self._member_cache = {}
                 for peer_id, raw in self._members.items():
@@ -278,30 +305,40 @@ class Conversation:
             self._member_seen = self._member_cache
         return self._member_cache
 
-    def _signed_members(self, conversation: str) -> dict[str, Member]:
-        """Members of a signed conversation: per member, the newest valid record seen.
+    def _signed_id(self) -> str | None:
+        """The conversation's id if it is signed (see ``signed``), else None."""
+        conversation = self._meta.get("id")
+        return conversation if isinstance(conversation, str) and is_signed(conversation) else None
+
+    def _hold_signed(self, conversation: str) -> None:
+        """Hold, per member and for the charter, the newest valid signed record seen.
 
         A record the document shows but which is not valid, or older than one seen before
-        (a replay), is ignored, and the member is noted as stale: ``restore_members``
+        (a replay), is ignored, and its place is noted as stale: ``restore_records``
         writes the newer record back, so that peers that never saw it learn it. Only records
         seen are held: this runs after every change (local writes, remote updates), since the
         next change may overwrite a record in the document.
         """
         for peer_id, raw in self._members.items():
-            held = self._statements.get(peer_id)
-            if held is not None and raw == held.record:
-                continue
-            try:
-                statement = check_statement(conversation, peer_id, raw)
-            except SchemaError as exc:
-                log.warning("conversation %s: member record ignored: %s", conversation, exc)
-                statement = None
-            if statement is not None and statement.supersedes(held):
-                self._statements[peer_id] = statement
-                self._stale_records.discard(peer_id)
-            elif held is not None:
-                self._stale_records.add(peer_id)
-        return {peer_id: statement.member for peer_id, statement in self._statements.items()}
+            self._hold_newest(("members", peer_id), raw, functools.partial(check_member, conversation, peer_id))
+        charter = self._meta.get(CHARTER)
+        if charter is not None:
+            self._hold_newest(("meta", CHARTER), charter, functools.partial(check_charter, conversation))
+
+    def _hold_newest(self, place: tuple[str, str], raw: object, check: Callable[[object], Signed[Any]]) -> None:
+        held = self._held.get(place)
+        if held is not None and raw == held.record:
+            return
+        try:
+            signed: Signed[Any] | None = check(raw)
+        except SchemaError as exc:
+            log.warning("conversation %s: signed record ignored: %s", self._meta.get("id"), exc)
+            signed = None
+        if signed is not None and signed.supersedes(held):
+            self._held[place] = signed
+            self._stale.discard(place)
+        elif held is not None:
+            self._stale.add(place)
 
     def receipts(self) -> list[Receipt]:
         """Every delivered/read counter in the document."""
@@ -456,7 +493,7 @@ class Conversation:
             self._clock.observe(max(_timestamp(entry.op) for entry in entries))
             if self._holes.get(author):
                 changes.complete_upto[author] = min(self._holes[author])
-        self._member_map()  # see ``_signed_members``: every record must be seen as it comes
+        self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
         return changes
 
     def _filled_holes(self) -> dict[str, list[StreamEntry]]:
@@ -678,13 +715,18 @@ class Conversation:
         return self._own_receipt_cache
 
     def set_title(self, title: str) -> Written:
-        """Rename the conversation (admins only in groups)."""
-        self._require_admin()
+        """Rename the conversation (admins only in groups; its creator only, if signed)."""
+        self._require_admin(creator_only=True)
         meta = self.metadata()
-        values = encode_metadata(Metadata(meta.id, meta.kind, title, meta.created_at, meta.retention_days))
-        parse_metadata(values)
+        renamed = Metadata(meta.id, meta.kind, title, meta.created_at, meta.retention_days)
+        parse_metadata(encode_metadata(renamed))
+        charter = None
+        if self._signed_id() is not None:
+            charter = self._sign(lambda signer: sign_charter(signer, renamed, self._record_time(("meta", CHARTER))))
         with self._local_transaction():
             self._meta["title"] = title
+            if charter is not None:
+                self._meta[CHARTER] = charter
         return self._written(Changes())
 
     def add_member(self, peer_id: str, nickname: str, role: Role = Role.MEMBER) -> Written:
@@ -707,55 +749,60 @@ class Conversation:
         return self._written(Changes(entries=[entry]), op.id)
 
     def _new_member(self, peer_id: str, nickname: str, role: Role) -> dict[str, Any]:
-        self._require_admin(group_only=False, member_list=True)
+        self._require_admin(group_only=False, creator_only=True)
         if self.metadata().kind is ConversationKind.DIRECT:
             raise NotAllowed("a direct conversation cannot gain members")
-        since = self._record_time(check_id(peer_id, "peer id"))
+        since = self._record_time(("members", check_id(peer_id, "peer id")))
         return self._record(Member(peer_id, check_nickname(nickname), role, since))
 
     def remove_member(self, peer_id: str) -> Written:
         """Mark a member as gone (admins, or the member itself leaving)."""
         if peer_id != self._local_peer:
-            self._require_admin(group_only=False, member_list=True)
+            self._require_admin(group_only=False, creator_only=True)
         member = self.members().get(peer_id)
         if member is None:
             raise NotAllowed(f"{peer_id} is not a member")
         removed = peer_id != self._local_peer
-        left = self._record_time(peer_id)
+        left = self._record_time(("members", peer_id))
         gone = Member(member.peer_id, member.nickname, member.role, member.joined_at, left, removed)
         with self._local_transaction():
             self._members[peer_id] = self._record(gone)
         return self._written(Changes())
 
-    def restore_members(self) -> Written | None:
-        """Write back the member records the document shows older than the ones we hold
-        (``_signed_members``), or no longer shows at all; None if there are none."""
+    def restore_records(self) -> Written | None:
+        """Write back the signed records the document shows older than the ones we hold
+        (``_hold_signed``), or no longer shows at all; None if there are none."""
         self._member_map()
+        roots = {"members": self._members, "meta": self._meta}
+        stale = set(self._stale)
+        self._stale.clear()
         # A record can vanish for a while when its overwrite waits for a dependency (see
         # ``_member_map``); with nothing waiting, it was deleted.
-        vanished = self._statements.keys() - self._members.keys() if self._waiting is None else set()
-        stale = {peer_id: self._statements[peer_id].record for peer_id in self._stale_records | vanished}
-        self._stale_records.clear()
+        if self._waiting is None:
+            stale.update(place for place in self._held if place[1] not in roots[place[0]])
         if not stale:
             return None
         with self._local_transaction():
-            for peer_id, record in stale.items():
-                self._members[peer_id] = dict(record)
+            for root, key in stale:
+                roots[root][key] = dict(self._held[root, key].record)
         return self._written(Changes())
 
     def _record(self, member: Member) -> dict[str, Any]:
         """The stored form of ``member``'s record: signed in a signed conversation."""
-        conversation = self._meta.get("id")
-        if not (isinstance(conversation, str) and is_signed(conversation)):
+        conversation = self._signed_id()
+        if conversation is None:
             return encode_member(member)
-        if self._signer is None:
-            raise NotAllowed("this replica has no identity key to sign member records with")
-        return sign_member(self._signer, conversation, member)
+        return self._sign(lambda signer: sign_member(signer, conversation, member))
 
-    def _record_time(self, peer_id: str) -> int:
-        """A timestamp for a new record of ``peer_id``: after every record seen of it, so
-        that the new one holds (see ``membership``)."""
-        held = self._statements.get(peer_id)
+    def _sign(self, make: Callable[[Signer], dict[str, Any]]) -> dict[str, Any]:
+        if self._signer is None:
+            raise NotAllowed("this replica has no identity key to sign records with")
+        return make(self._signer)
+
+    def _record_time(self, place: tuple[str, str]) -> int:
+        """A timestamp for a new signed record at ``place``: after every record seen there,
+        so that the new one holds (see ``signed``)."""
+        held = self._held.get(place)
         if held is not None:
             self._clock.observe(held.version)
         return self._clock.tick()
@@ -808,7 +855,7 @@ class Conversation:
         changes.receipts.extend(self._own_new_receipts)
         self._own_new_receipts.clear()
         self._writing = False
-        self._member_map()  # see ``_signed_members``: every record must be seen as it comes
+        self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
         return Written(update, self._drain(changes), message_id)
 
     def _drain(self, changes: Changes) -> Changes:
@@ -838,15 +885,18 @@ class Conversation:
         if not self.is_member(self._local_peer):
             raise NotAllowed("the local peer is not a member of this conversation")
 
-    def _require_admin(self, group_only: bool = True, member_list: bool = False) -> None:
+    def _require_admin(self, group_only: bool = True, creator_only: bool = False) -> None:
+        """Raise ``NotAllowed`` unless the local peer is an admin (in a group only, with
+        ``group_only``); with ``creator_only``, in a signed conversation, its creator."""
         self._require_member()
+        if creator_only and is_signed(self.id):
+            if self._signer is None or not is_creator_key(self.id, self._signer.public_key):
+                raise NotAllowed("only the creator of a signed conversation may do this")
+            return
         if group_only and self.metadata().kind is ConversationKind.DIRECT:
             return
         if self.members()[self._local_peer].role is not Role.ADMIN:
             raise NotAllowed("only an admin may do this")
-        if member_list and is_signed(self.id):
-            if self._signer is None or not is_creator_key(self.id, self._signer.public_key):
-                raise NotAllowed("only the creator of a signed conversation changes its member list")
 
     def _own_message(self, message_id: str) -> tuple[int, ...]:
         self._require_member()

@@ -64,8 +64,8 @@ from .ydecode import (
 
 __all__ = ["DEFAULT_LIMITS", "ClientWrites", "UnsafeUpdate", "UpdateLimits", "UpdateSummary", "check_update"]
 
-# What ``encode_metadata`` writes (a test keeps the two in step).
-META_FIELDS: Final = frozenset({"id", "kind", "title", "created_at", "retention_days"})
+# What ``encode_metadata`` writes (a test keeps the two in step), and a signed conversation's charter.
+META_FIELDS: Final = frozenset({"id", "kind", "title", "created_at", "retention_days", "charter"})
 
 Place: TypeAlias = tuple[str, str, bool]
 """(root, key, inside): an entry of a root map, or (inside) an element of the array stored there."""

@@ -1,4 +1,4 @@
-"""Signed membership: only what the creator signed (or a member's own leave) counts, on every peer.
+"""Signed conversations: only what the creator signed (or a member's own leave) counts, on every peer.
 
 The forgeries are written the way a malicious member would: straight into the Yjs
 document with pycrdt, under its own client id, bypassing the model's checks.
@@ -10,16 +10,16 @@ import itertools
 from typing import Any
 
 import pytest
-from forgery import forge_member_records
+from forgery import forge_member_records, forge_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
-from gigi_crdt import NotAllowed
+from gigi_crdt import NotAllowed, Text
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Role
-from gigi_crdt.model.membership import is_creator_key, is_signed, sign_member
-from gigi_crdt.model.metadata import Member, encode_member, parse_member
+from gigi_crdt.model.metadata import Member, Metadata, encode_member
+from gigi_crdt.model.signed import CHARTER, is_creator_key, is_signed, sign_charter, sign_member
 
 ALICE, BOB, CAROL, MALLORY = (Identity.generate() for _ in range(4))
 
@@ -123,7 +123,7 @@ def test_a_member_record_the_creator_did_not_sign_changes_nothing(forged_for: st
     assert alice.members() == before  # ...and counts for nothing
     assert not alice.is_member(MALLORY.peer_id)
     assert alice.members()[BOB.peer_id].role is Role.MEMBER
-    alice.restore_members()  # what a replica does next: put back a record the forgery hid
+    alice.restore_records()  # what a replica does next: put back a record the forgery hid
     assert fresh_peer(alice).members() == before  # nor for someone who sees only the document
 
 
@@ -136,10 +136,10 @@ def test_a_replayed_older_record_does_not_undo_a_removal_and_is_overwritten() ->
     alice.apply_remote(replay)
     assert alice.members()[CAROL.peer_id].removed
     assert fresh_peer(alice).is_member(CAROL.peer_id)  # what the document alone now says
-    restored = alice.restore_members()
+    restored = alice.restore_records()
     assert restored is not None
     assert fresh_peer(alice).members()[CAROL.peer_id].removed
-    assert alice.restore_members() is None  # done once
+    assert alice.restore_records() is None  # done once
 
 
 def test_the_creators_own_record_overwritten_by_a_forgery_is_restored() -> None:
@@ -147,7 +147,7 @@ def test_the_creators_own_record_overwritten_by_a_forgery_is_restored() -> None:
     alice.apply_remote(forge(bob, {ALICE.peer_id: encode_member(Member(ALICE.peer_id, "alice", Role.MEMBER, 1))}))
     assert alice.members()[ALICE.peer_id].role is Role.ADMIN
     assert ALICE.peer_id not in fresh_peer(alice).members()  # the document shows only the forgery
-    restored = alice.restore_members()
+    restored = alice.restore_records()
     assert restored is not None
     assert fresh_peer(alice).members()[ALICE.peer_id].role is Role.ADMIN
 
@@ -161,7 +161,7 @@ def test_a_deleted_member_record_is_still_known_and_written_back() -> None:
     alice.apply_remote(doc.get_update(before))
     assert BOB.peer_id not in fresh_peer(alice).members()  # gone from the document...
     assert alice.is_member(BOB.peer_id)  # ...not from what alice holds
-    assert alice.restore_members() is not None
+    assert alice.restore_records() is not None
     assert fresh_peer(alice).is_member(BOB.peer_id)
 
 
@@ -185,7 +185,7 @@ def test_a_members_leave_does_not_count_for_another_member() -> None:
     assert alice.is_member(CAROL.peer_id)
 
 
-def test_only_the_creator_changes_the_member_list() -> None:
+def test_only_the_creator_changes_the_member_list_and_the_title() -> None:
     alice, bob = signed_group()
     dave = Identity.generate()
     alice.add_member(dave.peer_id, "dave", Role.ADMIN)
@@ -195,8 +195,10 @@ def test_only_the_creator_changes_the_member_list() -> None:
         dave_view.add_member(MALLORY.peer_id, "mallory")
     with pytest.raises(NotAllowed, match="creator"):
         dave_view.remove_member(BOB.peer_id)
-    alice.apply_remote(dave_view.set_title("renamed").update)  # an admin still renames
-    assert alice.metadata().title == "renamed"
+    with pytest.raises(NotAllowed, match="creator"):
+        dave_view.set_title("renamed")
+    bob.apply_remote(alice.set_title("renamed").update)
+    assert bob.metadata().title == "renamed"
 
 
 def test_a_replica_without_a_key_cannot_write_member_records_of_a_signed_conversation() -> None:
@@ -212,11 +214,52 @@ def test_a_signer_must_be_the_local_peer() -> None:
         Conversation(Doc(), BOB.peer_id, clock(), ALICE)
 
 
+# -- the charter ------------------------------------------------------------------------------
+
+
+def test_a_member_cannot_change_the_retention_and_so_expire_the_history() -> None:
+    alice, bob = signed_group()
+    alice.post(Text("keep me"), "alice")
+    bob.apply_remote(alice.diff())
+    meta = alice.metadata()
+    shortened = Metadata(meta.id, meta.kind, "mine now", meta.created_at, 0)
+    for forged in (
+        {("meta", "retention_days"): 0, ("meta", "title"): "mine now"},  # the plain fields
+        {("meta", CHARTER): sign_charter(BOB, shortened, 1_900_000_000_000_000)},  # a charter bob signed
+    ):
+        alice.apply_remote(forge_records(bob.diff(), forged))
+        assert alice.metadata() == meta
+        assert alice.retention_cutoff() is None
+        alice.expire()
+        assert [m.content for m in alice.history()] == [Text("keep me")]
+
+
+def test_an_older_charter_put_back_is_overwritten_and_a_deleted_one_written_back() -> None:
+    alice, bob = signed_group()
+    first = _records(alice)["meta", CHARTER]
+    bob.apply_remote(alice.set_title("second").update)
+    alice.apply_remote(forge_records(bob.diff(), {("meta", CHARTER): first}))
+    assert alice.metadata().title == "second"
+    assert fresh_peer(alice).metadata().title == "g"  # what the document alone says now
+    assert alice.restore_records() is not None
+    assert fresh_peer(alice).metadata().title == "second"
+    doc: Doc[Any] = Doc()
+    doc.apply_update(alice.diff())
+    before = doc.get_state()
+    del doc.get("meta", type=Map)[CHARTER]
+    bob.apply_remote(doc.get_update(before))
+    assert bob.metadata().title == "second"
+    assert bob.restore_records() is not None
+    assert fresh_peer(bob).metadata().title == "second"
+
+
 # -- convergence under any delivery order ---------------------------------------------------
 
 PEOPLE = {CAROL.peer_id: "carol", MALLORY.peer_id: "mallory"}
 actions = st.lists(
-    st.tuples(st.sampled_from(["add", "remove", "bob leaves", "replay"]), st.sampled_from(sorted(PEOPLE)), st.data()),
+    st.tuples(
+        st.sampled_from(["add", "remove", "bob leaves", "rename", "replay"]), st.sampled_from(sorted(PEOPLE)), st.data()
+    ),
     min_size=1,
     max_size=8,
 )
@@ -226,7 +269,7 @@ def deliver(replica: Conversation, update: bytes) -> list[bytes]:
     """What a replica does with a remote update: apply, note what waits, restore records."""
     changes = replica.apply_remote(update)
     replica.note_waiting(update)
-    restored = replica.restore_members() if changes.metadata_changed and replica.is_member(replica.local_peer) else None
+    restored = replica.restore_records() if changes.metadata_changed and replica.is_member(replica.local_peer) else None
     return [] if restored is None else [restored.update]
 
 
@@ -244,7 +287,7 @@ def test_every_replica_ends_with_the_newest_valid_records(steps: list[Any], rng:
         signer=ALICE,
     )
     bob_author = Conversation.from_updates([created.update], BOB.peer_id, shared, BOB)
-    records_seen: list[tuple[str, Any]] = []  # every valid record written, to replay
+    records_seen: list[tuple[tuple[str, str], Any]] = []  # every valid record written, to replay
     updates: list[bytes] = []
     for action, who, data in steps:
         if action == "add" and not alice.is_member(who):
@@ -254,18 +297,18 @@ def test_every_replica_ends_with_the_newest_valid_records(steps: list[Any], rng:
         elif action == "bob leaves" and bob_author.is_member(BOB.peer_id):
             written = bob_author.remove_member(BOB.peer_id)
             alice.apply_remote(written.update)
+        elif action == "rename":
+            written = alice.set_title(f"title {len(updates)}")
         elif action == "replay" and records_seen:
-            peer_id, record = data.draw(st.sampled_from(records_seen))
-            updates.append(forge_member_records(alice.diff(), {peer_id: record}))
+            place, record = data.draw(st.sampled_from(records_seen))
+            updates.append(forge_records(alice.diff(), {place: record}))
             continue
         else:
             continue
         bob_author.apply_remote(written.update)
         updates.append(written.update)
-        records_seen.extend(
-            (peer_id, record) for peer_id, record in _records(alice).items() if (peer_id, record) not in records_seen
-        )
-    truth = alice.members()
+        records_seen.extend(item for item in _records(alice).items() if item not in records_seen)
+    truth, title = alice.members(), alice.metadata().title
     bob = Conversation.from_updates([created.update], BOB.peer_id, clock(), BOB)
     dave_key = Identity.generate()
     observer = Conversation.from_updates([created.update], dave_key.peer_id, clock(), dave_key)
@@ -288,15 +331,17 @@ def test_every_replica_ends_with_the_newest_valid_records(steps: list[Any], rng:
                     outbox += [(receiver, restore) for restore in deliver(receiver, sender.diff())]
         if not outbox:
             break
-    assert alice.members() == truth  # what the creator signed holds for the creator...
+    assert (alice.members(), alice.metadata().title) == (truth, title)  # what the creator signed holds for it...
     for replica in replicas:
-        assert replica.members() == truth  # ...and for everyone
-        shown = {peer_id: parse_member(peer_id, raw) for peer_id, raw in _records(replica).items()}
-        assert shown == truth  # and the documents show it, for whoever joins later
+        assert (replica.members(), replica.metadata().title) == (truth, title)  # ...and for everyone
+        # and the documents show it, for whoever joins later:
+        assert fresh_peer(replica).members() == truth
+        assert fresh_peer(replica).metadata().title == title
 
 
-def _records(conversation: Conversation) -> dict[str, Any]:
-    """Every member record ``conversation``'s document shows."""
+def _records(conversation: Conversation) -> dict[tuple[str, str], Any]:
+    """Every signed record ``conversation``'s document shows, by place."""
     doc: Doc[Any] = Doc()
     doc.apply_update(conversation.diff())
-    return doc.get("members", type=Map).to_py()  # type: ignore[no-any-return]
+    records = {("members", peer_id): raw for peer_id, raw in doc.get("members", type=Map).to_py().items()}
+    return records | {("meta", CHARTER): doc.get("meta", type=Map)[CHARTER]}
