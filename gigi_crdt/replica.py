@@ -82,7 +82,7 @@ async def open_replica(
     ``peer_id`` is fixed on first open (a random id if not given) and checked afterwards.
     With a ``signer`` (the peer's identity; its peer id is then the replica's), the
     conversations it creates are signed and it signs the member records it writes (see
-    ``gigi_crdt.model.membership``).
+    ``gigi_crdt.model.signed``).
     """
     if signer is not None:
         if peer_id is not None and peer_id != signer.peer_id:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from forgery import forge_member_records
+from forgery import forge_member_records, forge_records
 from hostile import hostile_updates
 from pycrdt import Doc, Map
 
@@ -397,3 +397,21 @@ async def test_a_replayed_member_record_is_written_back_for_good(tmp_path: Path)
     async with open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice:
         assert not await alice.is_member(group, carol.peer_id)
         assert member_records(await alice.diff(group, None))[carol.peer_id]["removed"] is True
+
+
+@pytest.mark.parametrize("forged_id", ["x" * 32, "y" * 24])
+async def test_an_update_that_rewrites_a_signed_conversations_id_is_refused(tmp_path: Path, forged_id: str) -> None:
+    alice_key, bob_key = Identity.generate(), Identity.generate()
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
+        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
+    ):
+        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        await sync(alice, bob, group)
+        before = await alice.state_vector(group)
+        forged = forge_records(await bob.diff(group, None), {("meta", "id"): forged_id})
+        with pytest.raises(SchemaError):
+            await alice.receive(group, forged, origin=bob.peer_id)
+        assert await alice.state_vector(group) == before
+        assert (await alice.metadata(group)).id == group
+        assert await alice.is_member(group, bob.peer_id)

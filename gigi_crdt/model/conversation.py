@@ -123,9 +123,9 @@ class Written:
 class Conversation:
     """A conversation document. Create with ``create`` or ``from_updates``.
 
-    ``signer`` (the local peer's identity, if it has one) signs the member records it
-    writes; without one, the replica cannot change the member list of a signed
-    conversation (see ``membership``).
+    ``signer`` (the local peer's identity, if it has one) signs the records it writes;
+    without one, the replica cannot change the member list or the charter of a signed
+    conversation (see ``signed``).
     """
 
     def __init__(self, doc: Doc[Any], local_peer: str, clock: HybridClock, signer: Signer | None = None) -> None:
@@ -200,7 +200,7 @@ class Conversation:
         """A new conversation with the local peer as admin and ``others`` (peer id -> nickname).
 
         With a ``signer`` the conversation is signed: its id commits to the signer's key and
-        only the signer can change its member list (see ``membership``).
+        only the signer can change its member list, title or retention (see ``signed``).
         """
         if kind is ConversationKind.DIRECT and len(others) != 1:
             raise SchemaError("a direct conversation has exactly one other member")
@@ -262,6 +262,8 @@ class Conversation:
                 charter = self._held.get(("meta", CHARTER))
                 if charter is None:
                     raise SchemaError(f"signed conversation {conversation} has no valid charter")
+                if charter.value.id != conversation:  # someone rewrote the id: no charter names it
+                    raise SchemaError(f"the document's id changed from {charter.value.id} to {conversation}")
                 self._metadata_cache = charter.value
         return self._metadata_cache
 

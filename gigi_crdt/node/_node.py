@@ -195,7 +195,7 @@ class Node:
         """Start a group with ``members`` (peer id -> nickname), us as its admin; returns its id.
 
         The group is signed with our identity key: only we can ever change its member list
-        (see ``gigi_crdt.model.membership``)."""
+        (see ``gigi_crdt.model.signed``)."""
         return await self._replica.create_conversation(ConversationKind.GROUP, title=title, others=dict(members))
 
     async def direct_with(self, peer_id: str) -> str | None:
