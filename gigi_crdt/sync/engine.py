@@ -372,8 +372,9 @@ class SyncEngine:
           and no one else may hold them. (A removed member is heard no more: what it wrote
           and had not shared before its removal is lost.)
         - it is a stranger to a signed conversation: it may be a member added by a record
-          we never saw, whose signature it can show. Its answer is taken only if it makes
-          it a member (``Replica.receive(proving=True)``).
+          we never saw, whose signature it can show. It is asked for its whole copy (an
+          empty state vector: it learns nothing of ours), and its answer is taken only if
+          it makes it a member (``Replica.receive(proving=True)``).
 
         At most once per anti-entropy interval, so that two peers who each see the other
         as an outsider cannot keep asking each other.
@@ -389,7 +390,9 @@ class SyncEngine:
             session.asked_outsider[conversation] = now
             if stranger:
                 session.proof_awaited.add(conversation)
-            link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+                link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
+            else:
+                link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
         return True
 
     async def _is_member(self, conversation: str, peer_id: str) -> bool:
