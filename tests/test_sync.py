@@ -162,14 +162,16 @@ async def test_a_message_is_announced_before_its_commit_and_reads_wait_for_that(
 
 
 class CountingStream(trio.abc.Stream):
-    """Counts what one side sends."""
+    """Counts (and keeps) what one side sends."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
         self.sent = 0
+        self.data = bytearray()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.sent += len(data)
+        self.data += data
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -297,9 +299,12 @@ async def test_a_member_added_unseen_proves_its_membership(tmp_path: Path) -> No
         await carol.replica.receive(conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id)
         assert await bob.replica.is_stranger(conversation, carol.peer_id)
         await carol.replica.send(conversation, Text("hi, I'm new"))
-        link(nursery, bob, carol)
+        bob_said, _ = link(nursery, bob, carol, wrap_a=CountingStream)
         assert await converged([bob], conversation, 1) == [[m.id for m in await carol.replica.history(conversation)]]
         assert await bob.replica.is_member(conversation, carol.peer_id)
+        assert isinstance(bob_said, CountingStream)
+        first_sync = next(f for f in frames(bytes(bob_said.data)) if f[0] == 3 and f[1] == conversation)
+        assert first_sync[2] == b"\x00\x00\x01\x00"  # y-sync step 1 with the empty state vector: nothing of bob's copy
         await bob.replica.send(conversation, Text("welcome"))
         await converged([carol], conversation, 2)
         nursery.cancel_scope.cancel()
