@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -107,6 +108,7 @@ async def open_replica(
 
 
 EMPTY_UPDATE = b"\x00\x00"  # a Yjs v1 update with no structs and no deletions
+RESTORE_INTERVAL = 30.0  # seconds between write-backs of signed records, per conversation
 
 
 async def check_remote_update(update: bytes) -> UpdateSummary:
@@ -152,6 +154,7 @@ class Replica:
         self._commits_begun = self._commits_ended = 0  # reads wait for the commits begun before them
         self._commit_ended = trio.Event()
         self._settled: dict[str, trio.Event] = {}
+        self._restored: dict[str, float] = {}  # conversation -> when we last wrote signed records back
 
     # -- conversations -------------------------------------------------------------
 
@@ -362,13 +365,26 @@ class Replica:
         if applied is not None and changes:
             applied(changes)
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting)
-        if changes.metadata_changed and doc.is_member(self.peer_id):
-            restored = doc.restore_records()  # someone put back an older signed record
-            if restored is not None:
-                await self._persist(doc, restored)
+        await self._restore_records(conversation, doc)
         if acknowledge:
             await self.acknowledge(conversation, changes)
         return changes
+
+    async def _restore_records(self, conversation: str, doc: Conversation) -> None:
+        """Write back signed records someone replaced with older or invalid ones (see
+        ``Conversation.restore_records``), at most once per ``RESTORE_INTERVAL`` per
+        conversation: every member does it, so a member replaying records over and over
+        must not make each of them write (and everyone pass on) an update per replay.
+        What waits is written back by the first update received after the interval."""
+        if not doc.has_stale_records() or not doc.is_member(self.peer_id):
+            return
+        now = trio.current_time()
+        if now - self._restored.get(conversation, -math.inf) < RESTORE_INTERVAL:
+            return
+        restored = doc.restore_records()
+        if restored is not None:
+            self._restored[conversation] = now
+            await self._persist(doc, restored)
 
     async def acknowledge(self, conversation: str, changes: Changes) -> None:
         """Mark what ``changes`` brought as delivered (only call once it is stored)."""

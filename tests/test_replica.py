@@ -27,6 +27,7 @@ from gigi_crdt import (
 )
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Changes, UnsafeUpdate
+from gigi_crdt.replica import RESTORE_INTERVAL
 from gigi_crdt.store import Record, Store
 
 
@@ -415,3 +416,54 @@ async def test_an_update_that_rewrites_a_signed_conversations_id_is_refused(tmp_
         assert await alice.state_vector(group) == before
         assert (await alice.metadata(group)).id == group
         assert await alice.is_member(group, bob.peer_id)
+
+
+async def test_signed_records_are_written_back_at_most_once_per_interval(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Every member writes back what a replay hid: a member replaying over and over must
+    # not make each of them write (and everyone pass on) an update per replay.
+    alice_key, bob_key, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
+        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
+    ):
+        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        await alice.add_member(group, carol.peer_id, "carol")
+        carol_added = member_records(await alice.diff(group, None))[carol.peer_id]
+        await alice.remove_member(group, carol.peer_id)
+        await sync(alice, bob, group)
+        writes = Recorder()
+        alice.add_listener(writes)
+
+        async def replay() -> None:  # by bob, who knows what alice holds
+            forged = forge_member_records(await alice.diff(group, None), {carol.peer_id: carol_added})
+            await alice.receive(group, forged, origin=bob.peer_id)
+
+        async def document_shows_removal() -> bool:
+            return member_records(await alice.diff(group, None))[carol.peer_id].get("removed") is True
+
+        await replay()
+        assert await document_shows_removal()
+        assert len(writes.local) == 1
+        await replay()
+        assert not await document_shows_removal()  # not written back yet...
+        assert len(writes.local) == 1
+        assert not await alice.is_member(group, carol.peer_id)  # ...and it changes nothing meanwhile
+        await trio.sleep(RESTORE_INTERVAL)
+        await bob.send(group, Text("later"))
+        news = await bob.diff(group, await alice.state_vector(group))
+        await alice.receive(group, news, origin=bob.peer_id, acknowledge=False)  # the next update alice takes
+        assert await document_shows_removal()
+        assert len(writes.local) == 2
+
+
+class Recorder:
+    """The updates a replica stores that it wrote itself (an ``UpdateListener``)."""
+
+    def __init__(self) -> None:
+        self.local: list[bytes] = []
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        if origin is None:
+            self.local.append(update)

@@ -330,6 +330,7 @@ class Conversation:
     def _hold_newest(self, place: tuple[str, str], raw: object, check: Callable[[object], Signed[Any]]) -> None:
         held = self._held.get(place)
         if held is not None and raw == held.record:
+            self._stale.discard(place)  # shown again (someone wrote it back)
             return
         try:
             signed: Signed[Any] | None = check(raw)
@@ -771,23 +772,34 @@ class Conversation:
             self._members[peer_id] = self._record(gone)
         return self._written(Changes())
 
+    def has_stale_records(self) -> bool:
+        """True if ``restore_records`` would write something back."""
+        return bool(self._stale_places())
+
     def restore_records(self) -> Written | None:
         """Write back the signed records the document shows older than the ones we hold
         (``_hold_signed``), or no longer shows at all; None if there are none."""
-        self._member_map()
-        roots = {"members": self._members, "meta": self._meta}
-        stale = set(self._stale)
-        self._stale.clear()
-        # A record can vanish for a while when its overwrite waits for a dependency (see
-        # ``_member_map``); with nothing waiting, it was deleted.
-        if self._waiting is None:
-            stale.update(place for place in self._held if place[1] not in roots[place[0]])
+        stale = self._stale_places()
         if not stale:
             return None
+        roots = self._signed_roots()
         with self._local_transaction():
             for root, key in stale:
                 roots[root][key] = dict(self._held[root, key].record)
         return self._written(Changes())
+
+    def _stale_places(self) -> set[tuple[str, str]]:
+        self._member_map()
+        stale = set(self._stale)
+        # A record can vanish for a while when its overwrite waits for a dependency (see
+        # ``_member_map``); with nothing waiting, it was deleted.
+        if self._waiting is None:
+            roots = self._signed_roots()
+            stale.update(place for place in self._held if place[1] not in roots[place[0]])
+        return stale
+
+    def _signed_roots(self) -> dict[str, Map[Any]]:
+        return {"members": self._members, "meta": self._meta}
 
     def _record(self, member: Member) -> dict[str, Any]:
         """The stored form of ``member``'s record: signed in a signed conversation."""
