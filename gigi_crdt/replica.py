@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import sqlite3
@@ -481,8 +482,12 @@ class Replica:
                     await self._settled.setdefault(conversation, trio.Event()).wait()
                 updates = await self._worker.read(self._store.load_updates, conversation)
                 waiting = await self._worker.read(self._store.waiting_updates, conversation)
+                held = [
+                    (root, key, json.loads(record))
+                    for root, key, record in await self._worker.read(self._store.signed_records, conversation)
+                ]
                 doc = await trio.to_thread.run_sync(
-                    Conversation.from_updates, updates, self.peer_id, self._clock, self._signer
+                    Conversation.from_updates, updates, self.peer_id, self._clock, self._signer, held
                 )
                 for update in waiting:
                     doc.note_waiting(update)
@@ -521,10 +526,12 @@ class Replica:
             raise StorageError(f"conversation {conv} was reloaded after a failed write; try again")
         meta: Metadata | None = None
         members: tuple[Member, ...] = ()
+        signed: list[tuple[str, str, str]] = []
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
+            signed = [(root, key, json.dumps(record)) for root, key, record in doc.held_records()]
         record = Record(
-            conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation, waiting
+            conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation, waiting, signed
         )
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
         self._commits_begun += 1

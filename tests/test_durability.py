@@ -23,6 +23,7 @@ import pytest
 import trio
 
 from gigi_crdt.errors import StoreCorrupt, StoreInUse
+from gigi_crdt.identity import Identity
 from gigi_crdt.model import ConversationKind, Text
 from gigi_crdt.replica import open_replica
 from gigi_crdt.store.database import _SCHEMA, DATABASE_NAME, SCHEMA_VERSION
@@ -255,26 +256,39 @@ async def test_schema_less_database_in_place_is_corrupt_not_recreated(tmp_path: 
             pass
 
 
-async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
-    """Version 1 had no ``removed`` column in ``members``: opening adds it, keeping the rows."""
+# What each older version lacked, undone on a current database to make one.
+OLDER_VERSIONS = {
+    # Version 1 had no ``removed`` column in ``members`` and kept a text's fields as JSON
+    # (now its body alone), which is still read.
+    1: "ALTER TABLE members DROP COLUMN removed; DROP TABLE signed_records; "
+    """UPDATE messages SET content = '{"text":"hello, from JSON"}';""",
+    # Version 2 kept no signed records.
+    2: "DROP TABLE signed_records;",
+}
+
+
+@pytest.mark.parametrize("version", sorted(OLDER_VERSIONS))
+async def test_an_older_database_is_migrated_in_place(tmp_path: Path, version: int) -> None:
     data_dir = tmp_path / "data"
-    async with open_replica(data_dir, nickname="me") as replica:
+    identity = Identity.generate()
+    async with open_replica(data_dir, nickname="me", signer=identity) as replica:
         conversation = await replica.create_conversation(ConversationKind.GROUP, others={"other-peer-1": "other"})
         await replica.send(conversation, Text("hello"))
     raw = sqlite3.connect(data_dir / DATABASE_NAME, isolation_level=None)
     raw.executescript(
-        "BEGIN; ALTER TABLE members DROP COLUMN removed; "
-        "UPDATE gigi_settings SET value = 1 WHERE key = 'schema_version'; "
-        # Version 1 also kept a text's fields as JSON (now its body alone): still read.
-        """UPDATE messages SET content = '{"text":"hello, from JSON"}'; COMMIT;"""
+        f"BEGIN; {OLDER_VERSIONS[version]} "
+        f"UPDATE gigi_settings SET value = {version} WHERE key = 'schema_version'; COMMIT;"
     )
     raw.close()
-    async with open_replica(data_dir, nickname="me") as replica:
+    async with open_replica(data_dir, nickname="me", signer=identity) as replica:
         members = await replica.members(conversation)
         assert members["other-peer-1"].nickname == "other"
-        assert [m.content for m in await replica.history(conversation)] == [Text("hello, from JSON")]
-        await replica.remove_member(conversation, "other-peer-1")
+        text = "hello, from JSON" if version == 1 else "hello"
+        assert [m.content for m in await replica.history(conversation)] == [Text(text)]
+        await replica.remove_member(conversation, "other-peer-1")  # stores the signed records it holds
         assert (await replica.members(conversation))["other-peer-1"].removed
     raw = sqlite3.connect(data_dir / DATABASE_NAME)
     assert raw.execute("SELECT value FROM gigi_settings WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
+    held = raw.execute("SELECT root, key FROM signed_records WHERE conv = ?", (conversation,)).fetchall()
+    assert sorted(held) == sorted([("members", identity.peer_id), ("members", "other-peer-1"), ("meta", "charter")])
     raw.close()

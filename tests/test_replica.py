@@ -450,6 +450,13 @@ async def test_signed_records_are_written_back_at_most_once_per_interval(
         assert not await document_shows_removal()  # not written back yet...
         assert len(writes.local) == 1
         assert not await alice.is_member(group, carol.peer_id)  # ...and it changes nothing meanwhile
+    async with (  # not even across a restart, with only the replay in the document
+        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
+        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
+    ):
+        alice.add_listener(writes)
+        assert not await document_shows_removal()
+        assert not await alice.is_member(group, carol.peer_id)
         await trio.sleep(RESTORE_INTERVAL)
         await bob.send(group, Text("later"))
         news = await bob.diff(group, await alice.state_vector(group))

@@ -228,13 +228,20 @@ class Conversation:
 
     @classmethod
     def from_updates(
-        cls, updates: Iterable[bytes], local_peer: str, clock: HybridClock, signer: Signer | None = None
+        cls,
+        updates: Iterable[bytes],
+        local_peer: str,
+        clock: HybridClock,
+        signer: Signer | None = None,
+        held: Iterable[tuple[str, str, object]] = (),
     ) -> Conversation:
-        """A conversation rebuilt from its stored updates."""
+        """A conversation rebuilt from its stored updates, and from the signed records it
+        held before (``held_records``: the document alone may show older ones)."""
         doc: Doc[Any] = Doc()
         for update in updates:
             _apply(doc, update)
         conversation = cls(doc, local_peer, clock, signer)
+        conversation._hold_stored(held)
         for author in conversation._cursors:
             conversation._observe_last_timestamp(author)
         return conversation
@@ -326,6 +333,24 @@ class Conversation:
         charter = self._meta.get(CHARTER)
         if charter is not None:
             self._hold_newest(("meta", CHARTER), charter, functools.partial(check_charter, conversation))
+
+    def held_records(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The signed records that hold now, as (root, key, record), to store beside the
+        document: it may show older ones (see ``from_updates``)."""
+        self._member_map()
+        return [(root, key, held.record) for (root, key), held in self._held.items()]
+
+    def _hold_stored(self, stored: Iterable[tuple[str, str, object]]) -> None:
+        conversation = self._signed_id()
+        if conversation is None:
+            return
+        for root, key, raw in stored:
+            if (root, key) == ("meta", CHARTER):
+                self._hold_newest((root, key), raw, functools.partial(check_charter, conversation))
+            elif root == "members":
+                self._hold_newest((root, key), raw, functools.partial(check_member, conversation, key))
+        self._member_cache = self._metadata_cache = None
+        self._member_map()  # now the document's own records are compared with what was held
 
     def _hold_newest(self, place: tuple[str, str], raw: object, check: Callable[[object], Signed[Any]]) -> None:
         held = self._held.get(place)

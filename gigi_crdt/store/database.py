@@ -22,7 +22,7 @@ from ..errors import StorageError, StoreCorrupt, StoreFull, StoreInUse, StoreRea
 
 DATABASE_NAME = "gigi.sqlite3"
 LOCK_NAME = "gigi.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 YSTORE_VERSION = 2  # pycrdt.store.BaseYStore.version
 
 _SCHEMA = """
@@ -56,6 +56,11 @@ CREATE TABLE receipts (
 CREATE TABLE stream_cursors (
     conv TEXT NOT NULL, author TEXT NOT NULL, length INTEGER NOT NULL,
     PRIMARY KEY (conv, author)) WITHOUT ROWID;
+-- Signed records (member records, charters) held as the newest valid ones seen: not derived
+-- from the document alone (a member can put an older one back there), so not index data.
+CREATE TABLE signed_records (
+    conv TEXT NOT NULL, root TEXT NOT NULL, key TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (conv, root, key)) WITHOUT ROWID;
 CREATE VIRTUAL TABLE message_text USING fts5(body, content='messages', content_rowid='rowid');
 -- The full-text index follows messages.body: new rows are added in bulk by the index code (a
 -- per-row trigger made a 10^5-message catch-up ten times slower); changes and deletions here.
@@ -70,9 +75,15 @@ END;
 """
 
 # From each older version straight to SCHEMA_VERSION, in one transaction.
+_ADD_REMOVED = "ALTER TABLE members ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;"
+_ADD_SIGNED_RECORDS = (
+    "CREATE TABLE signed_records (conv TEXT NOT NULL, root TEXT NOT NULL, key TEXT NOT NULL, "
+    "record TEXT NOT NULL, PRIMARY KEY (conv, root, key)) WITHOUT ROWID;"
+)
+_TO_CURRENT = f"UPDATE gigi_settings SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
 _MIGRATIONS = {
-    1: f"ALTER TABLE members ADD COLUMN removed INTEGER NOT NULL DEFAULT 0; "
-    f"UPDATE gigi_settings SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';",
+    1: _ADD_REMOVED + _ADD_SIGNED_RECORDS + _TO_CURRENT,
+    2: _ADD_SIGNED_RECORDS + _TO_CURRENT,
 }
 
 

@@ -43,6 +43,8 @@ class Record:
     expire_before: int | None = None  # messages older than this are past retention: not indexed
     generation: int = 0  # the in-memory document it came from; 0: none to track
     waiting: bool = False  # the update left structs waiting for a dependency (see ``waiting_updates``)
+    signed: Sequence[tuple[str, str, str]] = ()
+    """Signed records held now: (root, key, JSON record); see ``signed_records``."""
 
 
 class Store:
@@ -111,6 +113,10 @@ class Store:
                 {"n": len(record.update), "deleted": _deletions(record.changes), "conv": record.conversation},
             )
         index.record_changes(db, record.conversation, record.changes, record.expire_before)
+        db.executemany(
+            "INSERT OR REPLACE INTO signed_records VALUES (?, ?, ?, ?)",
+            [(record.conversation, root, key, value) for root, key, value in record.signed],
+        )
 
     def committed_log(self, conversation: str) -> tuple[int, list[bytes], bool, list[bytes]]:
         """The last row id, every committed update of a conversation, whether deletions
@@ -196,6 +202,17 @@ class Store:
         if not updates:
             raise UnknownConversation(f"no conversation {conversation} in {self.path}")
         return updates
+
+    def signed_records(self, conversation: str) -> list[tuple[str, str, str]]:
+        """The signed records last held for a conversation: (root, key, JSON record).
+
+        A member can put an older signed record back into the document; what this peer
+        saw newer must survive a restart (``Conversation.from_updates(held=...)``).
+        """
+        db = self._connection(self._reader)
+        with translated(self.path):
+            rows = db.execute("SELECT root, key, record FROM signed_records WHERE conv = ?", (conversation,))
+            return [(str(root), str(key), str(record)) for root, key, record in rows.fetchall()]
 
     def waiting_updates(self, conversation: str) -> list[bytes]:
         """Stored updates that left structs waiting for a dependency when they arrived.
