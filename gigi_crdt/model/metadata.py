@@ -24,7 +24,8 @@ class ConversationKind(enum.StrEnum):
 
 
 class Role(enum.StrEnum):
-    """What a member may do: admins change the member list and the title of a group."""
+    """What a member may do: admins change the member list and the title of an unsigned
+    group (in a signed one, only its creator does: see ``signed``)."""
 
     ADMIN = "admin"
     MEMBER = "member"
