@@ -48,16 +48,17 @@ def forge(holder: Conversation, records: dict[str, Any]) -> bytes:
     return forge_member_records(holder.diff(), records)
 
 
-def record_of(holder: Conversation, peer_id: str) -> Any:
-    """The raw member record ``holder``'s document shows for ``peer_id``."""
-    doc: Doc[Any] = Doc()
-    doc.apply_update(holder.diff())
-    return doc.get("members", type=Map).to_py()[peer_id]
-
-
 def fresh_peer(source: Conversation) -> Conversation:
     """Someone who learns the whole document from ``source`` now, having seen nothing before."""
     return Conversation.from_updates([source.diff()], CAROL.peer_id, clock(), CAROL)
+
+
+def signed_records(conversation: Conversation) -> dict[tuple[str, str], Any]:
+    """Every signed record ``conversation``'s document shows, by place."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(conversation.diff())
+    records = {("members", peer_id): raw for peer_id, raw in doc.get("members", type=Map).to_py().items()}
+    return records | {("meta", CHARTER): doc.get("meta", type=Map)[CHARTER]}
 
 
 def test_a_signed_conversation_id_commits_to_its_creator() -> None:
@@ -130,7 +131,7 @@ def test_a_member_record_the_creator_did_not_sign_changes_nothing(forged_for: st
 def test_a_replayed_older_record_does_not_undo_a_removal_and_is_overwritten() -> None:
     alice, bob = signed_group()
     bob.apply_remote(alice.add_member(CAROL.peer_id, "carol").update)
-    add_record = record_of(alice, CAROL.peer_id)  # the signed "carol joins" record
+    add_record = signed_records(alice)["members", CAROL.peer_id]  # the signed "carol joins" record
     bob.apply_remote(alice.remove_member(CAROL.peer_id).update)
     replay = forge(bob, {CAROL.peer_id: add_record})  # put the signed add back
     alice.apply_remote(replay)
@@ -236,7 +237,7 @@ def test_a_member_cannot_change_the_retention_and_so_expire_the_history() -> Non
 
 def test_an_older_charter_put_back_is_overwritten_and_a_deleted_one_written_back() -> None:
     alice, bob = signed_group()
-    first = _records(alice)["meta", CHARTER]
+    first = signed_records(alice)["meta", CHARTER]
     bob.apply_remote(alice.set_title("second").update)
     alice.apply_remote(forge_records(bob.diff(), {("meta", CHARTER): first}))
     assert alice.metadata().title == "second"
@@ -307,7 +308,7 @@ def test_every_replica_ends_with_the_newest_valid_records(steps: list[Any], rng:
             continue
         bob_author.apply_remote(written.update)
         updates.append(written.update)
-        records_seen.extend(item for item in _records(alice).items() if item not in records_seen)
+        records_seen.extend(item for item in signed_records(alice).items() if item not in records_seen)
     truth, title = alice.members(), alice.metadata().title
     bob = Conversation.from_updates([created.update], BOB.peer_id, clock(), BOB)
     dave_key = Identity.generate()
@@ -337,11 +338,3 @@ def test_every_replica_ends_with_the_newest_valid_records(steps: list[Any], rng:
         # and the documents show it, for whoever joins later:
         assert fresh_peer(replica).members() == truth
         assert fresh_peer(replica).metadata().title == title
-
-
-def _records(conversation: Conversation) -> dict[tuple[str, str], Any]:
-    """Every signed record ``conversation``'s document shows, by place."""
-    doc: Doc[Any] = Doc()
-    doc.apply_update(conversation.diff())
-    records = {("members", peer_id): raw for peer_id, raw in doc.get("members", type=Map).to_py().items()}
-    return records | {("meta", CHARTER): doc.get("meta", type=Map)[CHARTER]}
