@@ -474,3 +474,23 @@ class Recorder:
     def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
         if origin is None:
             self.local.append(update)
+
+
+async def test_a_members_forged_retention_expires_nothing(tmp_path: Path) -> None:
+    alice_key, bob_key = Identity.generate(), Identity.generate()
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
+        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
+    ):
+        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        await alice.send(group, Text("keep me"))
+        await sync(alice, bob, group)
+        forged = forge_records(await bob.diff(group, None), {("meta", "retention_days"): 0})
+        await alice.receive(group, forged, origin=bob.peer_id)
+        await alice.compact(group)  # applies the retention, if there is one
+        assert (await alice.metadata(group)).retention_days is None
+        assert texts(await alice.history(group)) == ["keep me"]
+    async with open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice:
+        await alice.compact(group)
+        assert texts(await alice.history(group)) == ["keep me"]
+        assert texts(await alice.export(group)) == ["keep me"]
