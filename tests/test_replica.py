@@ -494,3 +494,25 @@ async def test_a_members_forged_retention_expires_nothing(tmp_path: Path) -> Non
         await alice.compact(group)
         assert texts(await alice.history(group)) == ["keep me"]
         assert texts(await alice.export(group)) == ["keep me"]
+
+
+async def test_fields_added_to_a_signed_record_are_dropped(tmp_path: Path) -> None:
+    # The signature covers a record's own fields only: a writer may add others (here
+    # bytes, which JSON cannot hold), and a peer that first sees the record that way
+    # keeps and stores the record without them.
+    alice_key, bob_key = Identity.generate(), Identity.generate()
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
+        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
+    ):
+        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        document = await alice.diff(group, None)
+        padded = member_records(document)[bob.peer_id] | {"junk": b"\x00\x01", "note": "x" * 1000}
+        everything = Doc()
+        for update in (document, forge_member_records(document, {bob.peer_id: padded})):
+            everything.apply_update(update)
+        await bob.receive(group, everything.get_update(), origin=alice.peer_id)
+        assert await bob.is_member(group, bob.peer_id)
+        assert "junk" not in member_records(await bob.diff(group, None))[bob.peer_id]  # written back without
+    async with open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob:
+        assert await bob.is_member(group, bob.peer_id)

@@ -364,7 +364,10 @@ class Conversation:
             signed = None
         if signed is not None and signed.supersedes(held):
             self._held[place] = signed
-            self._stale.discard(place)
+            if raw == signed.record:
+                self._stale.discard(place)
+            else:  # with fields no signature covers: write it back without them
+                self._stale.add(place)
         elif held is not None:
             self._stale.add(place)
 

@@ -82,7 +82,8 @@ class Signed(Generic[T]):
     version: int
     signature: bytes
     record: dict[str, Any]
-    """The record as stored, to write it back."""
+    """The record with the fields it signs and its signature fields only (whatever else
+    a writer added is dropped), to store and to write back."""
 
     def supersedes(self, other: Signed[T] | None) -> bool:
         """True if this record holds over ``other`` (one for the same thing)."""
@@ -131,7 +132,7 @@ def check_member(conversation: str, peer_id: str, raw: object) -> Signed[Member]
     if not is_creator_key(conversation, key) and not (signer == peer_id and member.has_left):
         raise SchemaError(f"{what}: {signer} may not write it (not the creator)")
     version = member.joined_at if member.left_at is None else member.left_at
-    return Signed(member, version, signature, record)
+    return Signed(member, version, signature, encode_member(member) | _signature_fields(record))
 
 
 def _member_fields(conversation: str, member: Member) -> list[object]:
@@ -166,7 +167,8 @@ def check_charter(conversation: str, raw: object) -> Signed[Metadata]:
     _, key, signature = _checked_signature(raw, _charter_fields(meta, at), _CHARTER_CONTEXT, "the charter")
     if not is_creator_key(conversation, key):
         raise SchemaError("the charter: not signed by the creator")
-    return Signed(meta, at, signature, raw)
+    canonical = {name: value for name, value in encode_metadata(meta).items() if name != "id"} | {"at": at}
+    return Signed(meta, at, signature, canonical | _signature_fields(raw))
 
 
 def _charter_fields(meta: Metadata, at: int) -> list[object]:
@@ -193,6 +195,10 @@ def _checked_signature(
     if not verify(key, signature, _canonical(fields), context=context):
         raise SchemaError(f"{what}: bad signature by {signer}")
     return signer, key, signature
+
+
+def _signature_fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {name: record[name] for name in _SIGNATURE_FIELDS}
 
 
 def _canonical(fields: list[object]) -> bytes:
