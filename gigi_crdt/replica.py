@@ -134,6 +134,18 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items())
 
 
+def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object]]:
+    """Stored signed records, for ``Conversation.from_updates``; a damaged row is skipped
+    (the document's own records still count: only what was held beyond them is lost)."""
+    held: list[tuple[str, str, object]] = []
+    for root, key, record in rows:
+        try:
+            held.append((root, key, json.loads(record)))
+        except ValueError:
+            log.warning("stored signed record %s/%s is damaged; skipped", root, key)
+    return held
+
+
 class Replica:
     """All conversations of one peer. Get one from ``open_replica``."""
 
@@ -482,10 +494,7 @@ class Replica:
                     await self._settled.setdefault(conversation, trio.Event()).wait()
                 updates = await self._worker.read(self._store.load_updates, conversation)
                 waiting = await self._worker.read(self._store.waiting_updates, conversation)
-                held = [
-                    (root, key, json.loads(record))
-                    for root, key, record in await self._worker.read(self._store.signed_records, conversation)
-                ]
+                held = _parse_held(await self._worker.read(self._store.signed_records, conversation))
                 doc = await trio.to_thread.run_sync(
                     Conversation.from_updates, updates, self.peer_id, self._clock, self._signer, held
                 )

@@ -22,6 +22,7 @@ from pycrdt import Doc
 from pycrdt.store import SQLiteYStore
 
 from gigi_crdt.errors import StorageError, StoreCorrupt, StoreInUse, StoreReadOnly
+from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Text
 from gigi_crdt.replica import open_replica
 from gigi_crdt.store.database import DATABASE_NAME
@@ -309,3 +310,19 @@ async def test_pycrdt_store_reads_our_database(tmp_path: Path) -> None:
     async with open_replica(data_dir, nickname="me", peer_id=PEER_ID) as replica:
         assert [m.id for m in await replica.history(conversation, limit=100)] == [m.id for m in ours]
         assert await replica.export(conversation) == ours
+
+
+@pytest.mark.parametrize("damage", ["not json", '"a string"', "[1, 2]", '{"nick": 3}'])
+async def test_a_damaged_signed_record_row_is_skipped(tmp_path: Path, damage: str) -> None:
+    identity = Identity.generate()
+    async with open_replica(tmp_path, nickname="me", signer=identity) as replica:
+        conversation = await replica.create_conversation(ConversationKind.GROUP, others={"other-peer-0001": "other"})
+        await replica.send(conversation, Text("hello"))
+    raw = sqlite3.connect(tmp_path / DATABASE_NAME, isolation_level=None)
+    assert raw.execute("UPDATE signed_records SET record = ?", (damage,)).rowcount == 3
+    raw.close()
+    async with open_replica(tmp_path, nickname="me", signer=identity) as replica:
+        assert await replica.state_vector(conversation)  # the document loads, from its own records
+        assert await replica.is_member(conversation, "other-peer-0001")
+        assert (await replica.metadata(conversation)).kind is ConversationKind.GROUP
+        await replica.send(conversation, Text("still works"))
