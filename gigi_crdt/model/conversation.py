@@ -149,6 +149,7 @@ class Conversation:
         # holds, and the places where the document shows an older one (see ``_hold_signed``).
         self._held: dict[tuple[str, str], Signed[Any]] = {}
         self._stale: set[tuple[str, str]] = set()
+        self._vanished: set[tuple[str, str]] = set()  # held, but the document shows no record there
         self._metadata_cache: Metadata | None = None
         self._cursors = self._stream_lengths()
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
@@ -328,11 +329,15 @@ class Conversation:
         seen are held: this runs after every change (local writes, remote updates), since the
         next change may overwrite a record in the document.
         """
+        shown = set()
         for peer_id, raw in self._members.items():
+            shown.add(("members", peer_id))
             self._hold_newest(("members", peer_id), raw, functools.partial(check_member, conversation, peer_id))
         charter = self._meta.get(CHARTER)
         if charter is not None:
+            shown.add(("meta", CHARTER))
             self._hold_newest(("meta", CHARTER), charter, functools.partial(check_charter, conversation))
+        self._vanished = self._held.keys() - shown
 
     def held_records(self) -> list[tuple[str, str, dict[str, Any]]]:
         """The signed records that hold now, as (root, key, record), to store beside the
@@ -817,14 +822,11 @@ class Conversation:
         return self._written(Changes())
 
     def _stale_places(self) -> set[tuple[str, str]]:
+        """Checked on every remote update: reads the document only after signed records changed."""
         self._member_map()
-        stale = set(self._stale)
         # A record can vanish for a while when its overwrite waits for a dependency (see
         # ``_member_map``); with nothing waiting, it was deleted.
-        if self._waiting is None:
-            roots = self._signed_roots()
-            stale.update(place for place in self._held if place[1] not in roots[place[0]])
-        return stale
+        return self._stale | self._vanished if self._waiting is None else set(self._stale)
 
     def _signed_roots(self) -> dict[str, Map[Any]]:
         return {"members": self._members, "meta": self._meta}
