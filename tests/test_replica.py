@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -379,17 +381,31 @@ def member_records(document: bytes) -> dict[str, dict[str, object]]:
     return doc.get("members", type=Map).to_py()  # type: ignore[return-value]
 
 
-async def test_a_replayed_member_record_is_written_back_for_good(tmp_path: Path) -> None:
-    alice_key, bob_key, carol = Identity.generate(), Identity.generate(), Identity.generate()
+@contextlib.asynccontextmanager
+async def signed_pair(tmp_path: Path, alice_key: Identity, bob_key: Identity) -> AsyncIterator[tuple[Replica, Replica]]:
+    """alice's and bob's replicas, with identities (their conversations are signed)."""
     async with (
         open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
         open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
     ):
-        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
-        await alice.add_member(group, carol.peer_id, "carol")
-        carol_added = member_records(await alice.diff(group, None))[carol.peer_id]
-        await alice.remove_member(group, carol.peer_id)
-        await sync(alice, bob, group)
+        yield alice, bob
+
+
+async def carol_added_and_removed(alice: Replica, bob: Replica, carol: str) -> tuple[str, dict[str, object]]:
+    """A group of alice's with bob, to which she added carol and from which she removed
+    her; both know it all. Returns the group and the signed record that added carol."""
+    group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+    await alice.add_member(group, carol, "carol")
+    carol_added = member_records(await alice.diff(group, None))[carol]
+    await alice.remove_member(group, carol)
+    await sync(alice, bob, group)
+    return group, carol_added
+
+
+async def test_a_replayed_member_record_is_written_back_for_good(tmp_path: Path) -> None:
+    alice_key, bob_key, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
+        group, carol_added = await carol_added_and_removed(alice, bob, carol.peer_id)
         # bob, a member running modified code, puts the old "carol joins" record back.
         replay = forge_member_records(await bob.diff(group, None), {carol.peer_id: carol_added})
         await alice.receive(group, replay, origin=bob.peer_id)
@@ -403,10 +419,7 @@ async def test_a_replayed_member_record_is_written_back_for_good(tmp_path: Path)
 @pytest.mark.parametrize("forged_id", ["x" * 32, "y" * 24])
 async def test_an_update_that_rewrites_a_signed_conversations_id_is_refused(tmp_path: Path, forged_id: str) -> None:
     alice_key, bob_key = Identity.generate(), Identity.generate()
-    async with (
-        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
-        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
-    ):
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
         group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
         await sync(alice, bob, group)
         before = await alice.state_vector(group)
@@ -424,15 +437,8 @@ async def test_signed_records_are_written_back_at_most_once_per_interval(
     # Every member writes back what a replay hid: a member replaying over and over must
     # not make each of them write (and everyone pass on) an update per replay.
     alice_key, bob_key, carol = Identity.generate(), Identity.generate(), Identity.generate()
-    async with (
-        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
-        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
-    ):
-        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
-        await alice.add_member(group, carol.peer_id, "carol")
-        carol_added = member_records(await alice.diff(group, None))[carol.peer_id]
-        await alice.remove_member(group, carol.peer_id)
-        await sync(alice, bob, group)
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
+        group, carol_added = await carol_added_and_removed(alice, bob, carol.peer_id)
         writes = Recorder()
         alice.add_listener(writes)
 
@@ -478,10 +484,7 @@ class Recorder:
 
 async def test_a_members_forged_retention_expires_nothing(tmp_path: Path) -> None:
     alice_key, bob_key = Identity.generate(), Identity.generate()
-    async with (
-        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
-        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
-    ):
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
         group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
         await alice.send(group, Text("keep me"))
         await sync(alice, bob, group)
@@ -501,10 +504,7 @@ async def test_fields_added_to_a_signed_record_are_dropped(tmp_path: Path) -> No
     # bytes, which JSON cannot hold), and a peer that first sees the record that way
     # keeps and stores the record without them.
     alice_key, bob_key = Identity.generate(), Identity.generate()
-    async with (
-        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
-        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
-    ):
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
         group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
         document = await alice.diff(group, None)
         padded = member_records(document)[bob.peer_id] | {"junk": b"\x00\x01", "note": "x" * 1000}
