@@ -58,6 +58,7 @@ __all__ = [
     "new_signed_conversation_id",
     "sign_charter",
     "sign_member",
+    "signed_conversation_id",
 ]
 
 SIGNED_ID_CHARS: Final = 32
@@ -94,7 +95,13 @@ class Signed(Generic[T]):
 
 def new_signed_conversation_id(creator_key: bytes) -> str:
     """A fresh id for a conversation created by the owner of ``creator_key``."""
-    nonce = secrets.token_bytes(_NONCE_BYTES)
+    return signed_conversation_id(creator_key, secrets.token_bytes(_NONCE_BYTES))
+
+
+def signed_conversation_id(creator_key: bytes, nonce: bytes) -> str:
+    """The id of the conversation the owner of ``creator_key`` created with ``nonce``."""
+    if len(nonce) != _NONCE_BYTES:
+        raise ValueError(f"a conversation nonce is {_NONCE_BYTES} bytes")
     return base64.urlsafe_b64encode(nonce + _commitment(creator_key, nonce)).decode("ascii")
 
 
