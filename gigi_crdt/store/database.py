@@ -25,7 +25,16 @@ LOCK_NAME = "gigi.lock"
 SCHEMA_VERSION = 3
 YSTORE_VERSION = 2  # pycrdt.store.BaseYStore.version
 
-_SCHEMA = """
+# Signed records (member records, charters) held as the newest valid ones seen: not derived
+# from the document alone (a member can put an older one back there), so not index data.
+_SIGNED_RECORDS = """
+CREATE TABLE signed_records (
+    conv TEXT NOT NULL, root TEXT NOT NULL, key TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (conv, root, key)) WITHOUT ROWID;
+"""
+
+_SCHEMA = (
+    """
 CREATE TABLE yupdates (path TEXT NOT NULL, yupdate BLOB, metadata BLOB, timestamp REAL NOT NULL);
 CREATE INDEX idx_yupdates_path_timestamp ON yupdates (path, timestamp);
 CREATE TABLE ycheckpoints (
@@ -56,11 +65,6 @@ CREATE TABLE receipts (
 CREATE TABLE stream_cursors (
     conv TEXT NOT NULL, author TEXT NOT NULL, length INTEGER NOT NULL,
     PRIMARY KEY (conv, author)) WITHOUT ROWID;
--- Signed records (member records, charters) held as the newest valid ones seen: not derived
--- from the document alone (a member can put an older one back there), so not index data.
-CREATE TABLE signed_records (
-    conv TEXT NOT NULL, root TEXT NOT NULL, key TEXT NOT NULL, record TEXT NOT NULL,
-    PRIMARY KEY (conv, root, key)) WITHOUT ROWID;
 CREATE VIRTUAL TABLE message_text USING fts5(body, content='messages', content_rowid='rowid');
 -- The full-text index follows messages.body: new rows are added in bulk by the index code (a
 -- per-row trigger made a 10^5-message catch-up ten times slower); changes and deletions here.
@@ -73,17 +77,15 @@ CREATE TRIGGER message_text_update AFTER UPDATE OF body ON messages BEGIN
     INSERT INTO message_text (rowid, body) SELECT new.rowid, new.body WHERE new.body IS NOT NULL;
 END;
 """
+    + _SIGNED_RECORDS
+)
 
 # From each older version straight to SCHEMA_VERSION, in one transaction.
 _ADD_REMOVED = "ALTER TABLE members ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;"
-_ADD_SIGNED_RECORDS = (
-    "CREATE TABLE signed_records (conv TEXT NOT NULL, root TEXT NOT NULL, key TEXT NOT NULL, "
-    "record TEXT NOT NULL, PRIMARY KEY (conv, root, key)) WITHOUT ROWID;"
-)
 _TO_CURRENT = f"UPDATE gigi_settings SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
 _MIGRATIONS = {
-    1: _ADD_REMOVED + _ADD_SIGNED_RECORDS + _TO_CURRENT,
-    2: _ADD_SIGNED_RECORDS + _TO_CURRENT,
+    1: _ADD_REMOVED + _SIGNED_RECORDS + _TO_CURRENT,
+    2: _SIGNED_RECORDS + _TO_CURRENT,
 }
 
 
