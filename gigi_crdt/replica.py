@@ -413,10 +413,7 @@ class Replica:
 
     async def is_member(self, conversation: str, peer_id: str) -> bool:
         """True if ``peer_id`` is a current member of ``conversation``."""
-        doc = self._conversations.get(conversation)
-        if doc is not None:  # asked for every update a peer sends: no I/O when it is in memory
-            return doc.is_member(peer_id)
-        member = (await self.members(conversation)).get(peer_id)
+        member = await self._member(conversation, peer_id)
         return member is not None and member.active
 
     async def is_stranger(self, conversation: str, peer_id: str) -> bool:
@@ -426,19 +423,20 @@ class Replica:
         admin who wrote it lost its store before we heard of it, say): the creator's
         signature lets it prove that (see ``receive(proving=True)``).
         """
-        if not is_signed(conversation):
-            return False
-        doc = self._conversations.get(conversation)
-        members = doc.members() if doc is not None else await self.members(conversation)
-        return peer_id not in members
+        return is_signed(conversation) and await self._member(conversation, peer_id) is None
 
     async def has_left(self, conversation: str, peer_id: str) -> bool:
         """True if ``peer_id`` was a member of ``conversation`` and left (was not removed)."""
+        member = await self._member(conversation, peer_id)
+        return member is not None and member.has_left
+
+    async def _member(self, conversation: str, peer_id: str) -> Member | None:
+        """``peer_id``'s member record, read from the document if it is in memory (asked
+        for every update a peer sends: no I/O then), else from the index."""
         doc = self._conversations.get(conversation)
         if doc is not None:
-            return doc.has_left(peer_id)
-        member = (await self.members(conversation)).get(peer_id)
-        return member is not None and member.has_left
+            return doc.member(peer_id)
+        return (await self.members(conversation)).get(peer_id)
 
     def loaded_members(self, conversation: str) -> dict[str, Member] | None:
         """Members from the document if it is in memory (no I/O), else ``None``."""

@@ -279,14 +279,18 @@ class Conversation:
         """Everyone who is or was a member, by peer id; malformed records are skipped."""
         return dict(self._member_map())
 
+    def member(self, peer_id: str) -> Member | None:
+        """``peer_id``'s member record, if it has one (no copy of the member map)."""
+        return self._member_map().get(peer_id)
+
     def is_member(self, peer_id: str) -> bool:
-        """True if ``peer_id`` is a current member (no copy of the member map)."""
-        member = self._member_map().get(peer_id)
+        """True if ``peer_id`` is a current member."""
+        member = self.member(peer_id)
         return member is not None and member.active
 
     def has_left(self, peer_id: str) -> bool:
         """True if ``peer_id`` was a member and left of its own accord (was not removed)."""
-        member = self._member_map().get(peer_id)
+        member = self.member(peer_id)
         return member is not None and member.has_left
 
     def _member_map(self) -> dict[str, Member]:
