@@ -20,7 +20,6 @@ Nothing outside this module touches the pycrdt structures.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import secrets
@@ -333,15 +332,13 @@ class Conversation:
         seen are held: this runs after every change (local writes, remote updates), since the
         next change may overwrite a record in the document.
         """
-        shown = set()
-        for peer_id, raw in self._members.items():
-            shown.add(("members", peer_id))
-            self._hold_newest(("members", peer_id), raw, functools.partial(check_member, conversation, peer_id))
+        shown: dict[tuple[str, str], object] = {("members", peer_id): raw for peer_id, raw in self._members.items()}
         charter = self._meta.get(CHARTER)
         if charter is not None:
-            shown.add(("meta", CHARTER))
-            self._hold_newest(("meta", CHARTER), charter, functools.partial(check_charter, conversation))
-        self._vanished = self._held.keys() - shown
+            shown["meta", CHARTER] = charter
+        for place, raw in shown.items():
+            self._hold_newest(conversation, place, raw)
+        self._vanished = self._held.keys() - shown.keys()
 
     def held_records(self) -> list[tuple[str, str, dict[str, Any]]]:
         """The signed records that hold now, as (root, key, record), to store beside the
@@ -354,20 +351,17 @@ class Conversation:
         if conversation is None:
             return
         for root, key, raw in stored:
-            if (root, key) == ("meta", CHARTER):
-                self._hold_newest((root, key), raw, functools.partial(check_charter, conversation))
-            elif root == "members":
-                self._hold_newest((root, key), raw, functools.partial(check_member, conversation, key))
+            self._hold_newest(conversation, (root, key), raw)
         self._member_cache = self._metadata_cache = None
         self._member_map()  # now the document's own records are compared with what was held
 
-    def _hold_newest(self, place: tuple[str, str], raw: object, check: Callable[[object], Signed[Any]]) -> None:
+    def _hold_newest(self, conversation: str, place: tuple[str, str], raw: object) -> None:
         held = self._held.get(place)
         if held is not None and raw == held.record:
             self._stale.discard(place)  # shown again (someone wrote it back)
             return
         try:
-            signed: Signed[Any] | None = check(raw)
+            signed: Signed[Any] | None = _check_signed(conversation, place, raw)
         except SchemaError as exc:
             log.warning("conversation %s: signed record ignored: %s", self._meta.get("id"), exc)
             signed = None
@@ -1008,6 +1002,17 @@ def unintegrated(update: bytes, state_vector: bytes) -> bytes | None:
     has not integrated, or ``None`` if it has them all."""
     rest = get_update(update, state_vector)
     return rest if rest[:1] != b"\x00" else None  # a Yjs v1 update starts with its count of clients with structs
+
+
+def _check_signed(conversation: str, place: tuple[str, str], raw: object) -> Signed[Any]:
+    """The signed record ``raw`` found at ``place`` ((root, key)), checked; ``SchemaError``
+    if it is not valid, or no signed record belongs there."""
+    root, key = place
+    if root == "members":
+        return check_member(conversation, key, raw)
+    if place == ("meta", CHARTER):
+        return check_charter(conversation, raw)
+    raise SchemaError(f"no signed record belongs at {root}[{key!r}]")
 
 
 def _weakly(method: Callable[[Any], None]) -> Callable[[Any], None]:
