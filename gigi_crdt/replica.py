@@ -45,7 +45,7 @@ from .model import (
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
-from .model.yupdate import UpdateSummary
+from .model.yupdate import UnsafeUpdate, UpdateSummary
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
@@ -132,6 +132,14 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     ends in a Skip struct counts as waiting, which only costs a diff later)."""
     have = decode_state_vector(state_vector)
     return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items())
+
+
+def writes_as_us(doc: Conversation, summary: UpdateSummary) -> bool:
+    """True if the update ``summary`` describes has structs under ``doc``'s own Yjs client
+    id past what it wrote: only we write there, so they are forged, to take the place of
+    our next entries on whoever takes them first (see ``model.chain``)."""
+    ours = summary.clients.get(doc.client_id)
+    return ours is not None and ours.clocks[1] > decode_state_vector(doc.state_vector()).get(doc.client_id, 0)
 
 
 def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object]]:
@@ -357,6 +365,8 @@ class Replica:
         except UnknownConversation:
             doc, new = Conversation.from_updates([], self.peer_id, self._clock, self._signer), True
             self._hold(conversation, doc)
+        if writes_as_us(doc, summary):
+            raise UnsafeUpdate(f"an update of {conversation} from {origin} writes under our own Yjs client id")
         before = doc.state_vector()
         try:
             changes = doc.apply_remote(update)
@@ -509,10 +519,10 @@ class Replica:
         log before its entries could be read (they waited for a dependency that arrived
         in a document since dropped), and the index must not depend on that never happening.
         """
-        missed = doc.entries_since(await self._read(index.stream_cursors, conversation))
+        missed = doc.changes_since(await self._read(index.stream_cursors, conversation))
         if missed:
-            log.info("indexing %d entries of %s that the index lacked", len(missed), conversation)
-            await self._persist(doc, Written(b"", Changes(entries=missed)), conversation)
+            log.info("indexing %d entries of %s that the index lacked", len(missed.entries), conversation)
+            await self._persist(doc, Written(b"", missed), conversation)
 
     async def _persist(
         self,

@@ -1,11 +1,13 @@
 """What a malicious member does: write into a conversation's Yjs document with pycrdt
-directly, under its own client id, bypassing the model's checks."""
+directly, under its own client id (or another's), bypassing the model's checks."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pycrdt import Doc, Map
+from pycrdt import Array, Doc, Map
+
+from gigi_crdt.model.ops import BUCKET_SIZE
 
 
 def forge_records(document: bytes, records: dict[tuple[str, str], Any]) -> bytes:
@@ -23,3 +25,20 @@ def forge_records(document: bytes, records: dict[tuple[str, str], Any]) -> bytes
 def forge_member_records(document: bytes, records: dict[str, Any]) -> bytes:
     """An update writing ``records`` (peer id -> raw member record) over ``document``."""
     return forge_records(document, {("members", peer_id): record for peer_id, record in records.items()})
+
+
+def forge_entries(document: bytes, author: str, values: list[dict[str, Any]], client_id: int | None = None) -> bytes:
+    """An update appending raw stream entry ``values`` to ``author``'s stream over
+    ``document``; with ``client_id``, written under that Yjs client id (someone else's)."""
+    doc: Doc[Any] = Doc() if client_id is None else Doc(client_id=client_id)
+    doc.apply_update(document)
+    before = doc.get_state()
+    streams = doc.get("streams", type=Map)
+    with doc.transaction():
+        for value in values:
+            key = f"{author}/{int(value['s']) // BUCKET_SIZE}"
+            if key in streams:
+                streams[key].append(value)
+            else:
+                streams[key] = Array([value])
+    return doc.get_update(before)

@@ -15,6 +15,12 @@ import trio
 from pycrdt import Array, Doc, Map, Provider, TransactionEvent
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
+from gigi_crdt import Text
+from gigi_crdt.model.chain import genesis, link_of
+from gigi_crdt.model.ops import Posted, StreamEntry, encode_op
+from gigi_crdt.model.signed import Head, sign_head
+from gigi_crdt.signatures import Signer
+
 TOKEN = "relay-test-token"
 
 
@@ -87,11 +93,17 @@ def posts(doc: Doc[Any]) -> list[dict[str, Any]]:
     return sorted(found, key=lambda op: (op["t"], op["i"]))
 
 
-def post_as(doc: Doc[Any], author: str, nickname: str, text: str) -> None:
-    """Append a text message to ``author``'s stream in our format (first bucket, first entry)."""
-    op = {"s": 0, "o": "post", "i": "plainpycrdt01", "t": time.time_ns() // 1_000_000 * 1000, "n": nickname}
-    op |= {"k": "text", "c": {"text": text}}
-    doc.get("streams", type=Map)[f"{author}/0"] = Array([op])
+def post_as(doc: Doc[Any], conversation: str, author: Signer, nickname: str, text: str) -> None:
+    """Append a text message to ``author``'s stream in our format (first bucket, first
+    entry), chained and with its signed head (the model's functions write the fields)."""
+    post = Posted("plainpycrdt01", time.time_ns() // 1_000_000 * 1000, nickname, Text(text))
+    prev = genesis(conversation, author.peer_id)
+    link = link_of(StreamEntry(author.peer_id, 0, post, prev))
+    assert link is not None
+    head = sign_head(author, conversation, Head(0, link))
+    with doc.transaction():
+        doc.get("streams", type=Map)[f"{author.peer_id}/0"] = Array([encode_op(post, 0, prev)])
+        doc.get("heads", type=Map)[author.peer_id] = head.record
 
 
 async def wait_until(doc: Doc[Any], condition: Callable[[], bool], seconds: float = 20) -> None:

@@ -290,5 +290,11 @@ async def test_an_older_database_is_migrated_in_place(tmp_path: Path, version: i
     raw = sqlite3.connect(data_dir / DATABASE_NAME)
     assert raw.execute("SELECT value FROM gigi_settings WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
     held = raw.execute("SELECT root, key FROM signed_records WHERE conv = ?", (conversation,)).fetchall()
-    assert sorted(held) == sorted([("members", identity.peer_id), ("members", "other-peer-1"), ("meta", "charter")])
+    expected = [
+        ("heads", identity.peer_id),
+        ("members", identity.peer_id),
+        ("members", "other-peer-1"),
+        ("meta", "charter"),
+    ]
+    assert sorted(held) == sorted(expected)
     raw.close()

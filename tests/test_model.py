@@ -384,7 +384,7 @@ def test_entries_keep_their_sequence_numbers_while_a_tombstone_waits() -> None:
         (2, ids[2]),
         (3, ids[3]),
     ]
-    assert [e.seq for e in bob.entries_since({ALICE: 2})] == [2, 3]
+    assert [e.seq for e in bob.changes_since({ALICE: 2}).entries] == [2, 3]
     changes = bob.apply_remote(deletion.update)
     assert [(e.seq, type(e.op).__name__) for e in changes.entries] == [(4, "Deleted")]
     assert texts(bob) == texts(alice) == ["m0", None, "m2", "m3"]

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from hostile import hostile_updates
 from node_helpers import LOCAL
 from relay_helpers import TOKEN, plain_client, post_as, posts, relay_process, wait_until
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from gigi_crdt import NodeConfig, RelayRefused, Text, open_node
+from gigi_crdt.identity import Identity
 from gigi_crdt.model.view import Message
 from gigi_crdt.node import Node
 from gigi_crdt.protocol.yproto import SyncKind, encode_sync
@@ -146,13 +148,13 @@ async def test_only_room_paths_are_served(relay_port: int) -> None:
 
 async def test_a_plain_pycrdt_client_and_a_node_share_a_room(tmp_path: Path, relay_port: int) -> None:
     """pycrdt's Provider reads our messages from its Doc, and a message it writes in our format reaches us."""
-    carol = "carol" + secrets.token_hex(16)
+    carol = Identity.generate()
     async with open_node(tmp_path / "alice", nickname="alice", config=via(relay_port)) as alice:
-        group = await alice.create_group("relayed", {carol: "carol"})
+        group = await alice.create_group("relayed", {carol.peer_id: "carol"})
         await alice.send(group, Text("from gigi-crdt"))
         async with plain_client(relay_port, group) as doc:
             await wait_until(doc, lambda: [op["c"]["text"] for op in posts(doc)] == ["from gigi-crdt"])
-            post_as(doc, carol, "carol", "from plain pycrdt")
+            post_as(doc, group, carol, "carol", "from plain pycrdt")
             await wait_for_texts(alice, group, 2)
         assert await texts_in(alice, group) == ["from gigi-crdt", "from plain pycrdt"]
 
@@ -201,11 +203,13 @@ async def test_a_node_js_yjs_client_and_a_node_share_a_room(
 ) -> None:
     """y-websocket's WebsocketProvider in Node.js (yjs, not yrs) reads our messages from its Y.Doc, and a
     message it writes in our format reaches us."""
-    dave = "dave" + secrets.token_hex(16)
+    key = Identity.generate()
+    dave = key.peer_id
+    seed = key.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
     async with open_node(tmp_path / "alice", nickname="alice", config=via(relay_port)) as alice:
         group = await alice.create_group("relayed to Node.js", {dave: "dave"})
         await alice.send(group, Text("from gigi-crdt"))
-        options = {"url": f"ws://127.0.0.1:{relay_port}", "room": group, "token": TOKEN, "member": dave}
+        options = {"url": f"ws://127.0.0.1:{relay_port}", "room": group, "token": TOKEN, "key": seed}
         options |= {"nickname": "dave", "send": "from y-websocket", "expect": "from gigi-crdt", "timeout": "20"}
         command = [*yclient, *(f"--{name}={value}" for name, value in options.items())]  # ids may start with "-"
         with trio.fail_after(30):

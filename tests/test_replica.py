@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from forgery import forge_member_records, forge_records
+from forgery import forge_entries, forge_member_records, forge_records
 from hostile import hostile_updates
 from pycrdt import Doc, Map
 
@@ -29,6 +29,8 @@ from gigi_crdt import (
 )
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Changes, UnsafeUpdate
+from gigi_crdt.model.ops import Posted, encode_op
+from gigi_crdt.model.yupdate import check_update
 from gigi_crdt.replica import RESTORE_INTERVAL
 from gigi_crdt.store import Record, Store
 
@@ -516,3 +518,53 @@ async def test_fields_added_to_a_signed_record_are_dropped(tmp_path: Path) -> No
         assert "junk" not in member_records(await bob.diff(group, None))[bob.peer_id]  # written back without
     async with open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob:
         assert await bob.is_member(group, bob.peer_id)
+
+
+def forged_post(seq: int) -> dict[str, object]:
+    """A post in someone's stream, by someone else: no chain link, no head."""
+    return encode_op(Posted("forgedforged01", 1_800_000_000_000_000, "alice", Text("pay bob")), seq)
+
+
+async def test_an_entry_forged_into_a_members_stream_is_never_indexed_nor_shown(tmp_path: Path) -> None:
+    alice_key, bob_key, carol_key = Identity.generate(), Identity.generate(), Identity.generate()
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
+        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+            group = await alice.create_conversation(
+                ConversationKind.GROUP, others={bob.peer_id: "bob", carol.peer_id: "carol"}
+            )
+            await alice.send(group, Text("hi"))
+            await sync(alice, bob, group)
+            await sync(alice, carol, group)
+            # bob, a member running modified code, writes a post into alice's stream.
+            forged = forge_entries(await bob.diff(group, None), alice.peer_id, [forged_post(1)])
+            changes = await carol.receive(group, forged, origin=bob.peer_id)
+            assert not changes.entries
+            assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["hi"]
+            await alice.send(group, Text("after"))
+            await sync(alice, carol, group)
+            assert texts(await carol.history(group)) == ["hi", "after"]
+        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+            assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["hi", "after"]
+            await carol.rebuild_index(group)
+            assert texts(await carol.history(group)) == ["hi", "after"]
+            assert await carol.search("pay") == []
+
+
+async def test_an_update_writing_under_our_own_client_id_is_refused(tmp_path: Path) -> None:
+    alice_key, bob_key = Identity.generate(), Identity.generate()
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
+        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        await sync(alice, bob, group)
+        before = await bob.state_vector(group)
+        await alice.send(group, Text("hi"))
+        (client,) = check_update(await alice.diff(group, before)).authors  # alice's Yjs client id
+        await sync(alice, bob, group)
+        state = await alice.state_vector(group)
+        # bob takes alice's client id to put a struct where her next entry would go.
+        forged = forge_entries(await bob.diff(group, None), alice.peer_id, [forged_post(1)], client)
+        with pytest.raises(UnsafeUpdate, match="our own Yjs client id"):
+            await alice.receive(group, forged, origin=bob.peer_id)
+        assert await alice.state_vector(group) == state
+        await alice.send(group, Text("after"))
+        await sync(alice, bob, group)
+        assert texts(await bob.history(group)) == ["hi", "after"]

@@ -7,6 +7,7 @@ Document layout (root types of the pycrdt ``Doc``)::
                    (members are never deleted; signed records: see ``signed``)
     streams  Map   "<author>/<bucket>" -> Array of at most BUCKET_SIZE plain op dicts
     acks     Map   "<member>/<delivered|read>/<author>" -> highest seq of author's stream
+    heads    Map   author -> its signed stream head (signed conversations: see ``chain``)
 
 Why this shape: pycrdt slows down with long arrays and with arrays of nested maps, so each
 author appends plain values to its own short buckets; nobody else ever writes there, so a
@@ -26,12 +27,13 @@ import secrets
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pycrdt import Array, Doc, Map, Transaction, get_update, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
 from ..signatures import Signer
+from .chain import AnchorCheck, Chain, commitment, genesis, is_anchor_seq, link_of, verified_entries
 from .clock import TICKS_PER_MS, HybridClock
 from .content import Content, GroupInvite
 from .metadata import (
@@ -67,19 +69,26 @@ from .ops import (
 )
 from .signed import (
     CHARTER,
+    Head,
     Signed,
+    check_anchor,
     check_charter,
+    check_head,
     check_member,
+    head_key,
     is_creator_key,
     is_signed,
     new_signed_conversation_id,
+    sign_anchor,
     sign_charter,
+    sign_head,
     sign_member,
 )
 from .view import Message, fold_history
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
 SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
 
@@ -138,6 +147,7 @@ class Conversation:
         self._members: Map[Any] = doc.get("members", type=Map)
         self._streams: Map[Any] = doc.get("streams", type=Map)
         self._acks: Map[Any] = doc.get("acks", type=Map)
+        self._heads: Map[Any] = doc.get("heads", type=Map)
         self._outbox: list[bytes] = []
         self._acked: list[tuple[str, Any]] = []
         self._appended: list[tuple[str, int, list[Any] | None]] = []
@@ -151,6 +161,12 @@ class Conversation:
         self._vanished: set[tuple[str, str]] = set()  # held, but the document shows no record there
         self._metadata_cache: Metadata | None = None
         self._cursors = self._stream_lengths()
+        # Signed conversations: per author, what of its stream is verified (see ``chain``).
+        # Entries the document held when it was loaded from our store were verified before
+        # they were stored, but for those the index lacks (``entries_since``).
+        self._chains: dict[str, Chain] = {}
+        self._loaded = dict(self._cursors)
+        self._heads_moved: set[str] = set()
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
         # garbage collector stops tracking: a list per message made every full collection
         # walk one more object per message written.
@@ -178,6 +194,7 @@ class Conversation:
             self._members.integrated.observe(_weakly(self._on_meta)),
             self._meta.integrated.observe(_weakly(self._on_meta)),
             self._streams.integrated.observe_deep(_weakly(self._on_streams)),
+            self._heads.integrated.observe(_weakly(self._on_heads)),
         )
         self._member_map()  # remembered from the start: see ``_member_map``
 
@@ -252,6 +269,11 @@ class Conversation:
     def id(self) -> str:
         """The conversation id (also the room name when syncing through a relay)."""
         return self.metadata().id
+
+    @property
+    def client_id(self) -> int:
+        """The Yjs client id this replica writes under (a new one each time it is loaded)."""
+        return self._doc.client_id
 
     @property
     def local_peer(self) -> str:
@@ -333,6 +355,7 @@ class Conversation:
         next change may overwrite a record in the document.
         """
         shown: dict[tuple[str, str], object] = {("members", peer_id): raw for peer_id, raw in self._members.items()}
+        shown.update((("heads", author), raw) for author, raw in self._heads.items())
         charter = self._meta.get(CHARTER)
         if charter is not None:
             shown["meta", CHARTER] = charter
@@ -398,9 +421,16 @@ class Conversation:
                 log.warning("stream %r skipped: not a bucket key", key)
                 continue
             buckets.setdefault(place[0], []).append(place[1])
+        signed = self._signed_id() is not None
+        self._member_map()  # hold the heads the document shows
         for author, numbers in buckets.items():
-            for number in sorted(numbers):
-                yield from self._read_bucket(author, number, 0)
+            read = (entry for number in sorted(numbers) for entry in self._read_bucket(author, number, 0))
+            held = self._held.get(("heads", author)) if signed else None
+            if held is not None:
+                head = (held.value.seq, held.value.link)
+                yield from verified_entries(read, head, self._anchor_check(author, held))
+            elif not signed:
+                yield from read
 
     def history(self) -> list[Message]:
         """The whole ordered history, computed from the document (linear in its size).
@@ -452,18 +482,29 @@ class Conversation:
         except SchemaError:
             return None
 
-    def entries_since(self, indexed: Mapping[str, int]) -> list[StreamEntry]:
+    def changes_since(self, indexed: Mapping[str, int]) -> Changes:
         """Entries past ``indexed`` (author -> entries already folded elsewhere), in order.
 
         Reads only the streams that hold more than ``indexed`` says: cheap when nothing is
-        missing, which is the usual case.
+        missing, which is the usual case. In a signed conversation, only verified entries
+        count, and the index must not count past those still waiting (``complete_upto``).
         """
-        missing: list[StreamEntry] = []
+        changes = Changes()
+        signed = self._signed_id() is not None
         for author, length in self._cursors.items():
             start = indexed.get(author, 0)
             if length > start:
-                missing.extend(self._read_range(author, start, length))
-        return missing
+                entries = self._read_range(author, start, length)
+                if signed:
+                    chain = self._chain(author)
+                    chain.distrust(start)
+                    chain.add(entries)
+                    entries = self._verify_chain(author, chain)
+                    lowest = chain.lowest_waiting()
+                    if lowest is not None:
+                        changes.complete_upto[author] = lowest
+                changes.entries.extend(entries)
+        return changes
 
     def stream_length(self, author: str) -> int:
         """How many entries of ``author``'s stream this replica holds."""
@@ -522,13 +563,59 @@ class Conversation:
                 found[author] = entries + found.get(author, [])
         if had_waiting:  # members and metadata have no later event to reveal a silent change
             changes.metadata_changed |= self._metadata_moved()
+        self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
+        conversation = self._signed_id()
+        if conversation is not None:
+            found = self._verify(found, changes)
         for author, entries in found.items():
             changes.entries.extend(entries)
             self._clock.observe(max(_timestamp(entry.op) for entry in entries))
             if self._holes.get(author):
-                changes.complete_upto[author] = min(self._holes[author])
-        self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
+                lowest = min(self._holes[author])
+                changes.complete_upto[author] = min(changes.complete_upto.get(author, lowest), lowest)
         return changes
+
+    def _verify(self, found: dict[str, list[StreamEntry]], changes: Changes) -> dict[str, list[StreamEntry]]:
+        """Of the entries found, and those that waited, the ones a chain from their
+        author's head now reaches (see ``chain``); ``changes`` learns where an author's
+        stream has entries still waiting, so that the index does not count past them."""
+        verified: dict[str, list[StreamEntry]] = {}
+        for author in found.keys() | self._heads_moved:
+            chain = self._chain(author)
+            chain.add(found.get(author, ()))
+            entries = self._verify_chain(author, chain)
+            if entries:
+                verified[author] = entries
+            lowest = chain.lowest_waiting()
+            if lowest is not None:
+                changes.complete_upto[author] = lowest
+        self._heads_moved.clear()
+        return verified
+
+    def _verify_chain(self, author: str, chain: Chain) -> list[StreamEntry]:
+        held = self._held.get(("heads", author))
+        if held is None:
+            return chain.verify()
+        chain.expect(held.value.seq, held.value.link)
+        return chain.verify(self._anchor_check(author, held))
+
+    def _anchor_check(self, author: str, head: Signed[Head]) -> AnchorCheck:
+        conversation, key = self.id, head_key(head)
+
+        def check(entry: StreamEntry) -> bool:
+            # ``Chain`` asks only of entries with both
+            assert entry.prev is not None
+            assert entry.anchor is not None
+            return check_anchor(conversation, author, key, entry.seq, entry.prev, entry.anchor)
+
+        return check
+
+    def _chain(self, author: str) -> Chain:
+        chain = self._chains.get(author)
+        if chain is None:
+            chain = self._chains[author] = Chain()
+            chain.trust(0, self._loaded.get(author, 0))
+        return chain
 
     def _filled_holes(self) -> dict[str, list[StreamEntry]]:
         """Entries that showed up, without an event, where a hole was."""
@@ -644,6 +731,8 @@ class Conversation:
                 elif entry.seq in self._holes.get(author, ()):
                     self._holes[author].discard(entry.seq)
                     late.setdefault(author, []).append(entry)
+                elif author in self._chains and not self._chains[author].is_verified(entry.seq):
+                    late.setdefault(author, []).append(entry)  # another candidate for that seq
         self._appended.clear()
         for author, entries in found.items():
             if len(entries) > 1:
@@ -706,7 +795,7 @@ class Conversation:
     def delete(self, message_id: str) -> Written:
         """Delete one of the local peer's messages, removing its content and its edits'."""
         places = self._own_message(message_id)
-        original = self._entry_at(self._local_peer, places[0]).op
+        original = self._own_entry(places[0], message_id)[2].op
         if not isinstance(original, Posted):
             raise UnknownMessage(f"message {message_id} is already deleted")
         now = self._clock.tick()
@@ -827,7 +916,7 @@ class Conversation:
         return self._stale | self._vanished if self._waiting is None else set(self._stale)
 
     def _signed_roots(self) -> dict[str, Map[Any]]:
-        return {"members": self._members, "meta": self._meta}
+        return {"members": self._members, "meta": self._meta, "heads": self._heads}
 
     def _record(self, member: Member) -> dict[str, Any]:
         """The stored form of ``member``'s record: signed in a signed conversation."""
@@ -836,7 +925,7 @@ class Conversation:
             return encode_member(member)
         return self._sign(lambda signer: sign_member(signer, conversation, member))
 
-    def _sign(self, make: Callable[[Signer], dict[str, Any]]) -> dict[str, Any]:
+    def _sign(self, make: Callable[[Signer], T]) -> T:
         if self._signer is None:
             raise NotAllowed("this replica has no identity key to sign records with")
         return make(self._signer)
@@ -857,10 +946,14 @@ class Conversation:
         return self._written(Changes(entries=[entry]))
 
     def _append_in_transaction(self, op: Op) -> StreamEntry:
-        seq = self._cursors.get(self._local_peer, 0)
+        conversation = self._signed_id()
+        seq, prev = self._own_tip(conversation)
         bucket, index = divmod(seq, BUCKET_SIZE)
         key = bucket_key(self._local_peer, bucket)
-        value = encode_op(op, seq)
+        anchor = None
+        if conversation is not None and prev is not None and is_anchor_seq(seq):
+            anchor = self._sign(lambda signer: sign_anchor(signer, conversation, seq, prev))
+        value = encode_op(op, seq, prev, anchor=anchor)
         if index == 0:
             self._streams[key] = Array([value])
         else:
@@ -868,16 +961,63 @@ class Conversation:
                 self._own_bucket = (key, self._streams[key])
             # Array.append re-reads the length and goes through slice assignment, and a map
             # lookup per message costs as much again: insert at the known index into the
-            # cached bucket (together a third of a live message's cost).
-            self._own_bucket[1].integrated.insert(self._raw_transaction(), index, value)
-        self._cursors[self._local_peer] = seq + 1
-        return StreamEntry(self._local_peer, seq, op)
+            # cached bucket (together a third of a live message's cost). The position is
+            # not the seq if someone else put entries into our bucket or took some out.
+            raw = self._own_bucket[1].integrated
+            transaction = self._raw_transaction()
+            raw.insert(transaction, min(index, raw.len(transaction)), value)
+        self._cursors[self._local_peer] = max(self._cursors.get(self._local_peer, 0), seq + 1)
+        entry = StreamEntry(self._local_peer, seq, op, prev, anchor=anchor)
+        if conversation is not None:
+            self._write_head(conversation, entry)
+        return entry
 
-    def _replace(self, seq: int, op: Op) -> None:
+    def _own_tip(self, conversation: str | None) -> tuple[int, bytes | None]:
+        """The seq of our next entry, and in a signed conversation the link it chains to.
+
+        Both come from our head, not from the document, where anyone may have put entries
+        into our stream: written after those, ours would leave a seq out of the chain.
+        """
+        cursor = self._cursors.get(self._local_peer, 0)
+        held = None if conversation is None else self._held.get(("heads", self._local_peer))
+        if held is not None:
+            return held.value.seq + 1, held.value.link
+        return cursor, None if conversation is None else genesis(conversation, self._local_peer)
+
+    def _write_head(self, conversation: str, entry: StreamEntry) -> None:
+        link = link_of(entry)
+        assert link is not None  # we wrote it with its prev
+        head = self._sign(lambda signer: sign_head(signer, conversation, Head(entry.seq, link)))
+        self._heads[self._local_peer] = dict(head.record)
+        self._held["heads", self._local_peer] = head
+        self._chain(self._local_peer).trust(entry.seq, entry.seq + 1)
+
+    def _replace(self, seq: int, op: Tombstone | Redacted) -> None:
+        """Overwrite one of our entries in place; in a signed conversation the new one
+        keeps the old one's place in the chain (its ``prev``, and its commitment sealed)."""
+        array, index, original = self._own_entry(seq, op.id if isinstance(op, Tombstone) else op.target)
+        chained: tuple[bytes | None, bytes | None, bytes | None] = (None, None, None)
+        if self._signed_id() is not None:
+            chained = (original.prev, commitment(original), original.anchor)
+        del array[index]
+        array.insert(index, encode_op(op, seq, *chained))
+
+    def _own_entry(self, seq: int, message_id: str) -> tuple[Array[Any], int, StreamEntry]:
+        """Our entry at ``seq`` (a post of ``message_id`` or an edit of it): its bucket, its
+        position there and itself. The position is the seq's unless someone else put
+        entries into our bucket or took some out."""
         bucket, index = divmod(seq, BUCKET_SIZE)
         array = self._streams[bucket_key(self._local_peer, bucket)]
-        del array[index]
-        array.insert(index, encode_op(op, seq))
+        values = list(enumerate(array))
+        values.sort(key=lambda value: value[0] != index)  # the usual place first
+        for position, raw in values:
+            try:
+                entry = parse_entry(self._local_peer, bucket, raw)
+            except SchemaError:
+                continue
+            if entry.seq == seq and _concerns(entry.op, message_id):
+                return array, position, entry
+        raise UnknownMessage(f"no entry of ours at seq {seq} for message {message_id}")
 
     def _local_transaction(self) -> Transaction:
         """A transaction of our own: observers skip it (``changes`` says what it did)."""
@@ -917,6 +1057,12 @@ class Conversation:
         for key, change in event.keys.items():
             if "newValue" in change:
                 self._acked.append((key, change["newValue"]))
+
+    def _on_heads(self, event: Any) -> None:
+        if self._writing:
+            return  # our own head: ``_write_head`` holds it already
+        self._heads_moved.update(event.keys)
+        self._member_cache = None  # so that ``_member_map`` holds the new heads
 
     def _on_meta(self, event: Any) -> None:
         self._meta_changed = True
@@ -958,10 +1104,6 @@ class Conversation:
                     elif isinstance(entry.op, Edited | Redacted) and entry.op.target in self._own_places:
                         self._own_places[entry.op.target] += (entry.seq,)
         return self._own_places
-
-    def _entry_at(self, author: str, seq: int) -> StreamEntry:
-        bucket, index = divmod(seq, BUCKET_SIZE)
-        return next(self._read_bucket(author, bucket, index, limit=1))
 
     def _bucket_length(self, author: str, bucket: int) -> int:
         array = self._streams.get(bucket_key(author, bucket))
@@ -1012,6 +1154,8 @@ def _check_signed(conversation: str, place: tuple[str, str], raw: object) -> Sig
         return check_member(conversation, key, raw)
     if place == ("meta", CHARTER):
         return check_charter(conversation, raw)
+    if root == "heads":
+        return check_head(conversation, key, raw)
     raise SchemaError(f"no signed record belongs at {root}[{key!r}]")
 
 
@@ -1040,6 +1184,11 @@ def _apply(doc: Doc[Any], update: bytes) -> None:
         if type(exc).__name__ == "PanicException":
             raise SchemaError(f"Yjs update rejected by yrs: {exc}") from None
         raise
+
+
+def _concerns(op: Op, message_id: str) -> bool:
+    """True if ``op`` is the post of ``message_id`` or an edit of it."""
+    return (isinstance(op, Posted) and op.id == message_id) or (isinstance(op, Edited) and op.target == message_id)
 
 
 def _timestamp(op: Op) -> int:

@@ -12,17 +12,24 @@ produces and raises ``SchemaError`` for anything else.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ..errors import SchemaError
-from .content import Content, decode_content, encode_content
+from .content import Content, content_fields, decode_content, encode_content
 
 BUCKET_SIZE = 256
 MAX_TIMESTAMP = 2**53 - 1
 MAX_NICKNAME_CHARS = 64
 MAX_EMOJI_CHARS = 16
+LINK_BYTES = 16
+_LINK_CHARS = 22  # LINK_BYTES in unpadded base64url
+_ANCHOR_CHARS = 88  # an Ed25519 signature in base64
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
@@ -89,11 +96,20 @@ Op: TypeAlias = Posted | Edited | Deleted | Reacted | Tombstone | Redacted
 
 @dataclass(frozen=True, slots=True)
 class StreamEntry:
-    """One operation at its place in its author's stream."""
+    """One operation at its place in its author's stream.
+
+    In a signed conversation (see ``chain``) it also carries ``prev``, the link of the
+    author's entry before it; if it replaced an op in place (a ``Tombstone`` or
+    ``Redacted``), ``sealed``: the commitment of the op it replaced; and every
+    ``ANCHOR_EVERY`` seqs, ``anchor``: the author's signature of ``prev``.
+    """
 
     author: str
     seq: int
     op: Op
+    prev: bytes | None = field(default=None, compare=False)
+    sealed: bytes | None = field(default=None, compare=False)
+    anchor: bytes | None = field(default=None, compare=False)
 
 
 def check_id(value: object, what: str = "id") -> str:
@@ -116,22 +132,39 @@ def split_bucket_key(key: str) -> tuple[str, int]:
     return check_id(author, "author"), int(number)
 
 
-def encode_op(op: Op, seq: int) -> dict[str, Any]:
-    """The plain value stored for ``op`` at ``seq`` in its author's stream.
+def encode_op(
+    op: Op, seq: int, prev: bytes | None = None, sealed: bytes | None = None, anchor: bytes | None = None
+) -> dict[str, Any]:
+    """The plain value stored for ``op`` at ``seq`` in its author's stream, with the chain
+    fields of a signed conversation (see ``StreamEntry``).
 
     The value names its own sequence number because its position in the bucket can lie
     for a while: an in-place replacement (a deletion's tombstone) is a Yjs delete plus an
     insert, and a peer may apply the delete while the insert still waits for a dependency.
     """
-    return {"s": seq} | _op_fields(op)
+    value = {"s": seq} | _op_fields(op, encode_content)
+    if prev is not None:
+        value["p"] = _encode_link(prev)
+    if sealed is not None:
+        value["h"] = _encode_link(sealed)
+    if anchor is not None:
+        value["g"] = base64.b64encode(anchor).decode("ascii")
+    return value
 
 
-def _op_fields(op: Op) -> dict[str, Any]:
+def canonical_op(op: Op, seq: int) -> bytes:
+    """The bytes an op's commitment hashes (see ``chain``): its stored fields, chain fields
+    left out, as JSON with sorted keys, no spaces and UTF-8 text. ``op`` is valid already."""
+    fields = {"s": seq} | _op_fields(op, content_fields)
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _op_fields(op: Op, content: Callable[[Content], tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     if isinstance(op, Posted):
-        kind, fields = encode_content(op.content)
+        kind, fields = content(op.content)
         return {"o": "post", "i": op.id, "t": op.timestamp, "n": op.nickname, "k": kind, "c": fields}
     if isinstance(op, Edited):
-        kind, fields = encode_content(op.content)
+        kind, fields = content(op.content)
         return {"o": "edit", "i": op.target, "t": op.timestamp, "k": kind, "c": fields}
     if isinstance(op, Deleted):
         return {"o": "delete", "i": op.target, "t": op.timestamp}
@@ -152,7 +185,40 @@ def parse_entry(author: str, bucket: int, raw: object) -> StreamEntry:
         seq = int(seq)
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq - bucket * BUCKET_SIZE < BUCKET_SIZE:
         raise SchemaError(f"stream entry with a sequence number {seq!r} outside its bucket")
-    return StreamEntry(author, seq, parse_op(raw))
+    prev, sealed, anchor = raw.get("p"), raw.get("h"), raw.get("g")
+    return StreamEntry(
+        author,
+        seq,
+        parse_op(raw),
+        None if prev is None else _decode_link(prev),
+        None if sealed is None else _decode_link(sealed),
+        None if anchor is None else _decode_anchor(anchor),
+    )
+
+
+def _encode_link(link: bytes) -> str:
+    return base64.urlsafe_b64encode(link).decode("ascii").rstrip("=")
+
+
+def _decode_anchor(value: object) -> bytes:
+    if not isinstance(value, str) or len(value) != _ANCHOR_CHARS:
+        raise SchemaError("malformed anchor signature")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise SchemaError("malformed anchor signature") from None
+
+
+def _decode_link(value: object) -> bytes:
+    if not isinstance(value, str) or len(value) != _LINK_CHARS:
+        raise SchemaError(f"malformed chain link {value!r}")
+    try:
+        link = base64.urlsafe_b64decode(value + "==")
+    except (binascii.Error, ValueError):
+        link = b""
+    if len(link) != LINK_BYTES:  # the decoder skips characters outside the alphabet
+        raise SchemaError(f"malformed chain link {value!r}")
+    return link
 
 
 def parse_op(raw: object) -> Op:

@@ -17,8 +17,11 @@ fields):
   check signatures, and ignored here: a member who could set ``retention_days`` could
   make every peer expire the whole history.
 
+A third kind, **stream heads** (``heads[author]``: the seq and link of the author's newest
+entry, see ``chain``), is signed by the author it describes; its version is that seq.
+
 A record's version is its timestamp (a member record's ``left`` if set, else its
-``since``; the charter's ``at``); of the valid records a peer has seen for one member (or
+``since``; the charter's ``at``; a head's seq); of the valid records a peer has seen for one member (or
 for the charter), the newest holds, ties going to the greater signature so that every
 peer picks the same. So a member writing a record it was not given, under whatever Yjs
 client id (adding an outsider, making itself admin, undoing its removal, renaming the
@@ -45,18 +48,24 @@ from typing import Any, Final, Generic, TypeVar, cast
 from ..errors import SchemaError
 from ..signatures import Signer, check_public_key, peer_id_for, verify
 from .metadata import Member, Metadata, encode_member, encode_metadata, parse_member, parse_metadata
-from .ops import parse_timestamp
+from .ops import LINK_BYTES, parse_timestamp
 
 __all__ = [
     "CHARTER",
     "SIGNED_ID_CHARS",
+    "Head",
     "Signed",
     "check_charter",
+    "check_anchor",
+    "check_head",
     "check_member",
     "is_creator_key",
     "is_signed",
     "new_signed_conversation_id",
     "sign_charter",
+    "head_key",
+    "sign_anchor",
+    "sign_head",
     "sign_member",
     "signed_conversation_id",
 ]
@@ -69,6 +78,8 @@ _DIGEST_BYTES: Final = 12
 _ID_DOMAIN: Final = b"gigi-crdt conversation v1\x00"
 _MEMBER_CONTEXT: Final = "member record"
 _CHARTER_CONTEXT: Final = "conversation charter"
+_HEAD_CONTEXT: Final = "stream head"
+_ANCHOR_CONTEXT: Final = "stream anchor"
 _SIGNATURE_BYTES: Final = 64
 _SIGNATURE_FIELDS: Final = ("by", "key", "sig")
 
@@ -180,6 +191,71 @@ def check_charter(conversation: str, raw: object) -> Signed[Metadata]:
 
 def _charter_fields(meta: Metadata, at: int) -> list[object]:
     return [meta.id, meta.kind.value, meta.title, meta.created_at, meta.retention_days, at]
+
+
+# -- stream heads ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The newest entry of an author's stream: its seq and its link (see ``chain``)."""
+
+    seq: int
+    link: bytes
+
+
+def sign_head(signer: Signer, conversation: str, head: Head) -> Signed[Head]:
+    """``signer``'s own stream head in ``conversation`` (held as it is written)."""
+    link = _b64(head.link)
+    fields = _head_fields(conversation, signer.peer_id, head.seq, link)
+    record = _signed(signer, {"s": head.seq, "l": link}, fields, _HEAD_CONTEXT)
+    return Signed(head, head.seq, base64.b64decode(record["sig"]), record)
+
+
+def check_head(conversation: str, author: str, raw: object) -> Signed[Head]:
+    """The stream head ``raw`` of ``author`` in the signed ``conversation``, if ``author``
+    signed it; ``SchemaError`` otherwise."""
+    if not isinstance(raw, dict):
+        raise SchemaError(f"stream head of {author} is not a map")
+    seq, link = raw.get("s"), raw.get("l")
+    if isinstance(seq, float) and seq.is_integer():  # Yjs may hand integers back as floats
+        seq = int(seq)
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**53:
+        raise SchemaError(f"stream head of {author}: malformed seq {seq!r}")
+    what = f"stream head of {author}"
+    if raw.get("by") != author:
+        raise SchemaError(f"{what}: signed by {raw.get('by')!r}, not by its author")
+    digest = _unb64(link, "link")
+    if len(digest) != LINK_BYTES:
+        raise SchemaError(f"{what}: malformed link")
+    _, _, signature = _checked_signature(raw, _head_fields(conversation, author, seq, link), _HEAD_CONTEXT, what)
+    return Signed(Head(seq, digest), seq, signature, {"s": seq, "l": link} | _signature_fields(raw))
+
+
+def sign_anchor(signer: Signer, conversation: str, seq: int, prev: bytes) -> bytes:
+    """``signer``'s signature of the ``prev`` of its entry at ``seq`` (see ``chain``)."""
+    return signer.sign(_canonical(_anchor_fields(conversation, signer.peer_id, seq, prev)), context=_ANCHOR_CONTEXT)
+
+
+def check_anchor(conversation: str, author: str, key: bytes, seq: int, prev: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``author``'s (whose public key is ``key``) anchor signature
+    of ``prev`` at ``seq``."""
+    if peer_id_for(key) != author:
+        return False
+    return verify(key, signature, _canonical(_anchor_fields(conversation, author, seq, prev)), context=_ANCHOR_CONTEXT)
+
+
+def head_key(head: Signed[Head]) -> bytes:
+    """The public key of the author of a checked head."""
+    return base64.b64decode(head.record["key"])
+
+
+def _anchor_fields(conversation: str, author: str, seq: int, prev: bytes) -> list[object]:
+    return [conversation, author, seq, _b64(prev)]
+
+
+def _head_fields(conversation: str, author: str, seq: int, link: object) -> list[object]:
+    return [conversation, author, seq, link]
 
 
 # -- signatures --------------------------------------------------------------------------

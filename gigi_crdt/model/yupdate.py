@@ -8,9 +8,9 @@ strings without UTF-8 validation).
 ``check_update`` decodes the update in pure Python (``ydecode``: total and bounded) and then
 admits only what a conversation document (``conversation.py``) can hold:
 
-* roots ``meta``, ``members``, ``streams`` and ``acks``, all Maps: every item written
-  straight under a root carries a map key of the right form (meta field, peer id, bucket
-  key ``<author>/<n>``, receipt key ``<member>/<kind>/<author>``);
+* roots ``meta``, ``members``, ``streams``, ``acks`` and ``heads``, all Maps: every item
+  written straight under a root carries a map key of the right form (meta field, peer id,
+  bucket key ``<author>/<n>``, receipt key ``<member>/<kind>/<author>``, author's peer id);
 * ``streams`` values are Arrays (Type content, type ref Array), the other roots' values
   are Any; stream bucket arrays hold Any values only; any item may be Deleted content
   (what garbage collection leaves of a deleted one);
@@ -238,7 +238,7 @@ class _Checker:
 
 
 def _root_place(root: str, key: str | None, keys_seen: set[tuple[str, str]]) -> Place:
-    if root not in ("meta", "streams", "acks", "members"):
+    if root not in ("meta", "streams", "acks", "members", "heads"):
         raise UnsafeUpdate(f"unknown root {root!r}")
     if key is None:
         raise UnsafeUpdate(f"item without a key in root {root!r}, which is a Map")

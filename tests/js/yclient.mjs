@@ -1,9 +1,11 @@
 // A Node.js Yjs client that is not ours: y-websocket's WebsocketProvider over the `ws` package.
 //
 // Joins a conversation's room on a relay, waits until it is synced and holds every text in
-// --expect, prints the posts it sees, appends a post in our layout as --member (bucket
-// "<member>/0", entry "s": 0), makes sure the relay holds it (a second client in the same room
-// reads it back), and exits 0. Any error or a timeout ends it with a message and a non-zero code.
+// --expect, prints the posts it sees, appends a post in our layout as the member whose Ed25519
+// private key (32-byte seed, hex) is --key (bucket "<member>/0", entry "s": 0, chained and with
+// its signed stream head, as protocols/gigi-sync-v1.md appendix A.2 says), makes sure the relay
+// holds it (a second client in the same room reads it back), and exits 0. Any error or a
+// timeout ends it with a message and a non-zero code.
 //
 // Output, one JSON object a line on stdout:
 //   {"event":"synced"}
@@ -12,11 +14,11 @@
 //   {"event":"confirmed","id":"..."}                    a fresh client read it from the relay
 //   {"event":"done"}
 //
-// Usage: node yclient.mjs --url=ws://127.0.0.1:PORT --room=ROOM --token=TOKEN --member=PEER_ID
+// Usage: node yclient.mjs --url=ws://127.0.0.1:PORT --room=ROOM --token=TOKEN --key=SEED_HEX
 //                         --nickname=NICK --send=TEXT [--expect=TEXT]... [--timeout=SECONDS]
 // (give values with "=": a room name or an id may start with "-")
 
-import { randomBytes } from 'node:crypto'
+import { createHash, createPrivateKey, createPublicKey, randomBytes, sign } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import WebSocket from 'ws'
 import { WebsocketProvider } from 'y-websocket'
@@ -43,7 +45,7 @@ try {
       url: { type: 'string' },
       room: { type: 'string' },
       token: { type: 'string' },
-      member: { type: 'string' },
+      key: { type: 'string' },
       nickname: { type: 'string', default: 'yjs' },
       send: { type: 'string' },
       expect: { type: 'string', multiple: true, default: [] },
@@ -54,7 +56,7 @@ try {
 } catch (error) {
   fail(error.message)
 }
-for (const name of ['url', 'room', 'token', 'member', 'send']) {
+for (const name of ['url', 'room', 'token', 'key', 'send']) {
   if (!options[name]) fail(`--${name} is required`)
 }
 const seconds = Number(options.timeout)
@@ -117,8 +119,51 @@ emit({ event: 'synced' })
 await until(doc, () => options.expect.every((text) => texts(doc).includes(text)))
 for (const { author, op } of posts(doc)) emit({ event: 'post', author, text: op.c?.text ?? null })
 
+// -- signed streams (appendix A.2), written from the spec, not from our Python code --------
+
+const sha256 = (...parts) => createHash('sha256').update(Buffer.concat(parts.map((p) => Buffer.from(p)))).digest()
+const link16 = (...parts) => sha256(...parts).subarray(0, 16)
+
+/** JSON with sorted keys, no spaces: what commitments and signatures are made over. */
+function canonical (value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`
+  if (value !== null && typeof value === 'object') {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(',')}}`
+  }
+  return JSON.stringify(value)
+}
+
+/** Lowercase RFC 4648 base32 without padding. */
+function base32 (bytes) {
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz234567'
+  let bits = 0
+  let value = 0
+  let out = ''
+  for (const byte of bytes) {
+    value = (value << 8) | byte
+    bits += 8
+    while (bits >= 5) {
+      out += alphabet[(value >>> (bits - 5)) & 31]
+      bits -= 5
+    }
+  }
+  return bits > 0 ? out + alphabet[(value << (5 - bits)) & 31] : out
+}
+
+const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex')
+const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, Buffer.from(options.key, 'hex')]), format: 'der', type: 'pkcs8' })
+const publicKey = createPublicKey(privateKey).export({ format: 'der', type: 'spki' }).subarray(-32)
+const member = base32(sha256(publicKey)).slice(0, 32)
+
+/** An Ed25519 signature of ``data`` for ``context``, as gigi-crdt makes them. */
+function signFor (context, data) {
+  const tag = Buffer.from(context)
+  const message = Buffer.concat([Buffer.from('gigi-crdt signature v1\0'), Buffer.from([tag.length]), tag, Buffer.from(data)])
+  return sign(null, message, privateKey)
+}
+
 const streams = doc.getMap('streams')
-const key = `${options.member}/0`
+const key = `${member}/0`
 if (streams.has(key)) fail(`${key} exists already: this script only writes a member's first bucket`)
 const id = randomBytes(12).toString('base64url') // 16 URL-safe characters, like new_id()
 const op = {
@@ -130,8 +175,21 @@ const op = {
   k: 'text',
   c: { text: options.send }
 }
-streams.set(key, Y.Array.from([op]))
-emit({ event: 'appended', author: options.member, id, text: options.send })
+const prev = link16('gigi-crdt stream v1\0', options.room, '\0', member) // the stream's genesis
+const link = link16(prev, link16(canonical(op)))
+const l = link.toString('base64')
+const head = {
+  s: 0,
+  l,
+  by: member,
+  key: publicKey.toString('base64'),
+  sig: signFor('stream head', canonical([options.room, member, 0, l])).toString('base64')
+}
+doc.transact(() => {
+  streams.set(key, Y.Array.from([{ ...op, p: prev.toString('base64url') }]))
+  doc.getMap('heads').set(member, head)
+})
+emit({ event: 'appended', author: member, id, text: options.send })
 
 // The provider sent the update on the open socket; a second client reading it back from the
 // relay shows it arrived and was taken (a rejected update would close our socket instead).

@@ -1,0 +1,301 @@
+"""Signed streams: an entry shows as its author's only if the author wrote it (``model.chain``).
+
+The forgeries are written the way a malicious member would: straight into the Yjs
+document with pycrdt, under its own client id or under the victim's.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from forgery import forge_entries, forge_records
+from pycrdt import Doc, Map
+
+from gigi_crdt import SchemaError, Text
+from gigi_crdt.identity import Identity
+from gigi_crdt.model import Conversation, ConversationKind, HybridClock
+from gigi_crdt.model.chain import ANCHOR_EVERY, Chain, commitment, genesis, link_of, verified_entries
+from gigi_crdt.model.ops import Posted, StreamEntry, canonical_op, encode_op, parse_entry
+from gigi_crdt.model.signed import Head, check_anchor, check_head, sign_anchor, sign_head
+from gigi_crdt.model.yupdate import check_update
+from gigi_crdt.signatures import verify
+
+ALICE, BOB, CAROL = (Identity.generate() for _ in range(3))
+VECTOR_FILE = Path(__file__).resolve().parent.parent / "protocols" / "vectors" / "signed-records.json"
+
+
+def clock() -> HybridClock:
+    counter = itertools.count(1_700_000_000_000)
+    return HybridClock(lambda: next(counter))
+
+
+def signed_group() -> tuple[Conversation, Conversation, Conversation]:
+    """A signed group created by alice, with bob and carol as members, each with its copy."""
+    alice, written = Conversation.create(
+        kind=ConversationKind.GROUP,
+        title="g",
+        local_peer=ALICE.peer_id,
+        nickname="alice",
+        clock=clock(),
+        others={BOB.peer_id: "bob", CAROL.peer_id: "carol"},
+        signer=ALICE,
+    )
+    bob = Conversation.from_updates([written.update], BOB.peer_id, clock(), BOB)
+    carol = Conversation.from_updates([written.update], CAROL.peer_id, clock(), CAROL)
+    return alice, bob, carol
+
+
+def shown(conversation: Conversation) -> list[tuple[str, str | None]]:
+    """(author, text) of every message in ``conversation``'s history."""
+    return [(m.author, None if m.content is None else m.content.text) for m in conversation.history()]  # type: ignore[union-attr]
+
+
+def stream_values(conversation: Conversation, author: str) -> list[dict[str, Any]]:
+    """The raw entries of ``author``'s first bucket, as the document holds them."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(conversation.diff())
+    return list(doc.get("streams", type=Map)[f"{author}/0"].to_py())
+
+
+def client_id_of(update: bytes) -> int:
+    (client,) = check_update(update).authors
+    return client
+
+
+def post(conversation: Conversation, text: str, *to: Conversation) -> bytes:
+    written = conversation.post(Text(text), "nick")
+    for peer in to:
+        assert peer.apply_remote(written.update).entries  # shown at once, live
+    return written.update
+
+
+def test_posts_edits_deletions_and_reactions_verify_on_every_peer() -> None:
+    alice, bob, carol = signed_group()
+    first = alice.post(Text("one"), "alice")
+    assert first.message_id is not None
+    updates = [first.update, post(alice, "two"), post(bob, "three")]
+    updates.append(alice.edit(first.message_id, Text("one, edited")).update)
+    updates.append(bob.react(first.message_id, "+1").update)
+    second = alice.post(Text("gone soon"), "alice")
+    assert second.message_id is not None
+    updates += [second.update, alice.delete(second.message_id).update]
+    for update in updates:
+        carol.apply_remote(update)
+    fresh = Conversation.from_updates([], CAROL.peer_id, clock(), CAROL)
+    fresh.apply_remote(alice.diff())
+    fresh.apply_remote(bob.diff())  # a catch-up: each author's chain checked from its head
+    expected = [(BOB.peer_id, "three"), (ALICE.peer_id, "one, edited"), (ALICE.peer_id, "two"), (ALICE.peer_id, None)]
+    assert shown(carol) == shown(fresh) == expected
+    assert len(list(fresh.entries())) == len(list(carol.entries())) == 7
+
+
+def _unchained(alice: Conversation, seq: int) -> dict[str, Any]:
+    return encode_op(Posted("forgedforged01", 1_800_000_000_000, "alice", Text("pay bob")), seq)
+
+
+def _chained_to_alices_head(alice: Conversation, seq: int) -> dict[str, Any]:
+    # The forger knows alice's newest link (her head is public): it chains its entry to it.
+    head = check_head(alice.id, ALICE.peer_id, _heads(alice)[ALICE.peer_id]).value
+    return encode_op(Posted("forgedforged01", 1_800_000_000_000, "alice", Text("pay bob")), seq, head.link)
+
+
+def _alices_entry_altered(alice: Conversation, seq: int) -> dict[str, Any]:
+    # alice's genuine newest entry, its text changed: same seq, same prev.
+    genuine = stream_values(alice, ALICE.peer_id)[-1]
+    return genuine | {"c": {"text": "pay bob"}}
+
+
+def _heads(conversation: Conversation) -> dict[str, Any]:
+    doc: Doc[Any] = Doc()
+    doc.apply_update(conversation.diff())
+    return dict(doc.get("heads", type=Map).to_py())
+
+
+@pytest.mark.parametrize("under_alices_client_id", [False, True], ids=["own-client-id", "alices-client-id"])
+@pytest.mark.parametrize(
+    ("make", "at_next_seq"),
+    [(_unchained, True), (_chained_to_alices_head, True), (_alices_entry_altered, False)],
+    ids=["unchained", "chained-to-her-head", "her-entry-altered"],
+)
+def test_an_entry_written_into_anothers_stream_never_shows(
+    make: Any, at_next_seq: bool, under_alices_client_id: bool
+) -> None:
+    alice, bob, carol = signed_group()
+    released: list[str | None] = []  # what carol's index gets, in order
+    for number in range(ANCHOR_EVERY + 4):
+        update = alice.post(Text(f"m{number}"), "alice").update
+        released += texts_of(carol.apply_remote(update).entries)
+        bob.apply_remote(update)
+    seq = alice.stream_length(ALICE.peer_id) - (0 if at_next_seq else 1)
+    client = client_id_of(update) if under_alices_client_id else None
+    genuine = released[:]
+    forged = forge_entries(bob.diff(), ALICE.peer_id, [make(alice, seq)], client)
+    assert not carol.apply_remote(forged).entries
+    for text in ("later", "after"):
+        released += texts_of(carol.apply_remote(alice.post(Text(text), "alice").update).entries)
+    fresh = Conversation.from_updates([], CAROL.peer_id, clock(), CAROL)
+    fresh.apply_remote(carol.diff())  # carol's copy, forgery included
+    on_fresh = [text for _, text in shown(fresh)]
+    assert "pay bob" not in released + on_fresh
+    if under_alices_client_id:
+        # Its Yjs struct took the place of alice's next one ("later") on carol for good.
+        # Nothing else is lost on carol; from her copy, a fresh peer verifies what is
+        # above the gap and, from the anchor below it, all but fewer than ANCHOR_EVERY.
+        assert released == [*genuine, "after"]
+        assert on_fresh == genuine[:ANCHOR_EVERY] + ["after"]
+    else:
+        assert released == on_fresh == [*genuine, "later", "after"]
+
+
+def texts_of(entries: list[StreamEntry]) -> list[str | None]:
+    return [entry.op.content.text if isinstance(entry.op, Posted) else None for entry in entries]  # type: ignore[union-attr]
+
+
+def test_a_head_signed_by_someone_else_is_not_the_authors() -> None:
+    alice, bob, carol = signed_group()
+    post(alice, "hello", bob, carol)
+    value = _chained_to_alices_head(alice, 1)
+    entry = StreamEntry(ALICE.peer_id, 1, Posted("forgedforged01", 1_800_000_000_000, "alice", Text("pay bob")))
+    link = link_of(StreamEntry(ALICE.peer_id, 1, entry.op, base64.urlsafe_b64decode(value["p"] + "==")))
+    assert link is not None
+    by_bob = sign_head(BOB, alice.id, Head(1, link)).record
+    with pytest.raises(SchemaError, match="not by its author"):
+        check_head(alice.id, ALICE.peer_id, by_bob)
+    forged = forge_entries(bob.diff(), ALICE.peer_id, [value])
+    forged_head = forge_records(bob.diff(), {("heads", ALICE.peer_id): by_bob})
+    assert not carol.apply_remote(forged).entries
+    assert not carol.apply_remote(forged_head).entries
+    assert shown(carol) == [(ALICE.peer_id, "hello")]
+    assert carol.has_stale_records()  # alice's real head is written back over the forged one
+
+
+def test_entries_wait_for_their_head_and_the_index_is_told_where() -> None:
+    alice, bob, carol = signed_group()
+    post(alice, "one", bob, carol)
+    genuine = alice.post(Text("two"), "alice").update
+    bob.apply_remote(genuine)
+    copy = stream_values(bob, ALICE.peer_id)[-1]  # alice's entry, copied without her new head
+    early = forge_entries(carol.diff(), ALICE.peer_id, [copy])
+    changes = carol.apply_remote(early)
+    assert not changes.entries
+    assert changes.complete_upto == {ALICE.peer_id: 1}
+    assert [entry.seq for entry in carol.apply_remote(genuine).entries] == [1]
+    assert shown(carol) == [(ALICE.peer_id, "one"), (ALICE.peer_id, "two")]
+
+
+def test_an_older_head_put_back_changes_nothing_and_is_written_back() -> None:
+    alice, bob, carol = signed_group()
+    post(alice, "one", bob, carol)
+    old_head = _heads(alice)[ALICE.peer_id]
+    post(alice, "two", bob, carol)
+    carol.apply_remote(forge_records(bob.diff(), {("heads", ALICE.peer_id): old_head}))
+    assert carol.has_stale_records()
+    restored = carol.restore_records()
+    assert restored is not None
+    bob.apply_remote(restored.update)
+    assert _heads(bob)[ALICE.peer_id] == _heads(alice)[ALICE.peer_id]
+    fresh = Conversation.from_updates([carol.diff()], CAROL.peer_id, clock(), CAROL)
+    assert shown(fresh) == [(ALICE.peer_id, "one"), (ALICE.peer_id, "two")]
+
+
+def test_what_the_index_lacks_is_verified_again_on_load() -> None:
+    alice, bob, carol = signed_group()
+    post(alice, "one", bob, carol)
+    forged = forge_entries(bob.diff(), ALICE.peer_id, [_unchained(alice, 1)])
+    carol.apply_remote(forged)
+    reloaded = Conversation.from_updates([carol.diff()], CAROL.peer_id, clock(), CAROL)
+    missed = reloaded.changes_since({ALICE.peer_id: 1})
+    assert missed.entries == []
+    assert missed.complete_upto == {ALICE.peer_id: 1}
+    assert [e.seq for e in reloaded.changes_since({}).entries] == [0]
+
+
+def test_a_chain_picks_the_genuine_entry_among_forged_ones_at_each_seq() -> None:
+    conversation = "c" * 32
+    entries, prev = [], genesis(conversation, ALICE.peer_id)
+    for seq in range(5):
+        entry = StreamEntry(ALICE.peer_id, seq, Posted(f"message{seq:06d}", seq + 1, "alice", Text(str(seq))), prev)
+        entries.append(entry)
+        link = link_of(entry)
+        assert link is not None
+        prev = link
+    forged = [
+        StreamEntry(ALICE.peer_id, seq, Posted("forgedforged", 9, "x", Text("x")), entries[seq].prev)
+        for seq in range(5)
+    ]
+    mixed = [e for pair in zip(forged, entries, strict=True) for e in pair]
+    assert verified_entries(mixed, (4, prev)) == entries
+    assert verified_entries(mixed, (4, b"\x00" * 16)) == []
+    assert verified_entries(entries[:2] + entries[3:], (4, prev)) == entries[3:]  # a gap stops the walk
+    chain = Chain()
+    chain.add(entries[3:])
+    chain.expect(4, prev)
+    assert chain.verify() == entries[3:]
+    chain.add(entries[:3])
+    assert chain.verify() == entries[:3]  # the walk goes on from where it stopped
+    assert chain.lowest_waiting() is None
+
+
+def test_a_replaced_entry_keeps_its_place_in_the_chain() -> None:
+    alice, bob, carol = signed_group()
+    written = alice.post(Text("secret"), "alice")
+    assert written.message_id is not None
+    original = stream_values(alice, ALICE.peer_id)[0]
+    alice.delete(written.message_id)
+    tombstone = stream_values(alice, ALICE.peer_id)[0]
+    assert tombstone["o"] == "tombstone"
+    assert "secret" not in str(tombstone)
+    assert tombstone["p"] == original["p"]
+    entry = StreamEntry(ALICE.peer_id, 0, Posted(original["i"], int(original["t"]), "alice", Text("secret")))
+    assert base64.urlsafe_b64decode(tombstone["h"] + "==") == commitment(entry)
+    fresh = Conversation.from_updates([alice.diff()], CAROL.peer_id, clock(), CAROL)
+    assert [e.seq for e in fresh.entries()] == [0, 1]
+
+
+def test_signed_stream_vectors_are_what_we_write_and_what_we_accept() -> None:
+    vectors = json.loads(VECTOR_FILE.read_text())
+    seed = bytes.fromhex(vectors["member"]["private_key_seed"])
+    member, conversation = Identity(Ed25519PrivateKey.from_private_bytes(seed)), vectors["conversation"]["id"]
+    stream = vectors["stream"]
+    assert genesis(conversation, member.peer_id).hex() == stream["genesis"]
+    assert stream["author"] == member.peer_id
+    entries = []
+    for vector in stream["entries"]:
+        entry = parse_entry(member.peer_id, 0, vector["value"])
+        assert encode_op(entry.op, entry.seq, entry.prev) == vector["value"]
+        assert canonical_op(entry.op, entry.seq).decode() == vector["canonical_json"]
+        assert commitment(entry).hex() == vector["commitment"]
+        assert (link_of(entry) or b"").hex() == vector["link"]
+        entries.append(entry)
+    head = check_head(conversation, member.peer_id, stream["head"])
+    assert sign_head(member, conversation, head.value).record == stream["head"]
+    assert verified_entries(entries, (head.value.seq, head.value.link)) == entries
+    anchor = stream["anchor"]
+    prev, signature = bytes.fromhex(anchor["prev"]), base64.b64decode(anchor["g"])
+    assert sign_anchor(member, conversation, anchor["seq"], prev) == signature
+    assert check_anchor(conversation, member.peer_id, member.public_key, anchor["seq"], prev, signature)
+    assert not check_anchor(conversation, member.peer_id, member.public_key, anchor["seq"] + 16, prev, signature)
+    fields = anchor["signed_fields_json"].encode()
+    assert verify(member.public_key, signature, fields, context="stream anchor")
+
+
+def test_a_deletion_finds_its_post_when_someone_put_entries_before_it() -> None:
+    alice, bob, _ = signed_group()
+    written = alice.post(Text("secret"), "alice")
+    assert written.message_id is not None
+    bob.apply_remote(written.update)
+    doc: Doc[Any] = Doc()
+    doc.apply_update(bob.diff())
+    before = doc.get_state()
+    doc.get("streams", type=Map)[f"{ALICE.peer_id}/0"].insert(0, _unchained(alice, 0))  # bob's, before hers
+    alice.apply_remote(doc.get_update(before))
+    alice.delete(written.message_id)
+    assert "secret" not in str(stream_values(alice, ALICE.peer_id))
+    fresh = Conversation.from_updates([alice.diff()], CAROL.peer_id, clock(), CAROL)
+    assert shown(fresh) == [(ALICE.peer_id, None)]  # her post, deleted; not bob's
