@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from forgery import forge_member_records
+from forgery import forge_entries, forge_member_records
 from node_helpers import LOCAL, dialing, received, texts, wait_for
 
 from gigi_crdt import ConfigError, GroupInvite, NodeConfig, Text, open_node
@@ -22,6 +22,7 @@ from gigi_crdt.discovery import InvalidPeerAddress
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Member, Role
 from gigi_crdt.model.metadata import encode_member
+from gigi_crdt.model.ops import Posted, encode_op
 from gigi_crdt.model.signed import sign_member
 from gigi_crdt.node import ContactKeyChanged, Node, default_data_dir
 from gigi_crdt.protocol import Close, CloseCode, Connection, ConnectionClosed, Hello, NeedData
@@ -178,6 +179,33 @@ async def test_a_member_cannot_add_anyone_to_a_group(tmp_path: Path) -> None:
             await sender.send(canary, Text(f"hello from {sender.nickname}"))
             await received(mallory, f"hello from {sender.nickname}")
         assert group not in [s.metadata.id for s in await mallory.conversations()]
+
+
+async def test_a_message_forged_in_a_members_name_never_shows(tmp_path: Path) -> None:
+    async with (
+        open_node(tmp_path / "alice", nickname="alice", config=LOCAL) as alice,
+        open_node(tmp_path / "bob", nickname="bob", config=dialing(alice)) as bob,
+        open_node(tmp_path / "carol", nickname="carol", config=dialing(alice, bob)) as carol,
+    ):
+        for node in (alice, bob, carol):
+            with trio.fail_after(10):
+                while len(node.online_peers()) < 2:
+                    await wait_for(node, lambda e: isinstance(e, PeerOnline))
+        group = await alice.create_group("hiking", {bob.peer_id: "bob", carol.peer_id: "carol"})
+        await alice.send(group, Text("saturday?"))
+        await received(bob, "saturday?")
+        await received(carol, "saturday?")
+        # bob runs modified code: it writes a post into alice's stream, and its engine passes
+        # that on as usual.
+        forged = encode_op(Posted("forgedforged01", 1_800_000_000_000_000, "alice", Text("cancelled!")), 1)
+        replica = bob._replica
+        await replica.receive(group, forge_entries(await replica.diff(group, None), alice.peer_id, [forged]))
+        await bob.send(group, Text("after the forgery"))  # links are ordered: it follows the forged update
+        await received(carol, "after the forgery")
+        await alice.send(group, Text("see you"))
+        await received(carol, "see you")
+        for node in (alice, carol):
+            assert texts(await node.history(group)) == ["saturday?", "after the forgery", "see you"]
 
 
 class _Recording(trio.abc.Stream):
