@@ -580,6 +580,7 @@ class Conversation:
         author's head now reaches (see ``chain``); ``changes`` learns where an author's
         stream has entries still waiting, so that the index does not count past them."""
         verified: dict[str, list[StreamEntry]] = {}
+        self._hold_heads()
         for author in found.keys() | self._heads_moved:
             chain = self._chain(author)
             chain.add(found.get(author, ()))
@@ -591,6 +592,19 @@ class Conversation:
                 changes.complete_upto[author] = lowest
         self._heads_moved.clear()
         return verified
+
+    def _hold_heads(self) -> None:
+        """Hold the heads that changed (``_hold_signed`` does it for every signed record,
+        but only after membership changes: heads change with every entry)."""
+        conversation = self.id
+        for author in self._heads_moved:
+            place = ("heads", author)
+            raw = self._heads.get(author)
+            if raw is not None:
+                self._vanished.discard(place)
+                self._hold_newest(conversation, place, raw)
+            elif place in self._held:
+                self._vanished.add(place)
 
     def _verify_chain(self, author: str, chain: Chain) -> list[StreamEntry]:
         held = self._held.get(("heads", author))
@@ -1062,7 +1076,6 @@ class Conversation:
         if self._writing:
             return  # our own head: ``_write_head`` holds it already
         self._heads_moved.update(event.keys)
-        self._member_cache = None  # so that ``_member_map`` holds the new heads
 
     def _on_meta(self, event: Any) -> None:
         self._meta_changed = True
