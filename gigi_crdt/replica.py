@@ -45,7 +45,7 @@ from .model import (
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
-from .model.yupdate import UnsafeUpdate, UpdateSummary
+from .model.yupdate import UpdateSummary
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
@@ -134,14 +134,6 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items())
 
 
-def writes_as_us(doc: Conversation, summary: UpdateSummary) -> bool:
-    """True if the update ``summary`` describes has structs under ``doc``'s own Yjs client
-    id past what it wrote: only we write there, so they are forged, to take the place of
-    our next entries on whoever takes them first (see ``model.chain``)."""
-    ours = summary.clients.get(doc.client_id)
-    return ours is not None and ours.clocks[1] > decode_state_vector(doc.state_vector()).get(doc.client_id, 0)
-
-
 def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object]]:
     """Stored signed records, for ``Conversation.from_updates``; a damaged row is skipped
     (the document's own records still count: only what was held beyond them is lost)."""
@@ -173,6 +165,8 @@ class Replica:
         self._generations: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}  # commits not yet settled, per conversation
         self._commits_begun = self._commits_ended = 0  # reads wait for the commits begun before them
+        self._offered = 0  # commits whose updates listeners were told of (``_offer_in_order``)
+        self._committed: dict[int, tuple[str, bytes, str | None] | None] = {}
         self._commit_ended = trio.Event()
         self._settled: dict[str, trio.Event] = {}
         self._restored: dict[str, float] = {}  # conversation -> when we last wrote signed records back
@@ -365,10 +359,9 @@ class Replica:
         except UnknownConversation:
             doc, new = Conversation.from_updates([], self.peer_id, self._clock, self._signer), True
             self._hold(conversation, doc)
-        if writes_as_us(doc, summary):
-            raise UnsafeUpdate(f"an update of {conversation} from {origin} writes under our own Yjs client id")
         before = doc.state_vector()
         try:
+            doc.check_clients(summary)
             changes = doc.apply_remote(update)
             if doc.metadata().id != conversation:
                 raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
@@ -381,6 +374,7 @@ class Replica:
         waiting = left_waiting(summary, state_vector)
         if waiting:
             doc.note_waiting(update)
+            changes.waiting = True
         # Structs left waiting may change nothing yet, but yrs integrates them, with no
         # event, when the gap fills: they must be stored too, or a restart loses them
         # while our state vector tells peers we have them.
@@ -551,12 +545,16 @@ class Replica:
             conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation, waiting, signed
         )
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
+        ticket = self._commits_begun
         self._commits_begun += 1
+        committed: tuple[str, bytes, str | None] | None = None
         try:
             # The document already holds the change: cancelling now would leave it in memory
             # but not on disk (nor in the index). Commits are short; let this one finish.
             with trio.CancelScope(shield=True):
                 await self._worker.commit(record)
+            if written.update:
+                committed = (conv, written.update, origin or None)
         except GigiError:
             # The document holds a change the disk does not: reload it from disk. Writes
             # queued on top of this one fail too (the worker refuses their generation).
@@ -569,14 +567,27 @@ class Replica:
             self._commits_ended += 1
             self._commit_ended.set()
             self._commit_ended = trio.Event()
-        if written.update:
-            for listener in self._listeners:
-                listener.offer(conv, written.update, origin or None)
+            self._offer_in_order(ticket, committed)
         self._unchecked_bytes[conv] = self._unchecked_bytes.get(conv, 0) + len(written.update)
         if self._unchecked_bytes[conv] >= MIN_COMPACTION_BYTES:
             self._unchecked_bytes[conv] = 0
             if await self._worker.read(self._store.needs_compaction, conv):
                 self._worker.request_compaction(conv)
+
+    def _offer_in_order(self, ticket: int, committed: tuple[str, bytes, str | None] | None) -> None:
+        """Tell listeners of committed updates in the order their changes were made.
+
+        Commits end in order, but the tasks waiting on them resume in any order, and an
+        author's updates must reach peers in order: in a signed conversation each of its
+        heads hangs on the one before, so one overtaken would leave the next waiting.
+        """
+        self._committed[ticket] = committed
+        while self._offered in self._committed:
+            done = self._committed.pop(self._offered)
+            self._offered += 1
+            if done is not None:
+                for listener in self._listeners:
+                    listener.offer(*done)
 
     def _hold(self, conversation: str, doc: Conversation) -> None:
         """Keep ``doc`` in memory as a new generation of the conversation."""

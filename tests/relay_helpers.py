@@ -19,6 +19,7 @@ from gigi_crdt import Text
 from gigi_crdt.model.chain import genesis, link_of
 from gigi_crdt.model.ops import Posted, StreamEntry, encode_op
 from gigi_crdt.model.signed import Head, sign_head
+from gigi_crdt.model.ydecode import client_clock
 from gigi_crdt.signatures import Signer
 
 TOKEN = "relay-test-token"
@@ -96,13 +97,15 @@ def posts(doc: Doc[Any]) -> list[dict[str, Any]]:
 def post_as(doc: Doc[Any], conversation: str, author: Signer, nickname: str, text: str) -> None:
     """Append a text message to ``author``'s stream in our format (first bucket, first
     entry), chained and with its signed head (the model's functions write the fields)."""
-    post = Posted("plainpycrdt01", time.time_ns() // 1_000_000 * 1000, nickname, Text(text))
+    now = time.time_ns() // 1_000_000 * 1000
+    post = Posted("plainpycrdt01", now, nickname, Text(text))
     prev = genesis(conversation, author.peer_id)
     link = link_of(StreamEntry(author.peer_id, 0, post, prev))
     assert link is not None
-    head = sign_head(author, conversation, Head(0, link))
     with doc.transaction():
         doc.get("streams", type=Map)[f"{author.peer_id}/0"] = Array([encode_op(post, 0, prev)])
+        clock = client_clock(doc.get_state(), doc.client_id)  # where the head goes: it covers itself
+        head = sign_head(author, conversation, Head(0, link, doc.client_id, clock + 1, now))
         doc.get("heads", type=Map)[author.peer_id] = head.record
 
 

@@ -258,6 +258,31 @@ async def test_concurrent_senders_all_land_in_order_everywhere(tmp_path: Path) -
         assert history == await alice.export(conversation)
 
 
+class Recording:
+    """An update listener that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.updates: list[bytes] = []
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        self.updates.append(update)
+
+
+async def test_listeners_hear_of_concurrent_writes_in_the_order_they_were_made(tmp_path: Path) -> None:
+    # Peers must get an author's updates in order: in a signed conversation each one's head
+    # hangs on the one before, and one overtaken leaves the next waiting.
+    async with open_replica(tmp_path / "a", nickname="alice", signer=Identity.generate()) as alice:
+        conversation = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
+        heard = Recording()
+        alice.add_listener(heard)
+        async with trio.open_nursery() as nursery:
+            for number in range(40):
+                nursery.start_soon(alice.send, conversation, Text(f"m{number}"))
+        starts = [min(writes.clocks[0] for writes in check_update(update).clients.values()) for update in heard.updates]
+        assert len(starts) == 40
+        assert starts == sorted(starts)
+
+
 async def test_errors_inside_the_block_are_not_wrapped_in_a_group(tmp_path: Path) -> None:
     with pytest.raises(UnknownConversation):
         async with open_replica(tmp_path / "a", nickname="alice") as alice:
@@ -550,21 +575,26 @@ async def test_an_entry_forged_into_a_members_stream_is_never_indexed_nor_shown(
             assert await carol.search("pay") == []
 
 
-async def test_an_update_writing_under_our_own_client_id_is_refused(tmp_path: Path) -> None:
-    alice_key, bob_key = Identity.generate(), Identity.generate()
+async def test_an_update_writing_under_a_members_client_id_ahead_of_it_is_refused(tmp_path: Path) -> None:
+    alice_key, bob_key, carol_key = Identity.generate(), Identity.generate(), Identity.generate()
     async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
-        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
-        await sync(alice, bob, group)
-        before = await bob.state_vector(group)
-        await alice.send(group, Text("hi"))
-        (client,) = check_update(await alice.diff(group, before)).authors  # alice's Yjs client id
-        await sync(alice, bob, group)
-        state = await alice.state_vector(group)
-        # bob takes alice's client id to put a struct where her next entry would go.
-        forged = forge_entries(await bob.diff(group, None), alice.peer_id, [forged_post(1)], client)
-        with pytest.raises(UnsafeUpdate, match="our own Yjs client id"):
-            await alice.receive(group, forged, origin=bob.peer_id)
-        assert await alice.state_vector(group) == state
-        await alice.send(group, Text("after"))
-        await sync(alice, bob, group)
-        assert texts(await bob.history(group)) == ["hi", "after"]
+        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+            others = {bob.peer_id: "bob", carol.peer_id: "carol"}
+            group = await alice.create_conversation(ConversationKind.GROUP, others=others)
+            await sync(alice, bob, group)
+            before = await bob.state_vector(group)
+            await alice.send(group, Text("hi"))
+            (client,) = check_update(await alice.diff(group, before)).authors  # alice's Yjs client id
+            await sync(alice, bob, group)
+            await sync(alice, carol, group)
+            # bob takes alice's client id to put a struct where her next entry would go, which
+            # would hide that entry on every peer that took the forgery first.
+            forged = forge_entries(await bob.diff(group, None), alice.peer_id, [forged_post(1)], client)
+            for victim in (alice, carol):
+                state = await victim.state_vector(group)
+                with pytest.raises(UnsafeUpdate, match=f"{alice.peer_id}'s Yjs client id {client} past clock"):
+                    await victim.receive(group, forged, origin=bob.peer_id)
+                assert await victim.state_vector(group) == state
+            await alice.send(group, Text("after"))
+            await sync(alice, carol, group)
+            assert texts(await carol.history(group)) == ["hi", "after"]

@@ -23,7 +23,7 @@ from gigi_crdt.model import Conversation, ConversationKind, HybridClock
 from gigi_crdt.model.chain import ANCHOR_EVERY, Chain, commitment, genesis, link_of, verified_entries
 from gigi_crdt.model.ops import Posted, StreamEntry, canonical_op, encode_op, parse_entry
 from gigi_crdt.model.signed import Head, check_anchor, check_head, sign_anchor, sign_head
-from gigi_crdt.model.yupdate import check_update
+from gigi_crdt.model.yupdate import UnsafeUpdate, check_update
 from gigi_crdt.signatures import verify
 
 ALICE, BOB, CAROL = (Identity.generate() for _ in range(3))
@@ -136,7 +136,12 @@ def test_an_entry_written_into_anothers_stream_never_shows(
     client = client_id_of(update) if under_alices_client_id else None
     genuine = released[:]
     forged = forge_entries(bob.diff(), ALICE.peer_id, [make(alice, seq)], client)
-    assert not carol.apply_remote(forged).entries
+    if under_alices_client_id:  # past the clock alice's head signs for: a replica refuses it
+        with pytest.raises(UnsafeUpdate, match="client id"):
+            carol.check_clients(check_update(forged))
+    else:
+        carol.check_clients(check_update(forged))
+    assert not carol.apply_remote(forged).entries  # as a peer that does not check would
     for text in ("later", "after"):
         released += texts_of(carol.apply_remote(alice.post(Text(text), "alice").update).entries)
     fresh = Conversation.from_updates([], CAROL.peer_id, clock(), CAROL)
@@ -144,7 +149,7 @@ def test_an_entry_written_into_anothers_stream_never_shows(
     on_fresh = [text for _, text in shown(fresh)]
     assert "pay bob" not in released + on_fresh
     if under_alices_client_id:
-        # Its Yjs struct took the place of alice's next one ("later") on carol for good.
+        # Had carol taken it, its Yjs struct would take the place of alice's next one ("later") for good.
         # Nothing else is lost on carol; from her copy, a fresh peer verifies what is
         # above the gap and, from the anchor below it, all but fewer than ANCHOR_EVERY.
         assert released == [*genuine, "after"]
@@ -164,7 +169,7 @@ def test_a_head_signed_by_someone_else_is_not_the_authors() -> None:
     entry = StreamEntry(ALICE.peer_id, 1, Posted("forgedforged01", 1_800_000_000_000, "alice", Text("pay bob")))
     link = link_of(StreamEntry(ALICE.peer_id, 1, entry.op, base64.urlsafe_b64decode(value["p"] + "==")))
     assert link is not None
-    by_bob = sign_head(BOB, alice.id, Head(1, link)).record
+    by_bob = sign_head(BOB, alice.id, Head(1, link, 1, 1, 1_800_000_000_000)).record
     with pytest.raises(SchemaError, match="not by its author"):
         check_head(alice.id, ALICE.peer_id, by_bob)
     forged = forge_entries(bob.diff(), ALICE.peer_id, [value])

@@ -11,7 +11,7 @@ cannot make its entries pass for that author's:
   in the entry) is the link of the author's entry before it, or for seq 0 the
   ``genesis`` of the author's stream in that conversation;
 - the author's **head** (``heads[author]``, ``signed.Head``) names its newest entry's seq
-  and link, signed; it is written in the same transaction as the entry;
+  and link, signed; the author rewrites it at the end of each of its transactions;
 - every ``ANCHOR_EVERY``-th entry (seq a multiple of it, but not 0) carries an **anchor**:
   the author's signature of its ``prev``, i.e. of the link of the entry before it.
 
@@ -104,8 +104,8 @@ class Chain:
                     self._anchors.setdefault(entry.seq, []).append(entry)
 
     def expect(self, seq: int, link: bytes) -> None:
-        """The author's head says its entry at ``seq`` has ``link``."""
-        if seq not in self._verified:
+        """The author's head says its entry at ``seq`` has ``link`` (-1: it has none)."""
+        if seq >= 0 and seq not in self._verified:
             self._frontier[seq] = link
 
     def verify(self, check_anchor: AnchorCheck | None = None) -> list[StreamEntry]:

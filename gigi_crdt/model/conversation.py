@@ -21,6 +21,7 @@ Nothing outside this module touches the pycrdt structures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -85,6 +86,8 @@ from .signed import (
     sign_member,
 )
 from .view import Message, fold_history
+from .ydecode import UnsafeUpdate, client_clock, decode_any
+from .yupdate import UpdateSummary
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ class Changes:
     complete_upto: dict[str, int] = field(default_factory=dict)
     """Author -> how much of its stream the document holds with no entry missing below,
     where that is less than the entries suggest (see ``Conversation.apply_remote``)."""
+    waiting: bool = False
+    """A remote update left structs waiting for a dependency (set by ``Replica.receive``)."""
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.receipts or self.metadata_changed)
@@ -167,6 +172,8 @@ class Conversation:
         self._chains: dict[str, Chain] = {}
         self._loaded = dict(self._cursors)
         self._heads_moved: set[str] = set()
+        self._tip: tuple[int, bytes] | None = None  # our newest entry, until our head names it
+        self._sealed_clock = 0  # our client's clock after our last head
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
         # garbage collector stops tracking: a list per message made every full collection
         # walk one more object per message written.
@@ -561,8 +568,9 @@ class Conversation:
                 found[author] = found.get(author, []) + entries
             for author, entries in self._filled_holes().items():
                 found[author] = entries + found.get(author, [])
-        if had_waiting:  # members and metadata have no later event to reveal a silent change
+        if had_waiting:  # members, metadata and heads have no later event to reveal a silent change
             changes.metadata_changed |= self._metadata_moved()
+            self._heads_moved.update(self._heads.keys())
         self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
         conversation = self._signed_id()
         if conversation is not None:
@@ -983,7 +991,10 @@ class Conversation:
         self._cursors[self._local_peer] = max(self._cursors.get(self._local_peer, 0), seq + 1)
         entry = StreamEntry(self._local_peer, seq, op, prev, anchor=anchor)
         if conversation is not None:
-            self._write_head(conversation, entry)
+            link = link_of(entry)
+            assert link is not None  # we wrote it with its prev
+            self._tip = (seq, link)
+            self._chain(self._local_peer).trust(seq, seq + 1)
         return entry
 
     def _own_tip(self, conversation: str | None) -> tuple[int, bytes | None]:
@@ -992,19 +1003,59 @@ class Conversation:
         Both come from our head, not from the document, where anyone may have put entries
         into our stream: written after those, ours would leave a seq out of the chain.
         """
-        cursor = self._cursors.get(self._local_peer, 0)
-        held = None if conversation is None else self._held.get(("heads", self._local_peer))
-        if held is not None:
-            return held.value.seq + 1, held.value.link
-        return cursor, None if conversation is None else genesis(conversation, self._local_peer)
+        if conversation is None:
+            return self._cursors.get(self._local_peer, 0), None
+        seq, link = self._newest_own(conversation)
+        return seq + 1, link
 
-    def _write_head(self, conversation: str, entry: StreamEntry) -> None:
-        link = link_of(entry)
-        assert link is not None  # we wrote it with its prev
-        head = self._sign(lambda signer: sign_head(signer, conversation, Head(entry.seq, link)))
+    def _newest_own(self, conversation: str) -> tuple[int, bytes]:
+        """Seq and link of our newest entry: -1 and the genesis before the first."""
+        if self._tip is not None:
+            return self._tip
+        held = self._held.get(("heads", self._local_peer))
+        if held is not None:
+            return held.value.seq, held.value.link
+        return self._cursors.get(self._local_peer, 0) - 1, genesis(conversation, self._local_peer)
+
+    def _seal(self) -> None:
+        """End a transaction of ours with our head (see ``signed``): our newest entry, and
+        our Yjs client's clock after it, so that nobody else writes under our client id."""
+        conversation = self._signed_id()
+        if conversation is None or self._signer is None:
+            return
+        client = self._doc.client_id
+        clock = client_clock(self._doc.get_state(), client)
+        if clock == self._sealed_clock:
+            return  # nothing written under our client id (an expiry only deletes)
+        seq, link = self._newest_own(conversation)
+        at = self._record_time(("heads", self._local_peer))
+        head = sign_head(self._signer, conversation, Head(seq, link, client, clock + 1, at))
         self._heads[self._local_peer] = dict(head.record)
         self._held["heads", self._local_peer] = head
-        self._chain(self._local_peer).trust(entry.seq, entry.seq + 1)
+        self._sealed_clock, self._tip = clock + 1, None
+
+    def check_clients(self, summary: UpdateSummary) -> None:
+        """Raise ``UnsafeUpdate`` if the update ``summary`` describes writes under a Yjs client
+        id past the clock its author signed for: under ours past what we wrote, or, in a
+        signed conversation, under the one a member's newest head names (see ``signed``),
+        unless the update carries a newer head of that member covering it or naming
+        another client id (the member moved on: nobody writes under the old one again)."""
+        bounds = {self.client_id: (self._local_peer, client_clock(self._doc.get_state(), self.client_id), 0)}
+        conversation = self._signed_id()
+        if conversation is not None:
+            for (root, author), held in self._held.items():
+                if root == "heads" and held.value.client != self.client_id:
+                    bounds[held.value.client] = (author, held.value.clock, held.value.at)
+        beyond = [(client, writes.clocks[1]) for client, writes in summary.clients.items() if client in bounds]
+        beyond = [(client, end) for client, end in beyond if end > bounds[client][1]]
+        if not beyond:
+            return
+        carried = {} if conversation is None else _carried_heads(conversation, summary.records)
+        for client, end in beyond:
+            author, clock, at = bounds[client]
+            heads = carried.get(author, []) if author != self._local_peer else []
+            if not any(h.clock >= end if h.client == client else h.at > at for h in heads):
+                raise UnsafeUpdate(f"structs under {author}'s Yjs client id {client} past clock {clock}, unsigned")
 
     def _replace(self, seq: int, op: Tombstone | Redacted) -> None:
         """Overwrite one of our entries in place; in a signed conversation the new one
@@ -1033,10 +1084,14 @@ class Conversation:
                 return array, position, entry
         raise UnknownMessage(f"no entry of ours at seq {seq} for message {message_id}")
 
-    def _local_transaction(self) -> Transaction:
-        """A transaction of our own: observers skip it (``changes`` says what it did)."""
+    @contextlib.contextmanager
+    def _local_transaction(self) -> Iterator[Transaction]:
+        """A transaction of our own: observers skip it (``changes`` says what it did). In
+        a signed conversation it ends with our head, if it wrote anything (``_seal``)."""
         self._writing = True  # cleared when ``_written`` collects the update
-        return self._doc.transaction()
+        with self._doc.transaction() as transaction:
+            yield transaction
+            self._seal()
 
     def _raw_transaction(self) -> Any:
         """The running transaction as yrs sees it, for inserts that skip pycrdt's wrappers
@@ -1074,7 +1129,7 @@ class Conversation:
 
     def _on_heads(self, event: Any) -> None:
         if self._writing:
-            return  # our own head: ``_write_head`` holds it already
+            return  # our own head: ``_seal`` holds it already
         self._heads_moved.update(event.keys)
 
     def _on_meta(self, event: Any) -> None:
@@ -1197,6 +1252,21 @@ def _apply(doc: Doc[Any], update: bytes) -> None:
         if type(exc).__name__ == "PanicException":
             raise SchemaError(f"Yjs update rejected by yrs: {exc}") from None
         raise
+
+
+def _carried_heads(conversation: str, records: Iterable[bytes]) -> dict[str, list[Head]]:
+    """Author -> the valid heads among ``records`` (from an update's summary)."""
+    carried: dict[str, list[Head]] = {}
+    for raw in records:
+        record = decode_any(raw)
+        author = record.get("by") if isinstance(record, dict) else None
+        if not isinstance(author, str):
+            continue
+        try:
+            carried.setdefault(author, []).append(check_head(conversation, author, record).value)
+        except SchemaError:
+            continue
+    return carried
 
 
 def _concerns(op: Op, message_id: str) -> bool:

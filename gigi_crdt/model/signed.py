@@ -17,11 +17,16 @@ fields):
   check signatures, and ignored here: a member who could set ``retention_days`` could
   make every peer expire the whole history.
 
-A third kind, **stream heads** (``heads[author]``: the seq and link of the author's newest
-entry, see ``chain``), is signed by the author it describes; its version is that seq.
+A third kind, **heads** (``heads[author]``), is signed by the author it describes and
+rewritten at the end of each of its transactions: the seq and link of its newest stream
+entry (see ``chain``), and the Yjs client id it writes under with that client's clock
+after the transaction. Peers refuse structs under that client id past that clock unless
+a newer head of the author covers them: a member cannot write under another's client id
+ahead of it (which would take the place of the other's next writes on every peer that
+took the forgery first).
 
 A record's version is its timestamp (a member record's ``left`` if set, else its
-``since``; the charter's ``at``; a head's seq); of the valid records a peer has seen for one member (or
+``since``; the charter's ``at``; a head's ``t``); of the valid records a peer has seen for one member (or
 for the charter), the newest holds, ties going to the greater signature so that every
 peer picks the same. So a member writing a record it was not given, under whatever Yjs
 client id (adding an outsider, making itself admin, undoing its removal, renaming the
@@ -52,6 +57,7 @@ from .ops import LINK_BYTES, parse_timestamp
 
 __all__ = [
     "CHARTER",
+    "HEAD_FIELDS",
     "SIGNED_ID_CHARS",
     "Head",
     "Signed",
@@ -196,40 +202,65 @@ def _charter_fields(meta: Metadata, at: int) -> list[object]:
 # -- stream heads ------------------------------------------------------------------------
 
 
+HEAD_FIELDS: Final = frozenset({"s", "l", "c", "k", "t", "by", "key", "sig"})
+"""The fields of a head record, which no other record has all of."""
+_MAX_CLIENT_ID: Final = 2**53  # what the update check admits
+_MAX_CLOCK: Final = 2**32
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
-    """The newest entry of an author's stream: its seq and its link (see ``chain``)."""
+    """What an author signs at the end of each of its transactions: the seq and link of
+    its newest stream entry (-1 and the stream's genesis before the first; see ``chain``),
+    the Yjs client id it writes under, that client's clock after the transaction, and when."""
 
     seq: int
     link: bytes
+    client: int
+    clock: int
+    at: int
 
 
 def sign_head(signer: Signer, conversation: str, head: Head) -> Signed[Head]:
-    """``signer``'s own stream head in ``conversation`` (held as it is written)."""
+    """``signer``'s own head in ``conversation`` (held as it is written)."""
     link = _b64(head.link)
-    fields = _head_fields(conversation, signer.peer_id, head.seq, link)
-    record = _signed(signer, {"s": head.seq, "l": link}, fields, _HEAD_CONTEXT)
-    return Signed(head, head.seq, base64.b64decode(record["sig"]), record)
+    values = {"s": head.seq, "l": link, "c": head.client, "k": head.clock, "t": head.at}
+    record = _signed(signer, values, _head_fields(conversation, signer.peer_id, values), _HEAD_CONTEXT)
+    return Signed(head, head.at, base64.b64decode(record["sig"]), record)
 
 
 def check_head(conversation: str, author: str, raw: object) -> Signed[Head]:
-    """The stream head ``raw`` of ``author`` in the signed ``conversation``, if ``author``
-    signed it; ``SchemaError`` otherwise."""
+    """The head ``raw`` of ``author`` in the signed ``conversation``, if ``author`` signed
+    it; ``SchemaError`` otherwise."""
+    what = f"head of {author}"
     if not isinstance(raw, dict):
-        raise SchemaError(f"stream head of {author} is not a map")
-    seq, link = raw.get("s"), raw.get("l")
-    if isinstance(seq, float) and seq.is_integer():  # Yjs may hand integers back as floats
-        seq = int(seq)
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**53:
-        raise SchemaError(f"stream head of {author}: malformed seq {seq!r}")
-    what = f"stream head of {author}"
+        raise SchemaError(f"{what} is not a map")
     if raw.get("by") != author:
         raise SchemaError(f"{what}: signed by {raw.get('by')!r}, not by its author")
+    seq = _whole(raw.get("s"), -1, _MAX_CLIENT_ID, f"{what}: seq")
+    client = _whole(raw.get("c"), 0, _MAX_CLIENT_ID, f"{what}: client id")
+    clock = _whole(raw.get("k"), 0, _MAX_CLOCK, f"{what}: clock")
+    at = parse_timestamp(raw.get("t"))
+    link = raw.get("l")
     digest = _unb64(link, "link")
     if len(digest) != LINK_BYTES:
         raise SchemaError(f"{what}: malformed link")
-    _, _, signature = _checked_signature(raw, _head_fields(conversation, author, seq, link), _HEAD_CONTEXT, what)
-    return Signed(Head(seq, digest), seq, signature, {"s": seq, "l": link} | _signature_fields(raw))
+    values = {"s": seq, "l": link, "c": client, "k": clock, "t": at}
+    _, _, signature = _checked_signature(raw, _head_fields(conversation, author, values), _HEAD_CONTEXT, what)
+    return Signed(Head(seq, digest, client, clock, at), at, signature, values | _signature_fields(raw))
+
+
+def _head_fields(conversation: str, author: str, values: dict[str, Any]) -> list[object]:
+    return [conversation, author, values["s"], values["l"], values["c"], values["k"], values["t"]]
+
+
+def _whole(value: object, low: int, high: int, what: str) -> int:
+    """``value`` as an int in ``low <= value < high`` (Yjs may hand integers back as floats)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise SchemaError(f"{what} malformed: {value!r}")
+    return value
 
 
 def sign_anchor(signer: Signer, conversation: str, seq: int, prev: bytes) -> bytes:
@@ -252,10 +283,6 @@ def head_key(head: Signed[Head]) -> bytes:
 
 def _anchor_fields(conversation: str, author: str, seq: int, prev: bytes) -> list[object]:
     return [conversation, author, seq, _b64(prev)]
-
-
-def _head_fields(conversation: str, author: str, seq: int, link: object) -> list[object]:
-    return [conversation, author, seq, link]
 
 
 # -- signatures --------------------------------------------------------------------------

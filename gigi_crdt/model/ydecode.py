@@ -50,11 +50,13 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from struct import unpack
 from typing import NamedTuple, TypeAlias
 
 from ..errors import SchemaError
 
 MAX_CLOCK = 2**31 - 1
+RECORD_ENTRIES = 8  # the fields of a signed head (``signed.HEAD_FIELDS``)
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's: Yjs client ids are JS numbers, yrs turns integers into f64
 MAX_CLIENT = MAX_SAFE_INTEGER
 
@@ -115,6 +117,9 @@ class DecodedUpdate:
     clients: dict[int, list[Struct]] = field(default_factory=dict)
     delete_set: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     """client -> (clock, length) ranges."""
+    records: list[bytes] = field(default_factory=list)
+    """The encoded Any maps of ``RECORD_ENTRIES`` entries (``decode_any`` reads them):
+    where signed heads may be, whatever their place (an item hung on another names none)."""
 
 
 def decode_update(update: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> DecodedUpdate:
@@ -179,10 +184,11 @@ class _Decoder:
         self.data = data
         self.limits = limits
         self.own = b""
+        self.records: list[bytes] = []
 
     def update(self) -> DecodedUpdate:
         data = self.data
-        decoded = DecodedUpdate()
+        decoded = DecodedUpdate(records=self.records)
         count, pos = self.count(0, 5)  # a client section: 3 varuints and a struct of 2 bytes or more
         for _ in range(count):
             pos = self.client_structs(pos, decoded.clients)
@@ -322,7 +328,7 @@ class _Decoder:
                 length, pos = _varuint_tail(data, pos, length)
             if length > len(data) - pos:  # each value is at least one byte
                 raise UnsafeUpdate(f"{length} Any values in {len(data) - pos} bytes")
-            pos = _any_values(data, pos, length, self.limits)
+            pos = _any_values(data, pos, length, self.limits, self.records)
         elif kind == DELETED:
             length = data[pos]
             pos += 1
@@ -373,8 +379,9 @@ class _Decoder:
         return (anchor_client, anchor_clock), pos
 
 
-def _any_values(data: bytes, pos: int, count: int, limits: UpdateLimits) -> int:
-    """Skip ``count`` lib0 Any values (decoding.js readAny), each bounded in size and depth.
+def _any_values(data: bytes, pos: int, count: int, limits: UpdateLimits, records: list[bytes] | None = None) -> int:
+    """Skip ``count`` lib0 Any values (decoding.js readAny), each bounded in size and depth;
+    keep in ``records`` those that are maps of ``RECORD_ENTRIES`` entries.
 
     This is the hot loop of a large sync (message bodies are Any maps), so it reads without
     recursion or helper calls: the innermost open container is kept in ``left``/``in_map``
@@ -455,4 +462,76 @@ def _any_values(data: bytes, pos: int, count: int, limits: UpdateLimits) -> int:
             raise UnsafeUpdate("update ends in the middle of an Any value")
         if pos - start > max_value:
             raise UnsafeUpdate(f"Any value of {pos - start} bytes exceeds {max_value}")
+        if records is not None and data[start] == 118 and data[start + 1] == RECORD_ENTRIES:
+            records.append(data[start:pos])
     return pos
+
+
+def decode_any(data: bytes) -> object:
+    """A lib0 Any value that ``_any_values`` checked already, as Python values."""
+    value, _ = _read_any(data, 0)
+    return value
+
+
+def _read_any(data: bytes, pos: int) -> tuple[object, int]:
+    tag = data[pos]
+    pos += 1
+    if tag == 119:
+        size, pos = _varuint(data, pos)
+        return data[pos : pos + size].decode(), pos + size
+    if tag == 118:
+        size, pos = _varuint(data, pos)
+        entries: dict[str, object] = {}
+        for _ in range(size):
+            length, pos = _varuint(data, pos)
+            key = data[pos : pos + length].decode()
+            entries[key], pos = _read_any(data, pos + length)
+        return entries, pos
+    if tag == 117:
+        size, pos = _varuint(data, pos)
+        items: list[object] = []
+        for _ in range(size):
+            item, pos = _read_any(data, pos)
+            items.append(item)
+        return items, pos
+    if tag == 125:
+        return _read_varint(data, pos)
+    if tag == 123:
+        return unpack(">d", data[pos : pos + 8])[0], pos + 8
+    if tag == 124:
+        return unpack(">f", data[pos : pos + 4])[0], pos + 4
+    if tag == 122:
+        return int.from_bytes(data[pos : pos + 8], "big", signed=True), pos + 8
+    if tag == 116:
+        size, pos = _varuint(data, pos)
+        return data[pos : pos + size], pos + size
+    return {121: False, 120: True, 126: None, 127: None}[tag], pos
+
+
+def _varuint(data: bytes, pos: int) -> tuple[int, int]:
+    first = data[pos]
+    return (first, pos + 1) if first < 0x80 else _varuint_tail(data, pos + 1, first)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A lib0 signed varint: sign in bit 6 of the first byte, 6 bits of value there."""
+    byte = data[pos]
+    pos += 1
+    negative, value, shift = byte & 0x40, byte & 0x3F, 6
+    while byte >= 0x80:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+    return (-value if negative else value), pos
+
+
+def client_clock(state_vector: bytes, client: int) -> int:
+    """``client``'s clock in a state vector pycrdt made (0 if it names none)."""
+    count, pos = _varuint(state_vector, 0)
+    for _ in range(count):
+        who, pos = _varuint(state_vector, pos)
+        clock, pos = _varuint(state_vector, pos)
+        if who == client:
+            return clock
+    return 0

@@ -111,6 +111,8 @@ class UpdateSummary:
     clients: Mapping[int, ClientWrites]
     deletes: Mapping[int, tuple[tuple[int, int], ...]]
     """Delete set: client id -> (clock, length) ranges it marks deleted."""
+    records: tuple[bytes, ...] = ()
+    """Any maps shaped like signed heads, encoded (``ydecode.decode_any`` reads them)."""
 
     @property
     def authors(self) -> frozenset[int]:
@@ -133,6 +135,7 @@ class _Checker:
     def __init__(self, decoded: DecodedUpdate) -> None:
         self.clients = decoded.clients
         self.deletes = decoded.delete_set
+        self.records = tuple(decoded.records)
         self.starts = {client: [struct.clock for struct in structs] for client, structs in decoded.clients.items()}
         # The place of every struct, once known. A GC struct is garbage; what a Skip stands
         # for is not in the update.
@@ -145,7 +148,7 @@ class _Checker:
     def run(self) -> UpdateSummary:
         summary = {client: self.check_client(client, structs) for client, structs in self.clients.items()}
         deletes = {client: tuple(ranges) for client, ranges in self.deletes.items()}
-        return UpdateSummary(summary, deletes)
+        return UpdateSummary(summary, deletes, self.records)
 
     def check_client(self, client: int, structs: list[Struct]) -> ClientWrites:
         keys: set[tuple[str, str]] = set()

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0
 EVENT_BUFFER = 1024
+MISSING_ASK_INTERVAL = 1.0  # seconds between asks for what a live update waits for
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class _Session:
     registered: bool = False
     asked_outsider: dict[str, float] = field(default_factory=dict)  # conversation -> when
     proof_awaited: set[str] = field(default_factory=set)  # asked a stranger: its step 2 may prove it a member
+    asked_missing: dict[str, float] = field(default_factory=dict)  # conversation -> when
 
 
 class SyncEngine:
@@ -348,10 +350,22 @@ class SyncEngine:
             if await self.replica.is_member(conversation, link.peer.peer_id):
                 link.shared.add(conversation)
         await self.replica.acknowledge(conversation, changes)
+        if changes.waiting and not catch_up:
+            await self._ask_missing(session, conversation)
         if catch_up and conversation in session.catching_up:
             session.catching_up.discard(conversation)
             done = session.catch_up_total - len(session.catching_up)
             self._publish(SyncProgress(link.peer.peer_id, done, session.catch_up_total))
+
+    async def _ask_missing(self, session: _Session, conversation: str) -> None:
+        """A live update left structs waiting for something we lack (an update lost on the
+        way, or sent before this link shared the conversation; in a signed conversation
+        each head of an author hangs on the one before): ask its sender at once instead of
+        at the next anti-entropy round, at most once per ``MISSING_ASK_INTERVAL``."""
+        now = trio.current_time()
+        if now - session.asked_missing.get(conversation, -math.inf) >= MISSING_ASK_INTERVAL:
+            session.asked_missing[conversation] = now
+            session.link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
 
     async def _may_share(self, link: PeerLink, conversation: str) -> bool:
         """True if the peer is a member now (it may have joined or left since the link came up)."""

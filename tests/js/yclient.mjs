@@ -176,18 +176,14 @@ const op = {
   c: { text: options.send }
 }
 const prev = link16('gigi-crdt stream v1\0', options.room, '\0', member) // the stream's genesis
-const link = link16(prev, link16(canonical(op)))
-const l = link.toString('base64')
-const head = {
-  s: 0,
-  l,
-  by: member,
-  key: publicKey.toString('base64'),
-  sig: signFor('stream head', canonical([options.room, member, 0, l])).toString('base64')
-}
+const l = link16(prev, link16(canonical(op))).toString('base64')
 doc.transact(() => {
   streams.set(key, Y.Array.from([{ ...op, p: prev.toString('base64url') }]))
-  doc.getMap('heads').set(member, head)
+  // The head comes last: it names this client's clock after the transaction, itself included.
+  const k = Y.getState(doc.store, doc.clientID) + 1
+  const fields = { s: 0, l, c: doc.clientID, k, t: op.t }
+  const sig = signFor('stream head', canonical([options.room, member, 0, l, doc.clientID, k, op.t]))
+  doc.getMap('heads').set(member, { ...fields, by: member, key: publicKey.toString('base64'), sig: sig.toString('base64') })
 })
 emit({ event: 'appended', author: member, id, text: options.send })
 
