@@ -168,7 +168,7 @@ class Conversation:
         self._cursors = self._stream_lengths()
         # Signed conversations: per author, what of its stream is verified (see ``chain``).
         # Entries the document held when it was loaded from our store were verified before
-        # they were stored, but for those the index lacks (``entries_since``).
+        # they were stored, but for those the index lacks (``changes_since``).
         self._chains: dict[str, Chain] = {}
         self._loaded = dict(self._cursors)
         self._heads_moved: set[str] = set()
