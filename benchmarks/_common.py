@@ -8,6 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Text
 from gigi_crdt.store import Record, Store
 from gigi_crdt.store.compaction import build_snapshot
@@ -15,6 +18,10 @@ from gigi_crdt.store.compaction import build_snapshot
 ALICE = "alice-peer-0001"
 
 BOB = "bob-peer-0002"
+
+# Identities with fixed keys, for benchmarks of signed conversations (what nodes create).
+ALICE_KEY = Identity(Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32))
+BOB_KEY = Identity(Ed25519PrivateKey.from_private_bytes(bytes([2]) * 32))
 
 TEXTS = (
     "hi!",
@@ -46,18 +53,22 @@ def ms(seconds: float) -> str:
 
 
 class TwoPeers:
-    """Alice's and bob's documents of one DIRECT conversation, posting alternately."""
+    """Alice's and bob's documents of one DIRECT conversation, posting alternately; with
+    ``signed``, a signed conversation of ``ALICE_KEY`` and ``BOB_KEY`` (see ``model.signed``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, signed: bool = False) -> None:
+        alice_key, bob_key = (ALICE_KEY, BOB_KEY) if signed else (None, None)
+        self.alice_id, self.bob_id = (ALICE_KEY.peer_id, BOB_KEY.peer_id) if signed else (ALICE, BOB)
         self.alice, self.created = Conversation.create(
             kind=ConversationKind.DIRECT,
             title="bench",
-            local_peer=ALICE,
+            local_peer=self.alice_id,
             nickname="alice",
             clock=HybridClock(wall_ms),
-            others={BOB: "bob"},
+            others={self.bob_id: "bob"},
+            signer=alice_key,
         )
-        self.bob = Conversation.from_updates([self.alice.diff()], BOB, HybridClock(wall_ms))
+        self.bob = Conversation.from_updates([self.alice.diff()], self.bob_id, HybridClock(wall_ms), bob_key)
 
     def creation_record(self) -> Record:
         return Record(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import gc
 import math
@@ -58,10 +59,11 @@ from typing import Any
 
 import trio
 import trio_websocket
-from _common import ALICE, BOB, TwoPeers, compact, ms, percentile, print_table, text_for, verdict
+from _common import ALICE, ALICE_KEY, BOB, BOB_KEY, TwoPeers, compact, ms, percentile, print_table, text_for, verdict
 from pycrdt import Channel, Doc, Provider
 from pycrdt.websocket import WebsocketServer
 
+from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, Text
 from gigi_crdt.replica import Replica, open_replica
 from gigi_crdt.store import Store
@@ -108,6 +110,8 @@ def print_header(args: argparse.Namespace) -> None:
     )
     print(f"sqlite    {sqlite3.sqlite_version}")
     print(f"cpus      {os.cpu_count()}  ({platform.platform()})")
+    kind = "unsigned (no identities)" if args.unsigned else "signed, as nodes create them (signed streams, heads)"
+    print(f"parts 1-3 {kind}")
     print(f"load avg  {loadavg()}  (1/5/15 min at start: other processes add noise)")
     print(f"data dir  {args.dir or tempfile.gettempdir()}")
 
@@ -141,17 +145,18 @@ class Built:
     messages: int
     snapshot_bytes: int
     seconds: float
+    signed: bool
 
 
-def build_history(base: Path, messages: int, batch: int) -> Built:
+def build_history(base: Path, messages: int, batch: int, signed: bool) -> Built:
     """Alice's store holding a ``messages``-long DIRECT conversation with bob, compacted."""
     start = time.perf_counter()
     directory = Path(tempfile.mkdtemp(prefix=f"history-{messages}-", dir=base))
-    peers = TwoPeers()
+    peers = TwoPeers(signed)
     conv = peers.alice.id
     store = Store.open(directory)
     try:
-        store.set_setting("peer_id", ALICE)
+        store.set_setting("peer_id", peers.alice_id)
         store.commit([peers.creation_record()])
         for first in range(0, messages, batch):
             store.commit([peers.message_record(i) for i in range(first, min(first + batch, messages))])
@@ -160,7 +165,7 @@ def build_history(base: Path, messages: int, batch: int) -> Built:
         snapshot_bytes = compact(store, conv)
     finally:
         store.close()
-    return Built(directory, conv, messages, snapshot_bytes, time.perf_counter() - start)
+    return Built(directory, conv, messages, snapshot_bytes, time.perf_counter() - start, signed)
 
 
 def stored_updates(built: Built) -> list[bytes]:
@@ -279,9 +284,14 @@ class LoopLag:
 
 @contextlib.asynccontextmanager
 async def open_node(
-    directory: Path, nickname: str, peer_id: str, nursery: trio.Nursery, event_buffer: int = 4096
+    directory: Path,
+    nickname: str,
+    peer_id: str,
+    nursery: trio.Nursery,
+    event_buffer: int = 4096,
+    signer: Identity | None = None,
 ) -> AsyncIterator[Node]:
-    async with open_replica(directory, nickname=nickname, peer_id=peer_id) as replica:
+    async with open_replica(directory, nickname=nickname, peer_id=peer_id, signer=signer) as replica:
         engine = SyncEngine(replica, settings=SETTINGS, event_buffer=event_buffer)
         replica.add_listener(engine)
         tap = Tap(engine)
@@ -446,8 +456,11 @@ class Session:
 
 
 async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> tuple[GigiSync, Session]:
-    a = await nursery_enter(nursery, open_node(built.directory, "alice", ALICE, nursery))
-    b = await nursery_enter(nursery, open_node(Path(tempfile.mkdtemp(prefix="bob-", dir=base)), "bob", BOB, nursery))
+    keys = (ALICE_KEY, BOB_KEY) if built.signed else (None, None)
+    names = (ALICE_KEY.peer_id, BOB_KEY.peer_id) if built.signed else (ALICE, BOB)
+    a = await nursery_enter(nursery, open_node(built.directory, "alice", names[0], nursery, signer=keys[0]))
+    bob_dir = Path(tempfile.mkdtemp(prefix="bob-", dir=base))
+    b = await nursery_enter(nursery, open_node(bob_dir, "bob", names[1], nursery, signer=keys[1]))
     port = await serve(nursery, a)
     conv = built.conversation
     lag = LoopLag()
@@ -1070,6 +1083,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=100_000, help="size of the synced history (default 10^5)")
     parser.add_argument("--batch", type=int, default=1000, help="records per Store.commit when building")
     parser.add_argument("--sync-runs", type=int, default=2, help="initial-sync repetitions per contender")
+    parser.add_argument(
+        "--unsigned", action="store_true", help="peers without identities: unsigned conversations (no signed streams)"
+    )
     parser.add_argument("--floor-runs", type=int, default=3, help="raw floor repetitions")
     parser.add_argument("--reconnects", type=int, default=5, help="reconnect rounds")
     parser.add_argument("--settle", type=float, default=0.3, help="seconds to wait for trailing frames")
@@ -1104,7 +1120,7 @@ async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gigi-bench-sync-", dir=args.dir) as tmp:
         base = Path(tmp)
-        built = build_history(base, args.messages, args.batch)
+        built = build_history(base, args.messages, args.batch, not args.unsigned)
         print(
             f"\nbuilt A's history: {built.messages:,} messages, snapshot {built.snapshot_bytes:,} B, "
             f"in {built.seconds:.1f} s (model + Store.commit batches + compaction)"
@@ -1118,7 +1134,7 @@ async def main(args: argparse.Namespace) -> None:
         for run in range(args.sync_runs):
             # Each run: a fresh copy of A's store (cold, as on disk) and an empty B.
             run_dir = Path(tempfile.mkdtemp(prefix=f"run-{run}-", dir=base))
-            copy = Built(run_dir / "a", built.conversation, built.messages, built.snapshot_bytes, 0.0)
+            copy = dataclasses.replace(built, directory=run_dir / "a", seconds=0.0)
             copy_store(built.directory, copy.directory)
             async with open_stack() as nursery:
                 result, session = await gigi_initial_sync(nursery, run_dir, copy)

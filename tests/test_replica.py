@@ -28,7 +28,7 @@ from gigi_crdt import (
     open_replica,
 )
 from gigi_crdt.identity import Identity
-from gigi_crdt.model import Changes, UnsafeUpdate
+from gigi_crdt.model import Changes, Conversation, HybridClock, UnsafeUpdate
 from gigi_crdt.model.ops import Posted, encode_op
 from gigi_crdt.model.yupdate import check_update
 from gigi_crdt.replica import RESTORE_INTERVAL
@@ -598,3 +598,24 @@ async def test_an_update_writing_under_a_members_client_id_ahead_of_it_is_refuse
             await alice.send(group, Text("after"))
             await sync(alice, carol, group)
             assert texts(await carol.history(group)) == ["hi", "after"]
+
+
+@pytest.mark.parametrize("signer", [None, Identity.generate()], ids=["unsigned", "signed"])
+def test_compaction_collects_garbage_after_every_write_of_a_signed_conversation(
+    tmp_path: Path, signer: Identity | None
+) -> None:
+    # Each write of a signed conversation overwrites its author's head: a snapshot that does
+    # not collect garbage keeps every old one (four times the size of the messages).
+    peer = "alice-peer-0001" if signer is None else signer.peer_id
+    clock = HybridClock(lambda: 1_700_000_000_000)
+    doc, created = Conversation.create(
+        kind=ConversationKind.GROUP, title="g", local_peer=peer, nickname="a", clock=clock, signer=signer
+    )
+    store = Store.open(tmp_path)
+    try:
+        store.commit([Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))])
+        posted = doc.post(Text("hi"), "a")
+        store.commit([Record(doc.id, posted.update, posted.changes)])
+        assert store.committed_log(doc.id)[2] is (signer is not None)
+    finally:
+        store.close()
