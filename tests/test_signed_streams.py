@@ -22,7 +22,8 @@ from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, HybridClock
 from gigi_crdt.model.chain import ANCHOR_EVERY, Chain, commitment, genesis, link_of, verified_entries
 from gigi_crdt.model.ops import Posted, StreamEntry, canonical_op, encode_op, parse_entry
-from gigi_crdt.model.signed import Head, check_anchor, check_head, sign_anchor, sign_head
+from gigi_crdt.model.signed import HEAD_FIELDS, Head, check_anchor, check_head, sign_anchor, sign_head
+from gigi_crdt.model.ydecode import RECORD_ENTRIES, decode_any
 from gigi_crdt.model.yupdate import UnsafeUpdate, check_update
 from gigi_crdt.signatures import verify
 
@@ -304,3 +305,11 @@ def test_a_deletion_finds_its_post_when_someone_put_entries_before_it() -> None:
     assert "secret" not in str(stream_values(alice, ALICE.peer_id))
     fresh = Conversation.from_updates([alice.diff()], CAROL.peer_id, clock(), CAROL)
     assert shown(fresh) == [(ALICE.peer_id, None)]  # her post, deleted; not bob's
+
+
+def test_the_update_check_keeps_the_heads_of_an_update_and_only_them() -> None:
+    alice, _, _ = signed_group()
+    update = alice.post(Text("hi"), "alice").update
+    assert len(HEAD_FIELDS) == RECORD_ENTRIES  # the decoder picks heads out by their field count
+    (record,) = check_update(update).records  # the post has as many fields, but no signature
+    assert check_head(alice.id, ALICE.peer_id, decode_any(record)).value.seq == 0

@@ -174,6 +174,7 @@ class Conversation:
         self._heads_moved: set[str] = set()
         self._tip: tuple[int, bytes] | None = None  # our newest entry, until our head names it
         self._sealed_clock = 0  # our client's clock after our last head
+        self._checked_heads: dict[tuple[tuple[str, str], str], Signed[Head]] = {}  # see ``check_clients``
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
         # garbage collector stops tracking: a list per message made every full collection
         # walk one more object per message written.
@@ -391,7 +392,9 @@ class Conversation:
             self._stale.discard(place)  # shown again (someone wrote it back)
             return
         try:
-            signed: Signed[Any] | None = _check_signed(conversation, place, raw)
+            signed: Signed[Any] | None = self._checked_heads.get((place, _signature_of(raw)))
+            if signed is None or raw != signed.record:  # not checked with the update (see ``check_clients``)
+                signed = _check_signed(conversation, place, raw)
         except SchemaError as exc:
             log.warning("conversation %s: signed record ignored: %s", self._meta.get("id"), exc)
             signed = None
@@ -1050,7 +1053,12 @@ class Conversation:
         beyond = [(client, end) for client, end in beyond if end > bounds[client][1]]
         if not beyond:
             return
-        carried = {} if conversation is None else _carried_heads(conversation, summary.records)
+        carried: dict[str, list[Head]] = {}
+        if conversation is not None:
+            # Kept for ``_hold_newest``, so that the heads are checked once, not again when held.
+            self._checked_heads = _carried_heads(conversation, summary.records)
+            for ((_, author), _), head in self._checked_heads.items():
+                carried.setdefault(author, []).append(head.value)
         for client, end in beyond:
             author, clock, at = bounds[client]
             heads = carried.get(author, []) if author != self._local_peer else []
@@ -1254,19 +1262,24 @@ def _apply(doc: Doc[Any], update: bytes) -> None:
         raise
 
 
-def _carried_heads(conversation: str, records: Iterable[bytes]) -> dict[str, list[Head]]:
-    """Author -> the valid heads among ``records`` (from an update's summary)."""
-    carried: dict[str, list[Head]] = {}
+def _carried_heads(conversation: str, records: Iterable[bytes]) -> dict[tuple[tuple[str, str], str], Signed[Head]]:
+    """The valid heads among ``records`` (from an update's summary), by place and signature."""
+    carried: dict[tuple[tuple[str, str], str], Signed[Head]] = {}
     for raw in records:
         record = decode_any(raw)
         author = record.get("by") if isinstance(record, dict) else None
         if not isinstance(author, str):
             continue
         try:
-            carried.setdefault(author, []).append(check_head(conversation, author, record).value)
+            carried[("heads", author), _signature_of(record)] = check_head(conversation, author, record)
         except SchemaError:
             continue
     return carried
+
+
+def _signature_of(raw: object) -> str:
+    signature = raw.get("sig") if isinstance(raw, dict) else None
+    return signature if isinstance(signature, str) else ""
 
 
 def _concerns(op: Op, message_id: str) -> bool:

@@ -57,6 +57,7 @@ from ..errors import SchemaError
 
 MAX_CLOCK = 2**31 - 1
 RECORD_ENTRIES = 8  # the fields of a signed head (``signed.HEAD_FIELDS``)
+_SIGNATURE_KEY = b"\x03sig"  # a head's "sig" key, encoded (its length, then its UTF-8)
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's: Yjs client ids are JS numbers, yrs turns integers into f64
 MAX_CLIENT = MAX_SAFE_INTEGER
 
@@ -463,7 +464,9 @@ def _any_values(data: bytes, pos: int, count: int, limits: UpdateLimits, records
         if pos - start > max_value:
             raise UnsafeUpdate(f"Any value of {pos - start} bytes exceeds {max_value}")
         if records is not None and data[start] == 118 and data[start + 1] == RECORD_ENTRIES:
-            records.append(data[start:pos])
+            value = data[start:pos]
+            if _SIGNATURE_KEY in value:  # a stream entry has as many fields, but no signature
+                records.append(value)
     return pos
 
 
