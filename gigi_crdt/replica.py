@@ -322,7 +322,8 @@ class Replica:
         """
         doc = await self._document(conversation)
         covered = state_vector is not None and covers(state_vector, doc.state_vector())
-        return doc.catch_up(state_vector, covered=covered) or EMPTY_UPDATE
+        recent = state_vector is not None and covers(state_vector, doc.recent_base)
+        return doc.catch_up(state_vector, covered=covered, recent=recent) or EMPTY_UPDATE
 
     async def receive(
         self,

@@ -313,3 +313,19 @@ def test_the_update_check_keeps_the_heads_of_an_update_and_only_them() -> None:
     assert len(HEAD_FIELDS) == RECORD_ENTRIES  # the decoder picks heads out by their field count
     (record,) = check_update(update).records  # the post has as many fields, but no signature
     assert check_head(alice.id, ALICE.peer_id, decode_any(record)).value.seq == 0
+
+
+def test_a_catch_up_from_recent_updates_carries_only_their_own_deletions() -> None:
+    alice, bob, _ = signed_group()
+    for number in range(2000):  # each overwrites alice's head: 2,000 deletions in her document
+        bob.apply_remote(alice.post(Text(f"m{number}"), "alice").update)
+    alice.post(Text("missed"), "alice")
+    state = bob.state_vector()
+    full = alice.diff(state)
+    recent = alice.catch_up(state, covered=False, recent=True)
+    assert recent is not None
+    assert len(recent) < 1000 < 4000 < len(full)  # the diff carries the whole delete set
+    assert texts_of(bob.apply_remote(recent).entries) == ["missed"]
+    assert bob.state_vector() == alice.state_vector()
+    # bob deleted alice's previous head himself, when the new one came: the same deletions
+    assert check_update(bob.diff()).deletes == check_update(alice.diff()).deletes
