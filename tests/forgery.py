@@ -3,10 +3,13 @@ directly, under its own client id (or another's), bypassing the model's checks."
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from pycrdt import Array, Doc, Map
 
+from gigi_crdt.identity import Identity
+from gigi_crdt.model import Conversation, ConversationKind, HybridClock
 from gigi_crdt.model.ops import BUCKET_SIZE
 
 
@@ -42,3 +45,27 @@ def forge_entries(document: bytes, author: str, values: list[dict[str, Any]], cl
             else:
                 streams[key] = Array([value])
     return doc.get_update(before)
+
+
+def ticking_clock() -> HybridClock:
+    """A clock that ticks a millisecond per reading, from a fixed time."""
+    counter = itertools.count(1_700_000_000_000)
+    return HybridClock(lambda: next(counter))
+
+
+def signed_copies(people: dict[str, Identity]) -> list[Conversation]:
+    """A signed group created by the first of ``people`` (nickname -> identity) with the
+    others as members, and each one's copy of it, in the same order."""
+    (creator_name, creator), *others = people.items()
+    first, written = Conversation.create(
+        kind=ConversationKind.GROUP,
+        title="g",
+        local_peer=creator.peer_id,
+        nickname=creator_name,
+        clock=ticking_clock(),
+        others={key.peer_id: name for name, key in others},
+        signer=creator,
+    )
+    return [first] + [
+        Conversation.from_updates([written.update], key.peer_id, ticking_clock(), key) for _, key in others
+    ]

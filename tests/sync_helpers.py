@@ -126,3 +126,22 @@ async def joined(group: list[Node], conversation: str) -> None:
         return True
 
     await until_stored(group, check)
+
+
+class Recorder:
+    """Keeps every update a replica stores (an ``UpdateListener``), in order."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[bytes, str | None]] = []
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        self.heard.append((update, origin))
+
+    @property
+    def updates(self) -> list[bytes]:
+        return [update for update, _ in self.heard]
+
+    @property
+    def local(self) -> list[bytes]:
+        """The updates the replica wrote itself."""
+        return [update for update, origin in self.heard if origin is None]

@@ -142,6 +142,21 @@ async def test_invite_and_leave(tmp_path: Path) -> None:
                 await wait_for(alice, lambda e: True)
 
 
+async def hiking_group(alice: Node, bob: Node, carol: Node, *others: Node) -> str:
+    """Once all are linked to each other: alice's group with bob and carol (not ``others``),
+    and her first message, which both have."""
+    linked = (alice, bob, carol, *others)
+    for node in linked:
+        with trio.fail_after(10):
+            while len(node.online_peers()) < len(linked) - 1:
+                await wait_for(node, lambda e: isinstance(e, PeerOnline))
+    group = await alice.create_group("hiking", {bob.peer_id: "bob", carol.peer_id: "carol"})
+    await alice.send(group, Text("saturday?"))
+    await received(bob, "saturday?")
+    await received(carol, "saturday?")
+    return group
+
+
 async def test_a_member_cannot_add_anyone_to_a_group(tmp_path: Path) -> None:
     async with (
         open_node(tmp_path / "alice", nickname="alice", config=LOCAL) as alice,
@@ -149,14 +164,7 @@ async def test_a_member_cannot_add_anyone_to_a_group(tmp_path: Path) -> None:
         open_node(tmp_path / "carol", nickname="carol", config=dialing(alice, bob)) as carol,
         open_node(tmp_path / "mallory", nickname="mallory", config=dialing(alice, bob, carol)) as mallory,
     ):
-        for node in (alice, bob, carol, mallory):
-            with trio.fail_after(10):
-                while len(node.online_peers()) < 3:
-                    await wait_for(node, lambda e: isinstance(e, PeerOnline))
-        group = await alice.create_group("hiking", {bob.peer_id: "bob", carol.peer_id: "carol"})
-        await alice.send(group, Text("saturday?"))
-        await received(bob, "saturday?")
-        await received(carol, "saturday?")
+        group = await hiking_group(alice, bob, carol, mallory)
         before = await alice.members(group)
         # bob runs modified code: it writes mallory into the member list itself, once with
         # a record it signed and once unsigned, and its engine passes that on as usual.
@@ -187,14 +195,7 @@ async def test_a_message_forged_in_a_members_name_never_shows(tmp_path: Path) ->
         open_node(tmp_path / "bob", nickname="bob", config=dialing(alice)) as bob,
         open_node(tmp_path / "carol", nickname="carol", config=dialing(alice, bob)) as carol,
     ):
-        for node in (alice, bob, carol):
-            with trio.fail_after(10):
-                while len(node.online_peers()) < 2:
-                    await wait_for(node, lambda e: isinstance(e, PeerOnline))
-        group = await alice.create_group("hiking", {bob.peer_id: "bob", carol.peer_id: "carol"})
-        await alice.send(group, Text("saturday?"))
-        await received(bob, "saturday?")
-        await received(carol, "saturday?")
+        group = await hiking_group(alice, bob, carol)
         # bob runs modified code: it writes a post into alice's stream, and its engine passes
         # that on as usual.
         forged = encode_op(Posted("forgedforged01", 1_800_000_000_000_000, "alice", Text("cancelled!")), 1)

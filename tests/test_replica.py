@@ -14,6 +14,7 @@ import trio.testing
 from forgery import forge_entries, forge_member_records, forge_records
 from hostile import hostile_updates
 from pycrdt import Doc, Map
+from sync_helpers import Recorder
 
 from gigi_crdt import (
     ConversationKind,
@@ -258,22 +259,12 @@ async def test_concurrent_senders_all_land_in_order_everywhere(tmp_path: Path) -
         assert history == await alice.export(conversation)
 
 
-class Recording:
-    """An update listener that keeps what it is told."""
-
-    def __init__(self) -> None:
-        self.updates: list[bytes] = []
-
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-        self.updates.append(update)
-
-
 async def test_listeners_hear_of_concurrent_writes_in_the_order_they_were_made(tmp_path: Path) -> None:
     # Peers must get an author's updates in order: in a signed conversation each one's head
     # hangs on the one before, and one overtaken leaves the next waiting.
     async with open_replica(tmp_path / "a", nickname="alice", signer=Identity.generate()) as alice:
         conversation = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
-        heard = Recording()
+        heard = Recorder()
         alice.add_listener(heard)
         async with trio.open_nursery() as nursery:
             for number in range(40):
@@ -496,17 +487,6 @@ async def test_signed_records_are_written_back_at_most_once_per_interval(
         await alice.receive(group, news, origin=bob.peer_id, acknowledge=False)  # the next update alice takes
         assert await document_shows_removal()
         assert len(writes.local) == 2
-
-
-class Recorder:
-    """The updates a replica stores that it wrote itself (an ``UpdateListener``)."""
-
-    def __init__(self) -> None:
-        self.local: list[bytes] = []
-
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-        if origin is None:
-            self.local.append(update)
 
 
 async def test_a_members_forged_retention_expires_nothing(tmp_path: Path) -> None:

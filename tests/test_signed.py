@@ -7,21 +7,21 @@ document with pycrdt, under its own client id, bypassing the model's checks.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from forgery import forge_member_records, forge_records
+from forgery import forge_member_records, forge_records, signed_copies
+from forgery import ticking_clock as clock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
 from gigi_crdt import NotAllowed, SchemaError, Text
 from gigi_crdt.identity import Identity
-from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Role
+from gigi_crdt.model import Conversation, ConversationKind, Role
 from gigi_crdt.model.metadata import Member, Metadata, encode_member
 from gigi_crdt.model.signed import (
     CHARTER,
@@ -38,23 +38,10 @@ from gigi_crdt.signatures import verify
 ALICE, BOB, CAROL, MALLORY = (Identity.generate() for _ in range(4))
 
 
-def clock() -> HybridClock:
-    counter = itertools.count(1_700_000_000_000)
-    return HybridClock(lambda: next(counter))
-
-
 def signed_group() -> tuple[Conversation, Conversation]:
     """A signed group created by alice, with bob as a member."""
-    alice, written = Conversation.create(
-        kind=ConversationKind.GROUP,
-        title="g",
-        local_peer=ALICE.peer_id,
-        nickname="alice",
-        clock=clock(),
-        others={BOB.peer_id: "bob"},
-        signer=ALICE,
-    )
-    return alice, Conversation.from_updates([written.update], BOB.peer_id, clock(), BOB)
+    alice, bob = signed_copies({"alice": ALICE, "bob": BOB})
+    return alice, bob
 
 
 def forge(holder: Conversation, records: dict[str, Any]) -> bytes:

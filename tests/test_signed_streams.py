@@ -7,19 +7,19 @@ document with pycrdt, under its own client id or under the victim's.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from forgery import forge_entries, forge_records
+from forgery import forge_entries, forge_records, signed_copies
+from forgery import ticking_clock as clock
 from pycrdt import Doc, Map
 
 from gigi_crdt import SchemaError, Text
 from gigi_crdt.identity import Identity
-from gigi_crdt.model import Conversation, ConversationKind, HybridClock
+from gigi_crdt.model import Conversation
 from gigi_crdt.model.chain import ANCHOR_EVERY, Chain, commitment, genesis, link_of, verified_entries
 from gigi_crdt.model.ops import Posted, StreamEntry, canonical_op, encode_op, parse_entry
 from gigi_crdt.model.signed import HEAD_FIELDS, Head, check_anchor, check_head, sign_anchor, sign_head
@@ -31,24 +31,9 @@ ALICE, BOB, CAROL = (Identity.generate() for _ in range(3))
 VECTOR_FILE = Path(__file__).resolve().parent.parent / "protocols" / "vectors" / "signed-records.json"
 
 
-def clock() -> HybridClock:
-    counter = itertools.count(1_700_000_000_000)
-    return HybridClock(lambda: next(counter))
-
-
 def signed_group() -> tuple[Conversation, Conversation, Conversation]:
     """A signed group created by alice, with bob and carol as members, each with its copy."""
-    alice, written = Conversation.create(
-        kind=ConversationKind.GROUP,
-        title="g",
-        local_peer=ALICE.peer_id,
-        nickname="alice",
-        clock=clock(),
-        others={BOB.peer_id: "bob", CAROL.peer_id: "carol"},
-        signer=ALICE,
-    )
-    bob = Conversation.from_updates([written.update], BOB.peer_id, clock(), BOB)
-    carol = Conversation.from_updates([written.update], CAROL.peer_id, clock(), CAROL)
+    alice, bob, carol = signed_copies({"alice": ALICE, "bob": BOB, "carol": CAROL})
     return alice, bob, carol
 
 

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 from forgery import forge_member_records
 from pycrdt import Doc
-from sync_helpers import Node, converged, drain, joined, link, nodes, wait_for
+from sync_helpers import Node, Recorder, converged, drain, joined, link, nodes, wait_for
 
 from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
@@ -252,16 +252,6 @@ async def test_a_removed_member_is_sent_nothing_written_after_the_removal(tmp_pa
             await converged([other], directs[other.peer_id], 2)
             assert len(await other.replica.history(conversation)) == 3
         nursery.cancel_scope.cancel()
-
-
-class Recorder:
-    """Keeps every update a replica stores (an ``UpdateListener``)."""
-
-    def __init__(self) -> None:
-        self.updates: list[bytes] = []
-
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-        self.updates.append(update)
 
 
 async def test_a_member_whose_leave_arrived_first_still_hands_over_what_it_wrote(tmp_path: Path) -> None:
