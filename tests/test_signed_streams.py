@@ -25,6 +25,7 @@ from gigi_crdt.model.ops import Posted, StreamEntry, canonical_op, encode_op, pa
 from gigi_crdt.model.signed import HEAD_FIELDS, Head, check_anchor, check_head, sign_anchor, sign_head
 from gigi_crdt.model.ydecode import RECORD_ENTRIES, decode_any
 from gigi_crdt.model.yupdate import UnsafeUpdate, check_update
+from gigi_crdt.replica import covers
 from gigi_crdt.signatures import verify
 
 ALICE, BOB, CAROL = (Identity.generate() for _ in range(3))
@@ -314,3 +315,21 @@ def test_a_catch_up_from_recent_updates_carries_only_their_own_deletions() -> No
     assert bob.state_vector() == alice.state_vector()
     # bob deleted alice's previous head himself, when the new one came: the same deletions
     assert check_update(bob.diff()).deletes == check_update(alice.diff()).deletes
+
+
+def test_structs_that_waited_are_in_catch_ups_from_recent_updates_once_integrated() -> None:
+    alice, bob, carol = signed_group()
+    first, second = (bob.post(Text(text), "bob").update for text in ("one", "two"))
+    alice.apply_remote(second)  # waits for the first
+    alice.note_waiting(second)  # as the replica does
+    base = alice.recent_base
+    while alice.recent_base == base:  # until alice's recent updates start again
+        carol.apply_remote(alice.post(Text("x" * 2000), "alice").update)
+    alice.apply_remote(first)  # the second is integrated now, silently
+    state = carol.state_vector()
+    assert covers(state, alice.recent_base)
+    recent = alice.catch_up(state, covered=False, recent=True)
+    assert recent is not None
+    carol.apply_remote(recent)
+    assert carol.state_vector() == alice.state_vector()
+    assert [text for author, text in shown(carol) if author == BOB.peer_id] == ["one", "two"]

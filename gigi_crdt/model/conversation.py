@@ -540,6 +540,7 @@ class Conversation:
         rest = unintegrated(update, self.state_vector())
         if rest is not None:
             self._waiting = rest if self._waiting is None else merge_updates(self._waiting, rest)
+            self._remember(rest)  # once integrated, no state vector will tell it from the base
 
     @property
     def recent_base(self) -> bytes:
@@ -574,12 +575,19 @@ class Conversation:
         return merge_updates(update, self._waiting)
 
     def _remember(self, update: bytes) -> None:
-        """Keep ``update`` for ``catch_up``; past ``RECENT_BYTES``, start again from now."""
+        """Keep ``update`` for ``catch_up``; past ``RECENT_BYTES``, start again from now.
+
+        Structs waiting for a dependency are kept too, and carried over a new start: no
+        state vector counts them, so the base does not either, yet once integrated they
+        are something a peer covering the base may lack.
+        """
         self._recent_bytes += len(update)
-        if self._recent_bytes > RECENT_BYTES:
-            self._recent, self._recent_bytes, self._recent_base = [], 0, self._doc.get_state()
-        else:
+        if self._recent_bytes <= RECENT_BYTES:
             self._recent.append(update)
+            return
+        self._recent_base = self._doc.get_state()
+        self._recent = [] if self._waiting is None else [self._waiting]
+        self._recent_bytes = sum(len(kept) for kept in self._recent)
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """What a peer with ``state_vector`` lacks (the whole document for ``None``)."""
