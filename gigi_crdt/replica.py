@@ -518,6 +518,8 @@ class Replica:
         in a document since dropped), and the index must not depend on that never happening.
         """
         missed = doc.changes_since(await self._read(index.stream_cursors, conversation))
+        if self._conversations.get(conversation) is not doc:
+            return  # released while we read (a write failed): whoever loads it again indexes it
         if missed:
             log.info("indexing %d entries of %s that the index lacked", len(missed.entries), conversation)
             await self._persist(doc, Written(b"", missed), conversation)
