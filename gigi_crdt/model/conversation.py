@@ -94,7 +94,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
 SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
-RECENT_BYTES = 256 * 1024  # updates kept for catch-ups of peers that were here lately (``catch_up``)
+RECENT_BYTES = 64 * 1024  # updates kept for catch-ups of peers that were here lately (``catch_up``)
+RECENT_UPDATE_BYTES = 4096  # a larger update (a catch-up, with a whole delete set) starts them again
 
 
 def new_id() -> str:
@@ -582,7 +583,7 @@ class Conversation:
         are something a peer covering the base may lack.
         """
         self._recent_bytes += len(update)
-        if self._recent_bytes <= RECENT_BYTES:
+        if self._recent_bytes <= RECENT_BYTES and len(update) <= RECENT_UPDATE_BYTES:
             self._recent.append(update)
             return
         self._recent_base = self._doc.get_state()
