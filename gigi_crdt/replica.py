@@ -315,18 +315,14 @@ class Replica:
         When the peer's state vector covers ours, a diff would still carry our whole delete
         set, which grows with every receipt; it cannot hold a deletion the peer lacks (in
         our documents only retention deletes without writing, and every member expires its
-        own copy). For the same reason, a peer that covers the document's recent base gets
-        the recent updates it lacks rather than a diff (``Conversation.catch_up``).
-
-        Structs that wait for a dependency are added: no state vector counts them, yet yrs
-        shows those whose origins it has, so without them two replicas with equal state
-        vectors would show different messages (say the one struct they wait for was lost
-        with its author's store).
+        own copy). Structs that wait for a dependency are added: no state vector counts
+        them, yet yrs shows those whose origins it has, so without them two replicas with
+        equal state vectors would show different messages (say the one struct they wait
+        for was lost with its author's store).
         """
         doc = await self._document(conversation)
         covered = state_vector is not None and covers(state_vector, doc.state_vector())
-        recent = state_vector is not None and covers(state_vector, doc.recent_base)
-        return doc.catch_up(state_vector, covered=covered, recent=recent) or EMPTY_UPDATE
+        return doc.catch_up(state_vector, covered=covered) or EMPTY_UPDATE
 
     async def receive(
         self,

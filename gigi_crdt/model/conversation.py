@@ -94,8 +94,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
 SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
-RECENT_BYTES = 64 * 1024  # updates kept for catch-ups of peers that were here lately (``catch_up``)
-RECENT_UPDATE_BYTES = 4096  # a larger update (a catch-up, with a whole delete set) starts them again
 
 
 def new_id() -> str:
@@ -177,10 +175,6 @@ class Conversation:
         self._tip: tuple[int, bytes] | None = None  # our newest entry, until our head names it
         self._sealed_clock = 0  # our client's clock after our last head
         self._checked_heads: dict[tuple[tuple[str, str], str], Signed[Head]] = {}  # see ``check_clients``
-        # The updates applied or written since the state vector ``_recent_base`` (see ``catch_up``).
-        self._recent: list[bytes] = []
-        self._recent_bytes = 0
-        self._recent_base = doc.get_state()
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
         # garbage collector stops tracking: a list per message made every full collection
         # walk one more object per message written.
@@ -541,54 +535,17 @@ class Conversation:
         rest = unintegrated(update, self.state_vector())
         if rest is not None:
             self._waiting = rest if self._waiting is None else merge_updates(self._waiting, rest)
-            self._remember(rest)  # once integrated, no state vector will tell it from the base
 
-    @property
-    def recent_base(self) -> bytes:
-        """The state vector from which on ``catch_up`` can answer from recent updates alone."""
-        return self._recent_base
-
-    def catch_up(self, state_vector: bytes | None, *, covered: bool, recent: bool = False) -> bytes | None:
+    def catch_up(self, state_vector: bytes | None, *, covered: bool) -> bytes | None:
         """What a peer with ``state_vector`` lacks, or ``None`` for nothing; ``covered``
         says its state vector counts every struct ours counts (so no diff is needed),
-        though structs of ours that wait for a dependency may still be news to it.
-
-        ``recent`` says it counts every struct ``recent_base`` counts: then the answer is
-        made of the recent updates it lacks, each with its own deletions only. A diff of the
-        document would carry every deletion ever made (yrs puts the whole delete set in
-        it), and every write overwrites something (in a signed conversation its author's
-        head; in any, a receipt): 4 bytes per past write, 384 KB after 10^5 messages. A peer
-        holding a write's structs holds the deletions made with it: in our documents
-        every deletion comes with the structs of the write that made it (but expiry's,
-        which every peer makes itself).
-        """
+        though structs of ours that wait for a dependency may still be news to it."""
         if self._waiting is not None:
             self._waiting = unintegrated(self._waiting, self.state_vector())  # drop what got integrated
         if covered:
             return self._waiting
-        if recent and state_vector is not None:
-            parts = [part for part in (unintegrated(u, state_vector) for u in self._recent) if part is not None]
-            update = merge_updates(*parts) if len(parts) > 1 else parts[0] if parts else None
-        else:
-            update = self.diff(state_vector)
-        if update is None or self._waiting is None:
-            return update or self._waiting
-        return merge_updates(update, self._waiting)
-
-    def _remember(self, update: bytes) -> None:
-        """Keep ``update`` for ``catch_up``; past ``RECENT_BYTES``, start again from now.
-
-        Structs waiting for a dependency are kept too, and carried over a new start: no
-        state vector counts them, so the base does not either, yet once integrated they
-        are something a peer covering the base may lack.
-        """
-        self._recent_bytes += len(update)
-        if self._recent_bytes <= RECENT_BYTES and len(update) <= RECENT_UPDATE_BYTES:
-            self._recent.append(update)
-            return
-        self._recent_base = self._doc.get_state()
-        self._recent = [] if self._waiting is None else [self._waiting]
-        self._recent_bytes = sum(len(kept) for kept in self._recent)
+        update = self.diff(state_vector)
+        return update if self._waiting is None else merge_updates(update, self._waiting)
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """What a peer with ``state_vector`` lacks (the whole document for ``None``)."""
@@ -601,7 +558,6 @@ class Conversation:
         self._writing = False  # in case a failed local write left it set
         had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
         _apply(self._doc, update)
-        self._remember(update)
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes())
         found = self._take_appended()
@@ -1155,8 +1111,6 @@ class Conversation:
     def _written(self, changes: Changes, message_id: str | None = None) -> Written:
         update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
         self._outbox.clear()
-        if update:
-            self._remember(update)
         changes.receipts.extend(self._own_new_receipts)
         self._own_new_receipts.clear()
         self._writing = False
