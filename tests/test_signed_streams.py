@@ -163,7 +163,9 @@ def test_a_head_signed_by_someone_else_is_not_the_authors() -> None:
     assert not carol.apply_remote(forged).entries
     assert not carol.apply_remote(forged_head).entries
     assert shown(carol) == [(ALICE.peer_id, "hello")]
-    assert carol.has_stale_records()  # alice's real head is written back over the forged one
+    assert not carol.has_stale_records()  # only alice writes her head back (see the next test)
+    alice.apply_remote(forged_head)
+    assert alice.has_stale_records()
 
 
 def test_entries_wait_for_their_head_and_the_index_is_told_where() -> None:
@@ -180,17 +182,25 @@ def test_entries_wait_for_their_head_and_the_index_is_told_where() -> None:
     assert shown(carol) == [(ALICE.peer_id, "one"), (ALICE.peer_id, "two")]
 
 
-def test_an_older_head_put_back_changes_nothing_and_is_written_back() -> None:
+def test_an_older_head_put_back_changes_nothing_and_its_author_writes_it_back() -> None:
     alice, bob, carol = signed_group()
     post(alice, "one", bob, carol)
     old_head = _heads(alice)[ALICE.peer_id]
     post(alice, "two", bob, carol)
-    carol.apply_remote(forge_records(bob.diff(), {("heads", ALICE.peer_id): old_head}))
-    assert carol.has_stale_records()
-    restored = carol.restore_records()
+    replay = forge_records(bob.diff(), {("heads", ALICE.peer_id): old_head})
+    carol.apply_remote(replay)
+    assert shown(carol) == [(ALICE.peer_id, "one"), (ALICE.peer_id, "two")]
+    # Carol holds alice's newer head but does not copy it: her copy would race with alice's
+    # next head and could delete it from every document, with the record that covers
+    # alice's next structs under her client id.
+    assert not carol.has_stale_records()
+    alice.apply_remote(replay)
+    bob.apply_remote(replay)
+    restored = alice.restore_records()
     assert restored is not None
-    bob.apply_remote(restored.update)
-    assert _heads(bob)[ALICE.peer_id] == _heads(alice)[ALICE.peer_id]
+    for peer in (bob, carol):
+        peer.apply_remote(restored.update)
+        assert _heads(peer)[ALICE.peer_id] == _heads(alice)[ALICE.peer_id]
     fresh = Conversation.from_updates([carol.diff()], CAROL.peer_id, clock(), CAROL)
     assert shown(fresh) == [(ALICE.peer_id, "one"), (ALICE.peer_id, "two")]
 

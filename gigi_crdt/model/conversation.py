@@ -938,7 +938,12 @@ class Conversation:
         self._member_map()
         # A record can vanish for a while when its overwrite waits for a dependency (see
         # ``_member_map``); with nothing waiting, it was deleted.
-        return self._stale | self._vanished if self._waiting is None else set(self._stale)
+        stale = self._stale | self._vanished if self._waiting is None else self._stale
+        # Only its author writes a head back. A copy by anyone else races with the author's
+        # next head and, where Yjs orders the copy last, deletes that head from every
+        # document: the one record covering the author's latest structs under its client id,
+        # which peers then refuse (``check_clients``) until a newer head comes.
+        return {place for place in stale if place[0] != "heads" or place[1] == self._local_peer}
 
     def _signed_roots(self) -> dict[str, Map[Any]]:
         return {"members": self._members, "meta": self._meta, "heads": self._heads}
