@@ -539,10 +539,9 @@ class Replica:
             raise StorageError(f"conversation {conv} was reloaded after a failed write; try again")
         meta: Metadata | None = None
         members: tuple[Member, ...] = ()
-        signed: list[tuple[str, str, str]] = []
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
-            signed = [(root, key, json.dumps(record)) for root, key, record in doc.held_records()]
+        signed = [(root, key, json.dumps(record)) for root, key, record in doc.take_unstored_records()]
         record = Record(
             conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation, waiting, signed
         )

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from forgery import forge_entries, forge_member_records, forge_records
 from hostile import hostile_updates
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, get_update, merge_updates
 from sync_helpers import Recorder
 
 from gigi_crdt import (
@@ -599,3 +599,24 @@ def test_compaction_collects_garbage_after_every_write_of_a_signed_conversation(
         assert store.committed_log(doc.id)[2] is (signer is not None)
     finally:
         store.close()
+
+
+async def test_entries_stay_verified_after_a_restart_when_their_head_was_deleted_early(tmp_path: Path) -> None:
+    alice_key, bob_key = Identity.generate(), Identity.generate()
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
+        group = await alice.create_conversation(ConversationKind.GROUP, others={bob.peer_id: "bob"})
+        await sync(alice, bob, group)
+        await alice.send(group, Text("one"))
+        await sync(alice, bob, group)
+        recorder = Recorder()
+        alice.add_listener(recorder)
+        await alice.send(group, Text("two"))
+        with_two = await alice.state_vector(group)
+        await alice.send(group, Text("three"))
+        # "three" without "two" (lost with a peer that went away), but with the deletions of
+        # both: the one of the head bob shows applies at once, the new head waits for "two".
+        await bob.receive(group, get_update(merge_updates(*recorder.local), with_two))
+        assert texts(await bob.export(group)) == texts(await bob.history(group)) == ["one"]
+    async with open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob:
+        # The head the document no longer shows was kept beside it.
+        assert texts(await bob.export(group)) == texts(await bob.history(group)) == ["one"]

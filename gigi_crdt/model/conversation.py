@@ -164,6 +164,7 @@ class Conversation:
         self._held: dict[tuple[str, str], Signed[Any]] = {}
         self._stale: set[tuple[str, str]] = set()
         self._vanished: set[tuple[str, str]] = set()  # held, but the document shows no record there
+        self._unstored: set[tuple[str, str]] = set()  # held since ``take_unstored_records``
         self._metadata_cache: Metadata | None = None
         self._cursors = self._stream_lengths()
         # Signed conversations: per author, what of its stream is verified (see ``chain``).
@@ -261,7 +262,7 @@ class Conversation:
         held: Iterable[tuple[str, str, object]] = (),
     ) -> Conversation:
         """A conversation rebuilt from its stored updates, and from the signed records it
-        held before (``held_records``: the document alone may show older ones)."""
+        held before (``take_unstored_records``: the document alone may show older ones)."""
         doc: Doc[Any] = Doc()
         for update in updates:
             _apply(doc, update)
@@ -371,11 +372,15 @@ class Conversation:
             self._hold_newest(conversation, place, raw)
         self._vanished = self._held.keys() - shown.keys()
 
-    def held_records(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """The signed records that hold now, as (root, key, record), to store beside the
-        document: it may show older ones (see ``from_updates``)."""
+    def take_unstored_records(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The signed records that came to hold since the last call, as (root, key, record),
+        to store beside the document (see ``from_updates``). The document may show older
+        ones, or none: yrs applies an overwrite's delete at once while its insert may wait
+        for a dependency, for good if that was lost with a peer that went away, and the
+        entries a vanished head verified must stay verified after a restart."""
         self._member_map()
-        return [(root, key, held.record) for (root, key), held in self._held.items()]
+        places, self._unstored = self._unstored, set()
+        return [(root, key, self._held[root, key].record) for root, key in places]
 
     def _hold_stored(self, stored: Iterable[tuple[str, str, object]]) -> None:
         conversation = self._signed_id()
@@ -383,6 +388,9 @@ class Conversation:
             return
         for root, key, raw in stored:
             self._hold_newest(conversation, (root, key), raw)
+            held = self._held.get((root, key))
+            if held is not None and held.record == raw:
+                self._unstored.discard((root, key))  # stored already
         self._member_cache = self._metadata_cache = None
         self._member_map()  # now the document's own records are compared with what was held
 
@@ -400,6 +408,7 @@ class Conversation:
             signed = None
         if signed is not None and signed.supersedes(held):
             self._held[place] = signed
+            self._unstored.add(place)
             if raw == signed.record:
                 self._stale.discard(place)
             else:  # with fields no signature covers: write it back without them
@@ -1040,6 +1049,7 @@ class Conversation:
         head = sign_head(self._signer, conversation, Head(seq, link, client, clock + 1, at))
         self._heads[self._local_peer] = dict(head.record)
         self._held["heads", self._local_peer] = head
+        self._unstored.add(("heads", self._local_peer))
         self._sealed_clock, self._tip = clock + 1, None
 
     def check_clients(self, summary: UpdateSummary) -> None:
