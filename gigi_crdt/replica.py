@@ -15,9 +15,9 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Protocol, TypeVar, TypeVarTuple
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
@@ -46,6 +46,7 @@ from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
 from .model.yupdate import UpdateSummary
+from .protocol import HeadRecord
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
@@ -132,6 +133,11 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     ends in a Skip struct counts as waiting, which only costs a diff later)."""
     have = decode_state_vector(state_vector)
     return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items())
+
+
+def _plain(record: Mapping[str, Any]) -> HeadRecord:
+    """A head as it travels beside a catch-up: Yjs gives its integers back as floats."""
+    return {key: int(value) if isinstance(value, float) else value for key, value in record.items()}
 
 
 def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object]]:
@@ -324,6 +330,19 @@ class Replica:
         covered = state_vector is not None and covers(state_vector, doc.state_vector())
         return doc.catch_up(state_vector, covered=covered) or EMPTY_UPDATE
 
+    async def heads_for(self, conversation: str, state_vector: bytes) -> tuple[HeadRecord, ...]:
+        """The signed heads to send beside what a peer with ``state_vector`` lacks (``diff``):
+        those of authors whose Yjs client, as their newest head names it, wrote something
+        the peer lacks. The diff itself may lack them (see ``Conversation.held_heads``),
+        and without them the peer would refuse the structs they cover."""
+        doc = await self._document(conversation)
+        theirs, ours = decode_state_vector(state_vector), decode_state_vector(doc.state_vector())
+        return tuple(
+            _plain(head.record)
+            for head in doc.held_heads().values()
+            if ours.get(head.value.client, 0) > theirs.get(head.value.client, 0)
+        )
+
     async def receive(
         self,
         conversation: str,
@@ -333,6 +352,7 @@ class Replica:
         acknowledge: bool = True,
         applied: Callable[[Changes], None] | None = None,
         proving: bool = False,
+        heads: Iterable[Mapping[str, object]] = (),
     ) -> Changes:
         """Merge and persist an update from peer ``origin``, then acknowledge it as delivered.
 
@@ -351,6 +371,8 @@ class Replica:
         it (they wait for commits under way) and the delivered receipt still waits for the
         commit. If the commit fails, the document is reloaded from disk and the sender
         sends the update again later: the change may then be heard twice.
+
+        ``heads`` are signed heads sent beside the update (``heads_for``).
         """
         summary = await check_remote_update(update)
         new = False
@@ -361,7 +383,7 @@ class Replica:
             self._hold(conversation, doc)
         before = doc.state_vector()
         try:
-            doc.check_clients(summary)
+            doc.check_clients(summary, heads)
             changes = doc.apply_remote(update)
             if doc.metadata().id != conversation:
                 raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")

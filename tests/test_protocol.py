@@ -68,9 +68,10 @@ def event_from_json(data: dict[str, Any]) -> Event:
         return Announce(tuple(data["conversations"]))
     if kind == "SyncStep1":
         return SyncStep1(data["conversation"], bytes.fromhex(data["state_vector"]))
-    if kind in ("SyncStep2", "Update"):
-        cls = SyncStep2 if kind == "SyncStep2" else Update
-        return cls(data["conversation"], bytes.fromhex(data["update"]))
+    if kind == "SyncStep2":
+        return SyncStep2(data["conversation"], bytes.fromhex(data["update"]), tuple(data.get("heads", ())))
+    if kind == "Update":
+        return Update(data["conversation"], bytes.fromhex(data["update"]))
     if kind == "Awareness":
         entries = tuple(AwarenessEntry(e["client_id"], e["clock"], e["state"]) for e in data["entries"])
         return Awareness(data["conversation"], entries)
@@ -531,3 +532,17 @@ def test_fuzz_mutated_session(mutations: list[tuple[Any, ...]], eof: bool) -> No
        kind=st.integers(0, 8))  # fmt: skip
 def test_fuzz_structured_frames(items: list[Any], kind: int) -> None:
     check_total(vector("hello.hex") + frame([kind, *items]), eof=True)
+
+
+head_value = st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=300), st.floats(), st.booleans(), st.none())
+
+
+head_key = st.one_of(st.text(max_size=20), st.integers(0, 2**32))
+
+
+@FUZZ
+@given(heads=st.one_of(st.lists(st.dictionaries(head_key, head_value, max_size=18), max_size=3), head_value))
+def test_fuzz_heads_beside_a_step2(heads: Any) -> None:
+    step2 = vector("sync-step2.hex")
+    fields = msgpack.unpackb(step2[4:], raw=False)
+    check_total(vector("hello.hex") + frame([*fields, heads]), eof=True)

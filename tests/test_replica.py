@@ -620,3 +620,32 @@ async def test_entries_stay_verified_after_a_restart_when_their_head_was_deleted
     async with open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob:
         # The head the document no longer shows was kept beside it.
         assert texts(await bob.export(group)) == texts(await bob.history(group)) == ["one"]
+
+
+async def test_heads_sent_beside_a_catch_up_cover_structs_whose_head_the_document_lost(tmp_path: Path) -> None:
+    alice_key, bob_key, carol_key = Identity.generate(), Identity.generate(), Identity.generate()
+    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
+        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+            group = await alice.create_conversation(
+                ConversationKind.GROUP, others={bob.peer_id: "bob", carol.peer_id: "carol"}
+            )
+            await sync(alice, bob, group)
+            await sync(alice, carol, group)
+            recorder = Recorder()
+            alice.add_listener(recorder)
+            await alice.send(group, Text("one"))
+            await bob.receive(group, recorder.local[0])
+            await alice.send(group, Text("two"))
+            # bob gets the deletions of "two" without its structs: the head covering "one"
+            # is gone from his document, so his catch-up for carol carries "one" uncovered.
+            everything: Doc[object] = Doc()
+            everything.apply_update(await alice.diff(group, None))
+            await bob.receive(group, everything.get_update(everything.get_state()))
+            state = await carol.state_vector(group)
+            catch_up = await bob.diff(group, state)
+            with pytest.raises(UnsafeUpdate, match=f"{alice.peer_id}'s Yjs client id"):
+                await carol.receive(group, catch_up, origin=bob.peer_id)
+            heads = await bob.heads_for(group, state)
+            assert {head["by"] for head in heads} == {alice.peer_id, bob.peer_id}  # bob wrote a receipt
+            await carol.receive(group, catch_up, origin=bob.peer_id, heads=heads)
+            assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["one"]

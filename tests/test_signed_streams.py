@@ -231,9 +231,9 @@ def test_a_chain_picks_the_genuine_entry_among_forged_ones_at_each_seq() -> None
         for seq in range(5)
     ]
     mixed = [e for pair in zip(forged, entries, strict=True) for e in pair]
-    assert verified_entries(mixed, (4, prev)) == entries
-    assert verified_entries(mixed, (4, b"\x00" * 16)) == []
-    assert verified_entries(entries[:2] + entries[3:], (4, prev)) == entries[3:]  # a gap stops the walk
+    assert verified_entries(mixed, [(4, prev)]) == entries
+    assert verified_entries(mixed, [(4, b"\x00" * 16)]) == []
+    assert verified_entries(entries[:2] + entries[3:], [(4, prev)]) == entries[3:]  # a gap stops the walk
     chain = Chain()
     chain.add(entries[3:])
     chain.expect(4, prev)
@@ -276,7 +276,7 @@ def test_signed_stream_vectors_are_what_we_write_and_what_we_accept() -> None:
         entries.append(entry)
     head = check_head(conversation, member.peer_id, stream["head"])
     assert sign_head(member, conversation, head.value).record == stream["head"]
-    assert verified_entries(entries, (head.value.seq, head.value.link)) == entries
+    assert verified_entries(entries, [(head.value.seq, head.value.link)]) == entries
     anchor = stream["anchor"]
     prev, signature = bytes.fromhex(anchor["prev"]), base64.b64decode(anchor["g"])
     assert sign_anchor(member, conversation, anchor["seq"], prev) == signature

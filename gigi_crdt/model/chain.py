@@ -108,6 +108,10 @@ class Chain:
         if seq >= 0 and seq not in self._verified:
             self._frontier[seq] = link
 
+    def expects(self) -> bool:
+        """True if some seq's expected link is known (from a head or a verified entry)."""
+        return bool(self._frontier)
+
     def verify(self, check_anchor: AnchorCheck | None = None) -> list[StreamEntry]:
         """The waiting entries a chain now reaches, in seq order; they stop waiting.
 
@@ -161,14 +165,15 @@ class Chain:
 
 
 def verified_entries(
-    entries: Iterable[StreamEntry], head: tuple[int, bytes] | None, check_anchor: AnchorCheck | None = None
+    entries: Iterable[StreamEntry], heads: Iterable[tuple[int, bytes]], check_anchor: AnchorCheck | None = None
 ) -> list[StreamEntry]:
-    """Of one author's ``entries``, those a chain from ``head`` (seq, link) reaches."""
-    if head is None:
-        return []
+    """Of one author's ``entries``, those a chain from one of its ``heads`` (seq, link) reaches."""
     chain = Chain()
+    for seq, link in heads:
+        chain.expect(seq, link)
+    if not chain.expects():
+        return []
     chain.add(entries)
-    chain.expect(*head)
     return chain.verify(check_anchor)
 
 

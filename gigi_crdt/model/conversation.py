@@ -22,6 +22,7 @@ Nothing outside this module touches the pycrdt structures.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import secrets
@@ -173,6 +174,10 @@ class Conversation:
         self._chains: dict[str, Chain] = {}
         self._loaded = dict(self._cursors)
         self._heads_moved: set[str] = set()
+        # Per author, a valid head newer than the one held that came with an update (in it,
+        # or beside it) but that the document does not show (see ``held_heads``). Kept in
+        # memory only: the document shows the author's next head in the end.
+        self._carried: dict[str, Signed[Head]] = {}
         self._tip: tuple[int, bytes] | None = None  # our newest entry, until our head names it
         self._sealed_clock = 0  # our client's clock after our last head
         self._checked_heads: dict[tuple[tuple[str, str], str], Signed[Head]] = {}  # see ``check_clients``
@@ -444,11 +449,12 @@ class Conversation:
         self._member_map()  # hold the heads the document shows
         for author, numbers in buckets.items():
             read = (entry for number in sorted(numbers) for entry in self._read_bucket(author, number, 0))
-            held = self._held.get(("heads", author)) if signed else None
-            if held is not None:
-                head = (held.value.seq, held.value.link)
-                yield from verified_entries(read, head, self._anchor_check(author, held))
-            elif not signed:
+            if signed:
+                heads = self._heads_of(author)
+                if heads:
+                    starts = [(head.value.seq, head.value.link) for head in heads]
+                    yield from verified_entries(read, starts, self._anchor_check(author, heads[-1]))
+            else:
                 yield from read
 
     def history(self) -> list[Message]:
@@ -613,9 +619,36 @@ class Conversation:
         self._heads_moved.clear()
         return verified
 
+    def held_heads(self) -> dict[str, Signed[Head]]:
+        """The newest valid head seen of each author (none if the conversation is unsigned):
+        to send beside a catch-up, which may lack them (see ``check_clients``). yrs applies
+        an overwrite's delete at once while its insert may wait, so a document can hold an
+        author's structs while showing none of the heads that cover them."""
+        authors = [author for root, author in self._held if root == "heads"] + list(self._carried)
+        return {author: self._heads_of(author)[-1] for author in dict.fromkeys(authors)}
+
+    def _heads_of(self, author: str) -> list[Signed[Head]]:
+        """The head held of ``author`` and, after it, a newer one that came with an update
+        but that the document does not show: a walk starts from each (the newer one's
+        entries may not have come yet)."""
+        heads = [head for head in (self._held.get(("heads", author)),) if head is not None]
+        carried = self._carried.get(author)
+        if carried is not None:
+            if carried.supersedes(heads[0] if heads else None):
+                heads.append(carried)
+            else:
+                del self._carried[author]  # the document shows it, or a newer one, now
+        return heads
+
     def _hold_heads(self) -> None:
         """Hold the heads that changed (``_hold_signed`` does it for every signed record,
-        but only after membership changes: heads change with every entry)."""
+        but only after membership changes: heads change with every entry), and the newest
+        heads the update carried, shown or not (its own delete set may hide them)."""
+        for (place, _), head in self._checked_heads.items():
+            author = place[1]
+            if head.supersedes(self._held.get(place)) and head.supersedes(self._carried.get(author)):
+                self._carried[author] = head
+                self._heads_moved.add(author)
         conversation = self.id
         for author in self._heads_moved:
             place = ("heads", author)
@@ -625,13 +658,15 @@ class Conversation:
                 self._hold_newest(conversation, place, raw)
             elif place in self._held:
                 self._vanished.add(place)
+        self._checked_heads = {}
 
     def _verify_chain(self, author: str, chain: Chain) -> list[StreamEntry]:
-        held = self._held.get(("heads", author))
-        if held is None:
+        heads = self._heads_of(author)
+        if not heads:
             return chain.verify()
-        chain.expect(held.value.seq, held.value.link)
-        return chain.verify(self._anchor_check(author, held))
+        for head in heads:
+            chain.expect(head.value.seq, head.value.link)
+        return chain.verify(self._anchor_check(author, heads[-1]))
 
     def _anchor_check(self, author: str, head: Signed[Head]) -> AnchorCheck:
         conversation, key = self.id, head_key(head)
@@ -1052,32 +1087,33 @@ class Conversation:
         self._unstored.add(("heads", self._local_peer))
         self._sealed_clock, self._tip = clock + 1, None
 
-    def check_clients(self, summary: UpdateSummary) -> None:
+    def check_clients(self, summary: UpdateSummary, heads: Iterable[Mapping[str, object]] = ()) -> None:
         """Raise ``UnsafeUpdate`` if the update ``summary`` describes writes under a Yjs client
         id past the clock its author signed for: under ours past what we wrote, or, in a
         signed conversation, under the one a member's newest head names (see ``signed``),
         unless the update carries a newer head of that member covering it or naming
-        another client id (the member moved on: nobody writes under the old one again)."""
-        bounds = {self.client_id: (self._local_peer, client_clock(self._doc.get_state(), self.client_id), 0)}
+        another client id (the member moved on: nobody writes under the old one again).
+        ``heads`` came beside the update (see ``held_heads``); valid ones count as carried,
+        and the update's apply holds the newest of them, as it does those in the update."""
         conversation = self._signed_id()
         if conversation is not None:
-            for (root, author), held in self._held.items():
-                if root == "heads" and held.value.client != self.client_id:
-                    bounds[held.value.client] = (author, held.value.clock, held.value.at)
+            # Kept for ``_hold_newest``, so that the heads are checked once, not again when held.
+            self._checked_heads = _carried_heads(conversation, summary.records, heads)
+        bounds = {self.client_id: (self._local_peer, client_clock(self._doc.get_state(), self.client_id), 0)}
+        for author, held in self.held_heads().items():
+            if held.value.client != self.client_id:
+                bounds[held.value.client] = (author, held.value.clock, held.value.at)
         beyond = [(client, writes.clocks[1]) for client, writes in summary.clients.items() if client in bounds]
         beyond = [(client, end) for client, end in beyond if end > bounds[client][1]]
         if not beyond:
             return
         carried: dict[str, list[Head]] = {}
-        if conversation is not None:
-            # Kept for ``_hold_newest``, so that the heads are checked once, not again when held.
-            self._checked_heads = _carried_heads(conversation, summary.records)
-            for ((_, author), _), head in self._checked_heads.items():
-                carried.setdefault(author, []).append(head.value)
+        for ((_, author), _), head in self._checked_heads.items() if conversation is not None else ():
+            carried.setdefault(author, []).append(head.value)
         for client, end in beyond:
             author, clock, at = bounds[client]
-            heads = carried.get(author, []) if author != self._local_peer else []
-            if not any(h.clock >= end if h.client == client else h.at > at for h in heads):
+            newer = carried.get(author, []) if author != self._local_peer else []
+            if not any(h.clock >= end if h.client == client else h.at > at for h in newer):
                 raise UnsafeUpdate(f"structs under {author}'s Yjs client id {client} past clock {clock}, unsigned")
 
     def _replace(self, seq: int, op: Tombstone | Redacted) -> None:
@@ -1277,11 +1313,13 @@ def _apply(doc: Doc[Any], update: bytes) -> None:
         raise
 
 
-def _carried_heads(conversation: str, records: Iterable[bytes]) -> dict[tuple[tuple[str, str], str], Signed[Head]]:
-    """The valid heads among ``records`` (from an update's summary), by place and signature."""
+def _carried_heads(
+    conversation: str, records: Iterable[bytes], beside: Iterable[Mapping[str, object]] = ()
+) -> dict[tuple[tuple[str, str], str], Signed[Head]]:
+    """The valid heads among ``records`` (from an update's summary) and ``beside`` it, by
+    place and signature."""
     carried: dict[tuple[tuple[str, str], str], Signed[Head]] = {}
-    for raw in records:
-        record = decode_any(raw)
+    for record in itertools.chain(map(decode_any, records), map(dict, beside)):
         author = record.get("by") if isinstance(record, dict) else None
         if not isinstance(author, str):
             continue

@@ -10,12 +10,14 @@ from .errors import CloseCode as CloseCode
 from .errors import LocalProtocolError as LocalProtocolError
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteProtocolError as RemoteProtocolError
+from .events import HEADS_CAPABILITY as HEADS_CAPABILITY
 from .events import NEED_DATA as NEED_DATA
 from .events import Announce as Announce
 from .events import Awareness as Awareness
 from .events import Close as Close
 from .events import ConnectionClosed as ConnectionClosed
 from .events import Event as Event
+from .events import HeadRecord as HeadRecord
 from .events import Hello as Hello
 from .events import NeedData as NeedData
 from .events import Ping as Ping

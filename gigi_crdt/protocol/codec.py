@@ -24,6 +24,7 @@ from .events import (
     Awareness,
     Close,
     Event,
+    HeadRecord,
     Hello,
     Ping,
     Pong,
@@ -40,6 +41,10 @@ MAX_REASON_CHARS = 512
 MAX_CAPABILITIES = 32
 MAX_NONCE = 2**63 - 1
 MAX_CLIENT_ID = 2**53 - 1
+MAX_HEADS = 1024
+MAX_HEAD_FIELDS = 16
+MAX_HEAD_KEY_CHARS = 16
+MAX_HEAD_VALUE_CHARS = 256
 
 
 class FrameType(enum.IntEnum):
@@ -92,7 +97,8 @@ def _fields(event: Event) -> list[Any]:
     if isinstance(event, SyncStep1):
         return [FrameType.SYNC, event.conversation, encode_sync(SyncKind.STEP1, event.state_vector)]
     if isinstance(event, SyncStep2):
-        return [FrameType.SYNC, event.conversation, encode_sync(SyncKind.STEP2, event.update)]
+        fields = [FrameType.SYNC, event.conversation, encode_sync(SyncKind.STEP2, event.update)]
+        return fields + [list(event.heads)] if event.heads else fields
     if isinstance(event, Update):
         return [FrameType.SYNC, event.conversation, encode_sync(SyncKind.UPDATE, event.update)]
     if isinstance(event, Awareness):
@@ -129,7 +135,7 @@ def decode_body(body: bytes, limits: Limits, awareness_client_id: int | None) ->
             max_bin_len=limits.max_frame_bytes,
             max_str_len=limits.max_frame_bytes,
             max_array_len=max(limits.max_conversations, MAX_CAPABILITIES) + 8,
-            max_map_len=64,  # no v1 frame has maps; a later version's Hello may
+            max_map_len=64,  # only a step 2's heads are maps (of at most MAX_HEAD_FIELDS)
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types; all mean a malformed frame
@@ -189,14 +195,39 @@ def _announce(fields: list[Any], limits: Limits, _: int | None) -> Announce:
 
 
 def _sync(fields: list[Any], limits: Limits, _: int | None) -> SyncStep1 | SyncStep2 | Update:
+    heads: tuple[HeadRecord, ...] = ()
+    if len(fields) == 3:  # a step 2's heads (checked below)
+        *fields, raw_heads = _expect(fields, str, bytes, list)
+        heads = _heads(raw_heads)
     conversation, payload = _expect(fields, str, bytes)
     kind, data = decode_sync(payload, max_payload=limits.max_update_bytes)
     conversation = _conversation_id(conversation)
+    if heads and kind is not SyncKind.STEP2:
+        raise RemoteProtocolError("only a step 2 carries heads")
     if kind is SyncKind.STEP1:
         return SyncStep1(conversation, data)
     if kind is SyncKind.STEP2:
-        return SyncStep2(conversation, data)
+        return SyncStep2(conversation, data, heads)
     return Update(conversation, data)
+
+
+def _heads(raw: list[Any]) -> tuple[HeadRecord, ...]:
+    """The shape of a step 2's heads; their meaning and signatures are the document's to check."""
+    if not 0 < len(raw) <= MAX_HEADS:
+        raise RemoteProtocolError(f"a step 2 carries 1 to {MAX_HEADS} heads")
+    for head in raw:
+        if not isinstance(head, dict) or len(head) > MAX_HEAD_FIELDS:
+            raise RemoteProtocolError(f"a head is a map of at most {MAX_HEAD_FIELDS} fields")
+        for key, value in head.items():
+            if not isinstance(key, str) or len(key) > MAX_HEAD_KEY_CHARS:
+                raise RemoteProtocolError(f"head field names are strings of at most {MAX_HEAD_KEY_CHARS} characters")
+            if isinstance(value, str) and len(value) <= MAX_HEAD_VALUE_CHARS:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise RemoteProtocolError(
+                    f"head values are integers or strings of at most {MAX_HEAD_VALUE_CHARS} characters"
+                )
+    return tuple(raw)
 
 
 def _awareness(fields: list[Any], limits: Limits, client_id: int | None) -> Awareness:

@@ -43,12 +43,21 @@ class SyncStep1:
     state_vector: bytes
 
 
+HEADS_CAPABILITY = "heads"
+"""A HELLO capability: the sender takes signed stream heads beside a step 2 (``SyncStep2.heads``)."""
+
+HeadRecord: TypeAlias = dict[str, "str | int"]
+"""A signed stream head as a plain map (appendix A.2 of the spec); opaque to this layer."""
+
+
 @dataclass(frozen=True, slots=True)
 class SyncStep2:
-    """y-protocols sync step 2: everything the step-1 sender lacked."""
+    """y-protocols sync step 2: everything the step-1 sender lacked; with ``heads``, the
+    signed heads that cover its structs (only to a peer with ``HEADS_CAPABILITY``)."""
 
     conversation: str
     update: bytes
+    heads: tuple[HeadRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

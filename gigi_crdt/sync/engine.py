@@ -7,6 +7,7 @@ offered to every linked member of their conversation except the peer they came f
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -18,6 +19,7 @@ import trio
 from ..errors import GigiError, NotAllowed, SchemaError
 from ..model import Changes
 from ..protocol import (
+    HEADS_CAPABILITY,
     Announce,
     Awareness,
     AwarenessEntry,
@@ -25,6 +27,7 @@ from ..protocol import (
     CloseCode,
     Connection,
     Event,
+    HeadRecord,
     Hello,
     Limits,
     Ping,
@@ -171,7 +174,8 @@ class SyncEngine:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, link, stream, nursery.cancel_scope)
-                link.offer(Hello(self.replica.peer_id, self.replica.nickname, self._awareness_client_id))
+                capabilities = frozenset({HEADS_CAPABILITY})
+                link.offer(Hello(self.replica.peer_id, self.replica.nickname, self._awareness_client_id, capabilities))
                 handshake = trio.CancelScope(deadline=trio.current_time() + self.settings.handshake_timeout)
                 session = _Session(link, nursery, handshake, expected_peer)
                 reason = await self._read(stream, session)
@@ -214,7 +218,7 @@ class SyncEngine:
     async def _write(self, link: PeerLink, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         """The writer; when it ends (all flushed, or the peer gone) the whole link ends."""
         try:
-            await link.write_queued(stream, self.replica.diff)
+            await link.write_queued(stream, functools.partial(self._catch_up, link))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             link.lost = f"connection lost while sending: {exc or type(exc).__name__}"
         scope.cancel()
@@ -304,9 +308,17 @@ class SyncEngine:
                 log.info("%s asked for %s, which we do not share with it", self._name(link), step.conversation)
             return
         link.peer_state[step.conversation] = step.state_vector
-        update = await self.replica.diff(step.conversation, step.state_vector)
-        if not link.offer(SyncStep2(step.conversation, update)):
+        if not link.offer(await self._catch_up(link, step.conversation, step.state_vector)):
             link.mark_resync(step.conversation)
+
+    async def _catch_up(self, link: PeerLink, conversation: str, state_vector: bytes) -> SyncStep2:
+        """What a peer at ``state_vector`` lacks, with the signed heads that cover it if the
+        peer takes them (``Replica.heads_for``)."""
+        update = await self.replica.diff(conversation, state_vector)
+        heads: tuple[HeadRecord, ...] = ()
+        if update != EMPTY_UPDATE and link.peer is not None and HEADS_CAPABILITY in link.peer.capabilities:
+            heads = await self.replica.heads_for(conversation, state_vector)
+        return SyncStep2(conversation, update, heads)
 
     async def _on_update(self, session: _Session, event: SyncStep2 | Update) -> None:
         link = session.link
@@ -340,6 +352,7 @@ class SyncEngine:
                 acknowledge=False,
                 applied=tell_application,
                 proving=proving,
+                heads=event.heads if isinstance(event, SyncStep2) else (),
             )
         except NotAllowed as exc:  # from a non-member, or a conversation new to us that is not ours
             log.warning("%s: %s; not stored", self._name(link), exc)

@@ -112,8 +112,11 @@ class PeerLink:
         self._send.close()
         self._wake.set()
 
-    async def write_queued(self, stream: trio.abc.Stream, diff: Callable[[str, bytes], Awaitable[bytes]]) -> None:
-        """The writer task: send queued events in order, then pending resyncs; ends after a Close."""
+    async def write_queued(
+        self, stream: trio.abc.Stream, catch_up: Callable[[str, bytes], Awaitable[SyncStep2]]
+    ) -> None:
+        """The writer task: send queued events in order, then pending resyncs (``catch_up``
+        makes the step 2 for a conversation and the peer's state vector); ends after a Close."""
         while True:
             try:
                 event = self._receive.receive_nowait()
@@ -126,7 +129,7 @@ class PeerLink:
                 conversation = self._resync.pop()
                 state = self.peer_state.get(conversation, EMPTY_STATE_VECTOR)
                 # A step 2: it answers a step 1 that overflowed, and completes a fetch.
-                event = SyncStep2(conversation, await diff(conversation, state))
+                event = await catch_up(conversation, state)
             except trio.EndOfChannel:
                 return
             await stream.send_all(self.connection.send(event))
