@@ -1098,7 +1098,9 @@ class Conversation:
         conversation = self._signed_id()
         if conversation is not None:
             # Kept for ``_hold_newest``, so that the heads are checked once, not again when held.
-            self._checked_heads = _carried_heads(conversation, summary.records, heads)
+            self._checked_heads = self._carried_heads(
+                conversation, itertools.chain(map(decode_any, summary.records), heads)
+            )
         bounds = {self.client_id: (self._local_peer, client_clock(self._doc.get_state(), self.client_id), 0)}
         for author, held in self.held_heads().items():
             if held.value.client != self.client_id:
@@ -1115,6 +1117,26 @@ class Conversation:
             newer = carried.get(author, []) if author != self._local_peer else []
             if not any(h.clock >= end if h.client == client else h.at > at for h in newer):
                 raise UnsafeUpdate(f"structs under {author}'s Yjs client id {client} past clock {clock}, unsigned")
+
+    def _carried_heads(
+        self, conversation: str, records: Iterable[object]
+    ) -> dict[tuple[tuple[str, str], str], Signed[Head]]:
+        """The valid heads among ``records`` (an update's, and those beside it), by place and
+        signature. One we hold already is not checked again: most updates carry heads seen
+        before (duplicates, catch-ups), and a signature check costs more than the rest."""
+        carried: dict[tuple[tuple[str, str], str], Signed[Head]] = {}
+        for record in records:
+            author = record.get("by") if isinstance(record, Mapping) else None
+            if not isinstance(author, str):
+                continue
+            assert isinstance(record, Mapping)
+            known = [h for h in (self._held.get(("heads", author)), self._carried.get(author)) if h is not None]
+            try:
+                head = next((h for h in known if h.record == record), None) or check_head(conversation, author, record)
+            except SchemaError:
+                continue
+            carried[("heads", author), _signature_of(record)] = head
+        return carried
 
     def _replace(self, seq: int, op: Tombstone | Redacted) -> None:
         """Overwrite one of our entries in place; in a signed conversation the new one
@@ -1311,23 +1333,6 @@ def _apply(doc: Doc[Any], update: bytes) -> None:
         if type(exc).__name__ == "PanicException":
             raise SchemaError(f"Yjs update rejected by yrs: {exc}") from None
         raise
-
-
-def _carried_heads(
-    conversation: str, records: Iterable[bytes], beside: Iterable[Mapping[str, object]] = ()
-) -> dict[tuple[tuple[str, str], str], Signed[Head]]:
-    """The valid heads among ``records`` (from an update's summary) and ``beside`` it, by
-    place and signature."""
-    carried: dict[tuple[tuple[str, str], str], Signed[Head]] = {}
-    for record in itertools.chain(map(decode_any, records), map(dict, beside)):
-        author = record.get("by") if isinstance(record, dict) else None
-        if not isinstance(author, str):
-            continue
-        try:
-            carried[("heads", author), _signature_of(record)] = check_head(conversation, author, record)
-        except SchemaError:
-            continue
-    return carried
 
 
 def _signature_of(raw: object) -> str:
