@@ -94,6 +94,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
+CHECKED_HEADS_KEPT = 1024  # valid heads remembered by signature, so that each is checked once
 SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
 
 
@@ -181,6 +182,7 @@ class Conversation:
         self._tip: tuple[int, bytes] | None = None  # our newest entry, until our head names it
         self._sealed_clock = 0  # our client's clock after our last head
         self._checked_heads: dict[tuple[tuple[str, str], str], Signed[Head]] = {}  # see ``check_clients``
+        self._checked_lately: dict[str, Signed[Head]] = {}  # signature -> head (``_carried_heads``)
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
         # garbage collector stops tracking: a list per message made every full collection
         # walk one more object per message written.
@@ -1122,20 +1124,25 @@ class Conversation:
         self, conversation: str, records: Iterable[object]
     ) -> dict[tuple[tuple[str, str], str], Signed[Head]]:
         """The valid heads among ``records`` (an update's, and those beside it), by place and
-        signature. One we hold already is not checked again: most updates carry heads seen
-        before (duplicates, catch-ups), and a signature check costs more than the rest."""
+        signature. A head checked lately is not checked again: updates carry the same heads
+        over and over (duplicates, catch-ups resent until they land, structs that wait), and
+        a signature check costs more than all the rest of a small update."""
         carried: dict[tuple[tuple[str, str], str], Signed[Head]] = {}
         for record in records:
             author = record.get("by") if isinstance(record, Mapping) else None
             if not isinstance(author, str):
                 continue
-            assert isinstance(record, Mapping)
-            known = [h for h in (self._held.get(("heads", author)), self._carried.get(author)) if h is not None]
-            try:
-                head = next((h for h in known if h.record == record), None) or check_head(conversation, author, record)
-            except SchemaError:
-                continue
-            carried[("heads", author), _signature_of(record)] = head
+            signature = _signature_of(record)
+            head = self._checked_lately.get(signature)
+            if head is None or head.record != record:
+                try:
+                    head = check_head(conversation, author, record)
+                except SchemaError:
+                    continue
+                if len(self._checked_lately) >= CHECKED_HEADS_KEPT:
+                    del self._checked_lately[next(iter(self._checked_lately))]  # the oldest
+                self._checked_lately[signature] = head
+            carried[("heads", author), signature] = head
         return carried
 
     def _replace(self, seq: int, op: Tombstone | Redacted) -> None:
