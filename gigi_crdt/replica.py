@@ -332,15 +332,16 @@ class Replica:
 
     async def heads_for(self, conversation: str, state_vector: bytes) -> tuple[HeadRecord, ...]:
         """The signed heads to send beside what a peer with ``state_vector`` lacks (``diff``):
-        those of authors whose Yjs client, as their newest head names it, wrote something
-        the peer lacks. The diff itself may lack them (see ``Conversation.held_heads``),
-        and without them the peer would refuse the structs they cover."""
+        those our document does not show (``Conversation.unshown_heads``) of authors whose Yjs
+        client, as the head names it, wrote something the peer lacks. Without them the peer
+        would refuse the structs they cover."""
         doc = await self._document(conversation)
+        heads = doc.unshown_heads()
+        if not heads:
+            return ()
         theirs, ours = decode_state_vector(state_vector), decode_state_vector(doc.state_vector())
         return tuple(
-            _plain(head.record)
-            for head in doc.held_heads().values()
-            if ours.get(head.value.client, 0) > theirs.get(head.value.client, 0)
+            _plain(head.record) for head in heads if ours.get(head.value.client, 0) > theirs.get(head.value.client, 0)
         )
 
     async def receive(

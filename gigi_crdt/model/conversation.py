@@ -622,12 +622,17 @@ class Conversation:
         return verified
 
     def held_heads(self) -> dict[str, Signed[Head]]:
-        """The newest valid head seen of each author (none if the conversation is unsigned):
-        to send beside a catch-up, which may lack them (see ``check_clients``). yrs applies
-        an overwrite's delete at once while its insert may wait, so a document can hold an
-        author's structs while showing none of the heads that cover them."""
+        """The newest valid head seen of each author (none if the conversation is unsigned)."""
         authors = [author for root, author in self._held if root == "heads"] + list(self._carried)
         return {author: self._heads_of(author)[-1] for author in dict.fromkeys(authors)}
+
+    def unshown_heads(self) -> list[Signed[Head]]:
+        """The newest valid heads seen that the document does not show, to send beside a
+        catch-up (see ``check_clients``): yrs applies an overwrite's delete at once while its
+        insert may wait, so a document can hold an author's structs while showing none of
+        the heads that cover them. A head it shows is the last struct its client wrote, so
+        a diff carries it along with any struct of that client."""
+        return [head for author, head in self.held_heads().items() if self._heads.get(author) != head.record]
 
     def _heads_of(self, author: str) -> list[Signed[Head]]:
         """The head held of ``author`` and, after it, a newer one that came with an update
