@@ -649,3 +649,7 @@ async def test_heads_sent_beside_a_catch_up_cover_structs_whose_head_the_documen
             assert [head["by"] for head in heads] == [alice.peer_id]  # the one bob's document lost
             await carol.receive(group, catch_up, origin=bob.peer_id, heads=heads)
             assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["one"]
+        # Carol's document still shows none of alice's heads that cover "one": the one that
+        # came beside it is kept beside the document.
+        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+            assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["one"]

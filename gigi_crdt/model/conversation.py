@@ -176,8 +176,8 @@ class Conversation:
         self._loaded = dict(self._cursors)
         self._heads_moved: set[str] = set()
         # Per author, a valid head newer than the one held that came with an update (in it,
-        # or beside it) but that the document does not show (see ``held_heads``). Kept in
-        # memory only: the document shows the author's next head in the end.
+        # or beside it) but that the document does not show (see ``held_heads``); stored
+        # beside the document as ("carried", author), since it may never show there.
         self._carried: dict[str, Signed[Head]] = {}
         self._tip: tuple[int, bytes] | None = None  # our newest entry, until our head names it
         self._sealed_clock = 0  # our client's clock after our last head
@@ -387,19 +387,32 @@ class Conversation:
         entries a vanished head verified must stay verified after a restart."""
         self._member_map()
         places, self._unstored = self._unstored, set()
-        return [(root, key, self._held[root, key].record) for root, key in places]
+        held = {**self._held, **{("carried", author): head for author, head in self._carried.items()}}
+        return [(root, key, held[root, key].record) for root, key in places if (root, key) in held]
 
     def _hold_stored(self, stored: Iterable[tuple[str, str, object]]) -> None:
         conversation = self._signed_id()
         if conversation is None:
             return
         for root, key, raw in stored:
+            if root == "carried":
+                self._carry_stored(conversation, key, raw)
+                continue
             self._hold_newest(conversation, (root, key), raw)
             held = self._held.get((root, key))
             if held is not None and held.record == raw:
                 self._unstored.discard((root, key))  # stored already
         self._member_cache = self._metadata_cache = None
         self._member_map()  # now the document's own records are compared with what was held
+
+    def _carry_stored(self, conversation: str, author: str, raw: object) -> None:
+        try:
+            head = check_head(conversation, author, raw)
+        except SchemaError as exc:
+            log.warning("conversation %s: stored head ignored: %s", conversation, exc)
+            return
+        if head.supersedes(self._carried.get(author)):
+            self._carried[author] = head
 
     def _hold_newest(self, conversation: str, place: tuple[str, str], raw: object) -> None:
         held = self._held.get(place)
@@ -655,6 +668,7 @@ class Conversation:
             author = place[1]
             if head.supersedes(self._held.get(place)) and head.supersedes(self._carried.get(author)):
                 self._carried[author] = head
+                self._unstored.add(("carried", author))
                 self._heads_moved.add(author)
         conversation = self.id
         for author in self._heads_moved:
