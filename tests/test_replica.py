@@ -409,6 +409,18 @@ async def signed_pair(tmp_path: Path, alice_key: Identity, bob_key: Identity) ->
         yield alice, bob
 
 
+@contextlib.asynccontextmanager
+async def signed_group_of_three(
+    tmp_path: Path, carol_key: Identity
+) -> AsyncIterator[tuple[Replica, Replica, Replica, str]]:
+    """alice's signed group with bob and carol, and their replicas (carol's under
+    ``tmp_path / "c"`` with ``carol_key``, so that a test can reopen it)."""
+    async with signed_pair(tmp_path, Identity.generate(), Identity.generate()) as (alice, bob):
+        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+            others = {bob.peer_id: "bob", carol.peer_id: "carol"}
+            yield alice, bob, carol, await alice.create_conversation(ConversationKind.GROUP, others=others)
+
+
 async def carol_added_and_removed(alice: Replica, bob: Replica, carol: str) -> tuple[str, dict[str, object]]:
     """A group of alice's with bob, to which she added carol and from which she removed
     her; both know it all. Returns the group and the signed record that added carol."""
@@ -531,53 +543,45 @@ def forged_post(seq: int) -> dict[str, object]:
 
 
 async def test_an_entry_forged_into_a_members_stream_is_never_indexed_nor_shown(tmp_path: Path) -> None:
-    alice_key, bob_key, carol_key = Identity.generate(), Identity.generate(), Identity.generate()
-    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
-        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
-            group = await alice.create_conversation(
-                ConversationKind.GROUP, others={bob.peer_id: "bob", carol.peer_id: "carol"}
-            )
-            await alice.send(group, Text("hi"))
-            await sync(alice, bob, group)
-            await sync(alice, carol, group)
-            # bob, a member running modified code, writes a post into alice's stream.
-            forged = forge_entries(await bob.diff(group, None), alice.peer_id, [forged_post(1)])
-            changes = await carol.receive(group, forged, origin=bob.peer_id)
-            assert not changes.entries
-            assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["hi"]
-            await alice.send(group, Text("after"))
-            await sync(alice, carol, group)
-            assert texts(await carol.history(group)) == ["hi", "after"]
-        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
-            assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["hi", "after"]
-            await carol.rebuild_index(group)
-            assert texts(await carol.history(group)) == ["hi", "after"]
-            assert await carol.search("pay") == []
+    carol_key = Identity.generate()
+    async with signed_group_of_three(tmp_path, carol_key) as (alice, bob, carol, group):
+        await alice.send(group, Text("hi"))
+        await sync(alice, bob, group)
+        await sync(alice, carol, group)
+        # bob, a member running modified code, writes a post into alice's stream.
+        forged = forge_entries(await bob.diff(group, None), alice.peer_id, [forged_post(1)])
+        changes = await carol.receive(group, forged, origin=bob.peer_id)
+        assert not changes.entries
+        assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["hi"]
+        await alice.send(group, Text("after"))
+        await sync(alice, carol, group)
+        assert texts(await carol.history(group)) == ["hi", "after"]
+    async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+        assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["hi", "after"]
+        await carol.rebuild_index(group)
+        assert texts(await carol.history(group)) == ["hi", "after"]
+        assert await carol.search("pay") == []
 
 
 async def test_an_update_writing_under_a_members_client_id_ahead_of_it_is_refused(tmp_path: Path) -> None:
-    alice_key, bob_key, carol_key = Identity.generate(), Identity.generate(), Identity.generate()
-    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
-        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
-            others = {bob.peer_id: "bob", carol.peer_id: "carol"}
-            group = await alice.create_conversation(ConversationKind.GROUP, others=others)
-            await sync(alice, bob, group)
-            before = await bob.state_vector(group)
-            await alice.send(group, Text("hi"))
-            (client,) = check_update(await alice.diff(group, before)).authors  # alice's Yjs client id
-            await sync(alice, bob, group)
-            await sync(alice, carol, group)
-            # bob takes alice's client id to put a struct where her next entry would go, which
-            # would hide that entry on every peer that took the forgery first.
-            forged = forge_entries(await bob.diff(group, None), alice.peer_id, [forged_post(1)], client)
-            for victim in (alice, carol):
-                state = await victim.state_vector(group)
-                with pytest.raises(UnsafeUpdate, match=f"{alice.peer_id}'s Yjs client id {client} past clock"):
-                    await victim.receive(group, forged, origin=bob.peer_id)
-                assert await victim.state_vector(group) == state
-            await alice.send(group, Text("after"))
-            await sync(alice, carol, group)
-            assert texts(await carol.history(group)) == ["hi", "after"]
+    async with signed_group_of_three(tmp_path, Identity.generate()) as (alice, bob, carol, group):
+        await sync(alice, bob, group)
+        before = await bob.state_vector(group)
+        await alice.send(group, Text("hi"))
+        (client,) = check_update(await alice.diff(group, before)).authors  # alice's Yjs client id
+        await sync(alice, bob, group)
+        await sync(alice, carol, group)
+        # bob takes alice's client id to put a struct where her next entry would go, which
+        # would hide that entry on every peer that took the forgery first.
+        forged = forge_entries(await bob.diff(group, None), alice.peer_id, [forged_post(1)], client)
+        for victim in (alice, carol):
+            state = await victim.state_vector(group)
+            with pytest.raises(UnsafeUpdate, match=f"{alice.peer_id}'s Yjs client id {client} past clock"):
+                await victim.receive(group, forged, origin=bob.peer_id)
+            assert await victim.state_vector(group) == state
+        await alice.send(group, Text("after"))
+        await sync(alice, carol, group)
+        assert texts(await carol.history(group)) == ["hi", "after"]
 
 
 @pytest.mark.parametrize("signer", [None, Identity.generate()], ids=["unsigned", "signed"])
@@ -623,33 +627,29 @@ async def test_entries_stay_verified_after_a_restart_when_their_head_was_deleted
 
 
 async def test_heads_sent_beside_a_catch_up_cover_structs_whose_head_the_document_lost(tmp_path: Path) -> None:
-    alice_key, bob_key, carol_key = Identity.generate(), Identity.generate(), Identity.generate()
-    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
-        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
-            group = await alice.create_conversation(
-                ConversationKind.GROUP, others={bob.peer_id: "bob", carol.peer_id: "carol"}
-            )
-            await sync(alice, bob, group)
-            await sync(alice, carol, group)
-            recorder = Recorder()
-            alice.add_listener(recorder)
-            await alice.send(group, Text("one"))
-            await bob.receive(group, recorder.local[0])
-            await alice.send(group, Text("two"))
-            # bob gets the deletions of "two" without its structs: the head covering "one"
-            # is gone from his document, so his catch-up for carol carries "one" uncovered.
-            everything: Doc[object] = Doc()
-            everything.apply_update(await alice.diff(group, None))
-            await bob.receive(group, everything.get_update(everything.get_state()))
-            state = await carol.state_vector(group)
-            catch_up = await bob.diff(group, state)
-            with pytest.raises(UnsafeUpdate, match=f"{alice.peer_id}'s Yjs client id"):
-                await carol.receive(group, catch_up, origin=bob.peer_id)
-            heads = await bob.heads_for(group, state)
-            assert [head["by"] for head in heads] == [alice.peer_id]  # the one bob's document lost
-            await carol.receive(group, catch_up, origin=bob.peer_id, heads=heads)
-            assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["one"]
-        # Carol's document still shows none of alice's heads that cover "one": the one that
-        # came beside it is kept beside the document.
-        async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
-            assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["one"]
+    carol_key = Identity.generate()
+    async with signed_group_of_three(tmp_path, carol_key) as (alice, bob, carol, group):
+        await sync(alice, bob, group)
+        await sync(alice, carol, group)
+        recorder = Recorder()
+        alice.add_listener(recorder)
+        await alice.send(group, Text("one"))
+        await bob.receive(group, recorder.local[0])
+        await alice.send(group, Text("two"))
+        # bob gets the deletions of "two" without its structs: the head covering "one"
+        # is gone from his document, so his catch-up for carol carries "one" uncovered.
+        everything: Doc[object] = Doc()
+        everything.apply_update(await alice.diff(group, None))
+        await bob.receive(group, everything.get_update(everything.get_state()))
+        state = await carol.state_vector(group)
+        catch_up = await bob.diff(group, state)
+        with pytest.raises(UnsafeUpdate, match=f"{alice.peer_id}'s Yjs client id"):
+            await carol.receive(group, catch_up, origin=bob.peer_id)
+        heads = await bob.heads_for(group, state)
+        assert [head["by"] for head in heads] == [alice.peer_id]  # the one bob's document lost
+        await carol.receive(group, catch_up, origin=bob.peer_id, heads=heads)
+        assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["one"]
+    # Carol's document still shows none of alice's heads that cover "one": the one that
+    # came beside it is kept beside the document.
+    async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+        assert texts(await carol.history(group)) == texts(await carol.export(group)) == ["one"]
