@@ -387,8 +387,10 @@ class Conversation:
         entries a vanished head verified must stay verified after a restart."""
         self._member_map()
         places, self._unstored = self._unstored, set()
-        held = {**self._held, **{("carried", author): head for author, head in self._carried.items()}}
-        return [(root, key, held[root, key].record) for root, key in places if (root, key) in held]
+        held = {
+            place: self._carried.get(place[1]) if place[0] == "carried" else self._held.get(place) for place in places
+        }
+        return [(root, key, signed.record) for (root, key), signed in held.items() if signed is not None]
 
     def _hold_stored(self, stored: Iterable[tuple[str, str, object]]) -> None:
         conversation = self._signed_id()
@@ -1131,7 +1133,7 @@ class Conversation:
         if not beyond:
             return
         carried: dict[str, list[Head]] = {}
-        for ((_, author), _), head in self._checked_heads.items() if conversation is not None else ():
+        for ((_, author), _), head in self._checked_heads.items():  # none if unsigned
             carried.setdefault(author, []).append(head.value)
         for client, end in beyond:
             author, clock, at = bounds[client]
