@@ -121,18 +121,15 @@ async def check_remote_update(update: bytes) -> UpdateSummary:
     return check_update(update)
 
 
-def covers(theirs: bytes, ours: bytes) -> bool:
-    """True if state vector ``theirs`` counts every struct that ``ours`` counts."""
-    have = decode_state_vector(theirs)
-    return all(have.get(client, 0) >= clock for client, clock in decode_state_vector(ours).items())
-
-
 def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     """True if, after applying the update ``summary`` describes, the document's state vector
-    does not count all of its structs: some wait for a dependency (or may: a section that
-    ends in a Skip struct counts as waiting, which only costs a diff later)."""
+    does not count all of its structs, or all the items it deletes: some wait for a
+    dependency (or may: a section that ends in a Skip struct counts as waiting, which only
+    costs a diff later)."""
     have = decode_state_vector(state_vector)
-    return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items())
+    return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items()) or any(
+        have.get(client, 0) < clock + length for client, ranges in summary.deletes.items() for clock, length in ranges
+    )
 
 
 def _plain(record: Mapping[str, Any]) -> HeadRecord:
@@ -319,16 +316,15 @@ class Replica:
         """What a peer with ``state_vector`` lacks (sync step 2): ``EMPTY_UPDATE`` if nothing.
 
         When the peer's state vector covers ours, a diff would still carry our whole delete
-        set, which grows with every receipt; it cannot hold a deletion the peer lacks (in
-        our documents only retention deletes without writing, and every member expires its
-        own copy). Structs that wait for a dependency are added: no state vector counts
-        them, yet yrs shows those whose origins it has, so without them two replicas with
-        equal state vectors would show different messages (say the one struct they wait
-        for was lost with its author's store).
+        set, which grows with every receipt; a peer here lately gets the recent updates it
+        lacks instead (see ``Conversation.catch_up``). Structs and deletions that wait for a
+        dependency are added: no state vector counts them, yet yrs shows structs whose
+        origins it has, so without them two replicas with equal state vectors would show
+        different messages (say the one struct they wait for was lost with its author's
+        store).
         """
         doc = await self._document(conversation)
-        covered = state_vector is not None and covers(state_vector, doc.state_vector())
-        return doc.catch_up(state_vector, covered=covered) or EMPTY_UPDATE
+        return doc.catch_up(state_vector) or EMPTY_UPDATE
 
     async def heads_for(self, conversation: str, state_vector: bytes) -> tuple[HeadRecord, ...]:
         """The signed heads to send beside what a peer with ``state_vector`` lacks (``diff``):
@@ -385,7 +381,7 @@ class Replica:
         before = doc.state_vector()
         try:
             doc.check_clients(summary, heads)
-            changes = doc.apply_remote(update)
+            changes = doc.apply_remote(update, summary)
             if doc.metadata().id != conversation:
                 raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
             if (new or proving) and not (doc.is_member(self.peer_id) and (origin is None or doc.is_member(origin))):

@@ -214,14 +214,13 @@ def test_structs_waiting_for_a_dependency_are_part_of_every_catch_up() -> None:
     admin.apply_remote(second)  # the first was lost on the way
     admin.note_waiting(second)
     assert admin.state_vector() == carol.state_vector()
-    assert admin.catch_up(carol.state_vector(), covered=False) is not None
-    waiting = admin.catch_up(carol.state_vector(), covered=True)
+    waiting = admin.catch_up(carol.state_vector())
     assert waiting is not None
     carol.apply_remote(waiting)
     carol.apply_remote(first)
     assert texts(carol) == ["one", "two"]
     admin.apply_remote(first)
-    assert admin.catch_up(carol.state_vector(), covered=True) is None  # integrated now: nothing waits
+    assert admin.catch_up(carol.state_vector()) is None  # integrated now: nothing waits
 
 
 def test_invalid_content_is_refused_locally() -> None:

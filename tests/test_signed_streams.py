@@ -20,6 +20,7 @@ from pycrdt import Doc, Map
 from gigi_crdt import SchemaError, Text
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation
+from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES
 from gigi_crdt.model.chain import ANCHOR_EVERY, Chain, commitment, genesis, link_of, verified_entries
 from gigi_crdt.model.ops import Posted, StreamEntry, canonical_op, encode_op, parse_entry
 from gigi_crdt.model.signed import HEAD_FIELDS, Head, check_anchor, check_head, sign_anchor, sign_head
@@ -308,3 +309,46 @@ def test_the_update_check_keeps_the_heads_of_an_update_and_only_them() -> None:
     assert len(HEAD_FIELDS) == RECORD_ENTRIES  # the decoder picks heads out by their field count
     (record,) = check_update(update).records  # the post has as many fields, but no signature
     assert check_head(alice.id, ALICE.peer_id, decode_any(record)).value.seq == 0
+
+
+def test_a_catch_up_from_recent_updates_carries_only_their_own_deletions() -> None:
+    alice, bob, _ = signed_group()
+    for number in range(2000):  # each overwrites alice's head: 2,000 deletions in her document
+        bob.apply_remote(alice.post(Text(f"m{number}"), "alice").update)
+    alice.post(Text("missed"), "alice")
+    state = bob.state_vector()
+    full = alice.diff(state)
+    recent = alice.catch_up(state)
+    assert recent is not None
+    assert len(recent) < 1000 < 4000 < len(full)  # the diff carries the whole delete set
+    assert texts_of(bob.apply_remote(recent).entries) == ["missed"]
+    assert bob.state_vector() == alice.state_vector()
+    # bob deleted alice's previous head himself, when the new one came: the same deletions
+    assert check_update(bob.diff()).deletes == check_update(alice.diff()).deletes
+
+
+def test_a_peer_that_was_not_here_lately_gets_a_diff() -> None:
+    alice, bob, _ = signed_group()
+    bob.apply_remote(alice.post(Text("seen"), "alice").update)
+    state = bob.state_vector()
+    alice.post(Text("x" * RECENT_UPDATE_BYTES), "alice")  # too large to keep: recent updates start again
+    alice.post(Text("missed"), "alice")
+    catch_up = alice.catch_up(state)
+    assert catch_up == alice.diff(state)  # bob may lack what came before the new start
+    bob.apply_remote(catch_up)
+    assert bob.state_vector() == alice.state_vector()
+
+
+def test_structs_that_waited_are_in_catch_ups_from_recent_updates_once_integrated() -> None:
+    alice, bob, carol = signed_group()
+    first, second = (bob.post(Text(text), "bob").update for text in ("one", "two"))
+    alice.apply_remote(second)  # waits for the first
+    alice.note_waiting(second)  # as the replica does
+    carol.apply_remote(alice.post(Text("x" * RECENT_UPDATE_BYTES), "alice").update)  # recent updates start again
+    alice.apply_remote(first)  # the second is integrated now, silently
+    recent = alice.catch_up(carol.state_vector())
+    assert recent is not None
+    assert recent != alice.diff(carol.state_vector())  # from recent updates
+    carol.apply_remote(recent)
+    assert carol.state_vector() == alice.state_vector()
+    assert [text for author, text in shown(carol) if author == BOB.peer_id] == ["one", "two"]

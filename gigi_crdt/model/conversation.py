@@ -31,10 +31,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pycrdt import Array, Doc, Map, Transaction, get_update, merge_updates
+from pycrdt import Array, Doc, Map, Transaction, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
 from ..signatures import Signer
+from .catchup import Pending, RecentUpdates, covers, merge_pending, struct_ends, unintegrated
 from .chain import AnchorCheck, Chain, commitment, genesis, is_anchor_seq, link_of, verified_entries
 from .clock import TICKS_PER_MS, HybridClock
 from .content import Content, GroupInvite
@@ -87,7 +88,7 @@ from .signed import (
     sign_member,
 )
 from .view import Message, fold_history
-from .ydecode import UnsafeUpdate, client_clock, decode_any
+from .ydecode import UnsafeUpdate, client_clock, clocks_of, decode_any
 from .yupdate import UpdateSummary
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,8 @@ class Conversation:
         # dependency after the delete applied. Reported when they show up.
         self._holes: dict[str, set[int]] = {}
         self._unchecked_applies = 0
-        self._waiting: bytes | None = None  # an update with structs that wait for a dependency
+        self._waiting: Pending | None = None  # structs and deletions that wait for a dependency
+        self._recent = RecentUpdates(doc.get_state())  # see ``catch_up``
         # pycrdt's observe wrappers convert every field of every event into Python objects up
         # front (state vectors, delete sets, paths), which more than doubled the cost of a live
         # message; the raw events compute only the fields read here. Keep the subscriptions:
@@ -557,27 +559,40 @@ class Conversation:
         return self._doc.get_state()
 
     def note_waiting(self, update: bytes) -> None:
-        """Keep what ``update`` (applied already) left waiting for a dependency.
+        """Keep what ``update`` (applied already) left waiting for a dependency: structs,
+        or deletions of items we lack.
 
         Such structs change nothing yet, or show already: yrs shows those whose origins it
         has. No state vector counts them, so no diff against one carries them; ``catch_up``
-        adds them until they are integrated. After a reload they wait again: whoever
-        stored the update must note it again (the store marks such updates).
+        adds them until they are integrated, and deletions that wait likewise (a diff
+        carries only those applied). After a reload they wait again: whoever stored the
+        update must note it again (the store marks such updates).
         """
         rest = unintegrated(update, self.state_vector())
         if rest is not None:
-            self._waiting = rest if self._waiting is None else merge_updates(self._waiting, rest)
+            self._waiting = merge_pending(self._waiting, rest)
+            self._recent.add(rest.update, rest.needs, self.state_vector(), self._waiting)
 
-    def catch_up(self, state_vector: bytes | None, *, covered: bool) -> bytes | None:
-        """What a peer with ``state_vector`` lacks, or ``None`` for nothing; ``covered``
-        says its state vector counts every struct ours counts (so no diff is needed),
-        though structs of ours that wait for a dependency may still be news to it."""
-        if self._waiting is not None:
-            self._waiting = unintegrated(self._waiting, self.state_vector())  # drop what got integrated
-        if covered:
-            return self._waiting
-        update = self.diff(state_vector)
-        return update if self._waiting is None else merge_updates(update, self._waiting)
+    def catch_up(self, state_vector: bytes | None) -> bytes | None:
+        """What a peer with ``state_vector`` lacks, or ``None`` for nothing.
+
+        A peer whose state vector covers ours gets only what waits (a diff would carry our
+        whole delete set, and cannot hold a deletion it lacks: see ``catchup``); one that
+        was here lately gets the recent updates it lacks; any other a diff. What waits is
+        added to each.
+        """
+        ours = self.state_vector()
+        if self._waiting is not None and covers(clocks_of(ours), self._waiting.needs):
+            self._waiting = None  # all integrated
+        parts = [] if self._waiting is None else [self._waiting.update]
+        if state_vector is None:
+            parts.append(self.diff())
+        else:
+            theirs = clocks_of(state_vector)
+            if not covers(theirs, clocks_of(ours)):
+                recent = self._recent.lacked_by(theirs, state_vector)
+                parts.extend([self.diff(state_vector)] if recent is None else recent)
+        return merge_updates(*parts) if len(parts) > 1 else parts[0] if parts else None
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """What a peer with ``state_vector`` lacks (the whole document for ``None``)."""
@@ -585,11 +600,14 @@ class Conversation:
 
     # -- remote changes ------------------------------------------------------------
 
-    def apply_remote(self, update: bytes) -> Changes:
-        """Merge an update from a peer and return what it changed."""
+    def apply_remote(self, update: bytes, summary: UpdateSummary | None = None) -> Changes:
+        """Merge an update from a peer and return what it changed (``summary``: what
+        ``check_update`` found in it, if at hand)."""
         self._writing = False  # in case a failed local write left it set
         had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
         _apply(self._doc, update)
+        ends = struct_ends(update) if summary is None else {c: w.clocks[1] for c, w in summary.clients.items()}
+        self._recent.add(update, ends, self._doc.get_state(), self._waiting)
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes())
         found = self._take_appended()
@@ -1212,6 +1230,8 @@ class Conversation:
     def _written(self, changes: Changes, message_id: str | None = None) -> Written:
         update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
         self._outbox.clear()
+        if update:
+            self._recent.add(update, struct_ends(update), self._doc.get_state(), self._waiting)
         changes.receipts.extend(self._own_new_receipts)
         self._own_new_receipts.clear()
         self._writing = False
@@ -1314,13 +1334,6 @@ class Conversation:
             end = number * BUCKET_SIZE + self._bucket_length(author, number)
             lengths[author] = max(lengths.get(author, 0), end)
         return lengths
-
-
-def unintegrated(update: bytes, state_vector: bytes) -> bytes | None:
-    """The structs of ``update`` (with its delete set) that a document at ``state_vector``
-    has not integrated, or ``None`` if it has them all."""
-    rest = get_update(update, state_vector)
-    return rest if rest[:1] != b"\x00" else None  # a Yjs v1 update starts with its count of clients with structs
 
 
 def _check_signed(conversation: str, place: tuple[str, str], raw: object) -> Signed[Any]:

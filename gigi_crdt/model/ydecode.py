@@ -531,10 +531,14 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def client_clock(state_vector: bytes, client: int) -> int:
     """``client``'s clock in a state vector pycrdt made (0 if it names none)."""
+    return clocks_of(state_vector).get(client, 0)
+
+
+def clocks_of(state_vector: bytes) -> dict[int, int]:
+    """A state vector pycrdt made (or a codec checked) as ``{client id: clock}``."""
     count, pos = _varuint(state_vector, 0)
+    clocks: dict[int, int] = {}
     for _ in range(count):
-        who, pos = _varuint(state_vector, pos)
-        clock, pos = _varuint(state_vector, pos)
-        if who == client:
-            return clock
-    return 0
+        client, pos = _varuint(state_vector, pos)
+        clocks[client], pos = _varuint(state_vector, pos)
+    return clocks

@@ -10,7 +10,7 @@ from typing import Any
 
 from pycrdt import Doc, get_update, merge_updates
 
-from ..model.conversation import unintegrated
+from ..model.catchup import unintegrated
 
 # pycrdt's merge_updates is quadratic in the number of updates it is given (40k updates
 # took 13 s); merging in groups of this size keeps it O(size x log(count)).
@@ -55,4 +55,5 @@ def still_waiting(snapshot: bytes, waiting: Sequence[bytes]) -> bytes:
         return b""
     doc: Doc[Any] = Doc()
     doc.apply_update(snapshot)
-    return unintegrated(merge_all(waiting), doc.get_state()) or b""
+    rest = unintegrated(merge_all(waiting), doc.get_state())
+    return b"" if rest is None else rest.update

@@ -1,0 +1,130 @@
+"""What a conversation's catch-ups add to a state-vector diff, or send instead of one.
+
+Two things no state vector tells:
+
+* **What waits.** yrs keeps structs whose dependencies it lacks, and deletions of items
+  it lacks, until those come; no state vector counts them, so no diff carries them, yet
+  yrs may show some of them already. ``unintegrated`` finds them in an update, and a
+  conversation adds them to every catch-up until they are integrated (``Pending``).
+* **Which deletions a peer lacks.** A diff from yrs carries the document's whole delete
+  set, and every write overwrites something (in a signed conversation its author's head;
+  in any, a receipt): 4 bytes per past write, 384 KB after 10^5 messages. So a peer
+  whose state vector covers the ``RecentUpdates`` base gets the recent updates it lacks
+  instead, each with its own deletions only. That is enough because every way a
+  conversation passes structs on carries the deletions made with them: the update that
+  wrote them, a diff (whole delete set), or a pending remainder (deletions that wait).
+  So a peer holding a write's structs holds, or waits to apply, its deletions; peers
+  keep those that wait and pass them on like the rest. Retention deletes without
+  writing, but every member expires its own copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pycrdt import get_update, merge_updates
+
+from .ydecode import DecodedUpdate, UnsafeUpdate, clocks_of, decode_update
+
+log = logging.getLogger(__name__)
+
+RECENT_BYTES = 256 * 1024  # recent updates kept per conversation (``RecentUpdates``)
+RECENT_UPDATE_BYTES = 4096  # a larger update (most likely a catch-up with a whole delete set) starts them again
+
+
+def covers(theirs: Mapping[int, int], ours: Mapping[int, int]) -> bool:
+    """True if the clocks ``theirs`` count every struct ``ours`` count."""
+    return all(theirs.get(client, 0) >= clock for client, clock in ours.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What of an update waits: its structs past a state vector, with its whole delete set."""
+
+    update: bytes
+    needs: dict[int, int]
+    """Per client, the clock a state vector must reach before all of it is integrated."""
+
+
+def unintegrated(update: bytes, state_vector: bytes) -> Pending | None:
+    """What of ``update`` a document at ``state_vector`` has not integrated (structs past
+    it, deletions of items past it), or ``None`` if nothing."""
+    rest = get_update(update, state_vector)
+    decoded = _decoded(rest)
+    needs = _ends(decoded)
+    have = clocks_of(state_vector)
+    for client, ranges in decoded.delete_set.items():
+        end = max(clock + length for clock, length in ranges)
+        if end > max(have.get(client, 0), needs.get(client, 0)):
+            needs[client] = end
+    return Pending(rest, needs) if needs else None
+
+
+def struct_ends(update: bytes) -> dict[int, int]:
+    """Per client, the clock after the update's last struct (pycrdt's ``get_state`` of an
+    update names only clients whose structs start at clock 0)."""
+    return _ends(_decoded(update))
+
+
+def _ends(decoded: DecodedUpdate) -> dict[int, int]:
+    return {client: structs[-1].clock + structs[-1].length for client, structs in decoded.clients.items()}
+
+
+def _decoded(update: bytes) -> DecodedUpdate:
+    try:
+        return decode_update(update)
+    except UnsafeUpdate as exc:  # yrs wrote it, or we checked it before: not expected
+        log.warning("cannot read an update of our own (%s): counted as integrated", exc)
+        return DecodedUpdate()
+
+
+def merge_pending(first: Pending | None, second: Pending | None) -> Pending | None:
+    """Both remainders as one."""
+    if first is None or second is None:
+        return first or second
+    needs = dict(first.needs)
+    for client, clock in second.needs.items():
+        needs[client] = max(needs.get(client, 0), clock)
+    return Pending(merge_updates(first.update, second.update), needs)
+
+
+class RecentUpdates:
+    """The updates a document applied or wrote since its state was ``base``, in at most
+    ``RECENT_BYTES``; past that, or on a larger update, they start again from the
+    document's state then."""
+
+    def __init__(self, state_vector: bytes) -> None:
+        self._base = clocks_of(state_vector)
+        self._updates: list[tuple[bytes, Mapping[int, int]]] = []  # with each one's struct ends
+        self._bytes = 0
+
+    def add(self, update: bytes, ends: Mapping[int, int], state_vector: bytes, pending: Pending | None) -> None:
+        """Keep ``update`` (``ends``: its ``struct_ends``), applied or written by a document
+        now at ``state_vector``; ``pending`` is what the document holds unintegrated:
+        carried over a new start, as the base does not count it, yet once integrated a peer
+        covering the base may lack it."""
+        self._bytes += len(update)
+        if self._bytes <= RECENT_BYTES and len(update) <= RECENT_UPDATE_BYTES:
+            self._updates.append((update, ends))
+            return
+        self._base = clocks_of(state_vector)
+        self._updates = [] if pending is None else [(pending.update, pending.needs)]
+        self._bytes = 0 if pending is None else len(pending.update)
+
+    def lacked_by(self, theirs: Mapping[int, int], state_vector: bytes) -> list[bytes] | None:
+        """What a peer at ``state_vector`` (``theirs``, decoded) lacks of the recent
+        updates, each with its own deletions; ``None`` if it does not cover the base (it
+        may then lack what came before). An update without structs (deletions only) is
+        always included: no state vector tells whether a peer has it."""
+        if not covers(theirs, self._base):
+            return None
+        lacked = []
+        for update, ends in self._updates:
+            if not ends:
+                lacked.append(update)
+            elif not covers(theirs, ends):
+                rest = get_update(update, state_vector)
+                lacked.append(rest)
+        return lacked
