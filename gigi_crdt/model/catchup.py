@@ -20,6 +20,7 @@ Two things no state vector tells:
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,34 +98,50 @@ class RecentUpdates:
 
     def __init__(self, state_vector: bytes) -> None:
         self._base = clocks_of(state_vector)
-        self._updates: list[tuple[bytes, Mapping[int, int]]] = []  # with each one's struct ends
+        self._updates: list[bytes] = []
+        # Per client, (struct end, index in ``_updates``) of the updates with its structs,
+        # sorted: what a peer lacks is found without looking at every update.
+        self._ends: dict[int, list[tuple[int, int]]] = {}
         self._bytes = 0
 
     def add(self, update: bytes, ends: Mapping[int, int], state_vector: bytes, pending: Pending | None) -> None:
         """Keep ``update`` (``ends``: its ``struct_ends``), applied or written by a document
         now at ``state_vector``; ``pending`` is what the document holds unintegrated:
         carried over a new start, as the base does not count it, yet once integrated a peer
-        covering the base may lack it."""
+        covering the base may lack it.
+
+        An update without structs is not kept: no peer needs its deletions from us (see the
+        module's docstring: they are expiry's, or deletions that wait for their item, which
+        whoever lacks the item keeps and passes on in turn)."""
+        if not ends:
+            return
         self._bytes += len(update)
         if self._bytes <= RECENT_BYTES and len(update) <= RECENT_UPDATE_BYTES:
-            self._updates.append((update, ends))
+            self._keep(update, ends)
             return
         self._base = clocks_of(state_vector)
-        self._updates = [] if pending is None else [(pending.update, pending.needs)]
-        self._bytes = 0 if pending is None else len(pending.update)
+        self._updates, self._ends, self._bytes = [], {}, 0
+        if pending is not None:
+            self._keep(pending.update, pending.needs)
+            self._bytes = len(pending.update)
 
-    def lacked_by(self, theirs: Mapping[int, int], state_vector: bytes) -> list[bytes] | None:
+    def _keep(self, update: bytes, ends: Mapping[int, int]) -> None:
+        for client, end in ends.items():
+            bisect.insort(self._ends.setdefault(client, []), (end, len(self._updates)))
+        self._updates.append(update)
+
+    def lacked_by(self, theirs: Mapping[int, int], state_vector: bytes) -> bytes | None:
         """What a peer at ``state_vector`` (``theirs``, decoded) lacks of the recent
-        updates, each with its own deletions; ``None`` if it does not cover the base (it
-        may then lack what came before). An update without structs (deletions only) is
-        always included: no state vector tells whether a peer has it."""
+        updates, each with its own deletions: ``b""`` if nothing, ``None`` if it does not
+        cover the base (it may then lack what came before)."""
         if not covers(theirs, self._base):
             return None
-        lacked = []
-        for update, ends in self._updates:
-            if not ends:
-                lacked.append(update)
-            elif not covers(theirs, ends):
-                rest = get_update(update, state_vector)
-                lacked.append(rest)
-        return lacked
+        lacked: set[int] = set()
+        for client, ends in self._ends.items():
+            have = theirs.get(client, 0)
+            if ends[-1][0] > have:
+                lacked.update(index for _, index in ends[bisect.bisect_right(ends, (have, len(self._updates))) :])
+        if not lacked:
+            return b""
+        updates = [self._updates[index] for index in sorted(lacked)]
+        return get_update(merge_updates(*updates) if len(updates) > 1 else updates[0], state_vector)

@@ -584,15 +584,19 @@ class Conversation:
         ours = self.state_vector()
         if self._waiting is not None and covers(clocks_of(ours), self._waiting.needs):
             self._waiting = None  # all integrated
-        parts = [] if self._waiting is None else [self._waiting.update]
-        if state_vector is None:
-            parts.append(self.diff())
-        else:
-            theirs = clocks_of(state_vector)
-            if not covers(theirs, clocks_of(ours)):
-                recent = self._recent.lacked_by(theirs, state_vector)
-                parts.extend([self.diff(state_vector)] if recent is None else recent)
+        parts = [self._lacked(state_vector, ours), b"" if self._waiting is None else self._waiting.update]
+        parts = [part for part in parts if part]
         return merge_updates(*parts) if len(parts) > 1 else parts[0] if parts else None
+
+    def _lacked(self, state_vector: bytes | None, ours: bytes) -> bytes:
+        """What a peer at ``state_vector`` lacks of what ``ours`` counts (``b""``: nothing)."""
+        if state_vector is None:
+            return self.diff()
+        theirs = clocks_of(state_vector)
+        if covers(theirs, clocks_of(ours)):
+            return b""
+        recent = self._recent.lacked_by(theirs, state_vector)
+        return self.diff(state_vector) if recent is None else recent
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """What a peer with ``state_vector`` lacks (the whole document for ``None``)."""
@@ -603,7 +607,9 @@ class Conversation:
     def apply_remote(self, update: bytes, summary: UpdateSummary | None = None) -> Changes:
         """Merge an update from a peer and return what it changed (``summary``: what
         ``check_update`` found in it, if at hand)."""
-        self._writing = False  # in case a failed local write left it set
+        if self._writing:  # a local write failed after it changed the document
+            self._remember_written()
+            self._writing = False
         had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
         _apply(self._doc, update)
         ends = struct_ends(update) if summary is None else {c: w.clocks[1] for c, w in summary.clients.items()}
@@ -1228,15 +1234,20 @@ class Conversation:
         return running._txn
 
     def _written(self, changes: Changes, message_id: str | None = None) -> Written:
-        update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
-        self._outbox.clear()
-        if update:
-            self._recent.add(update, struct_ends(update), self._doc.get_state(), self._waiting)
+        update = self._remember_written()
         changes.receipts.extend(self._own_new_receipts)
         self._own_new_receipts.clear()
         self._writing = False
         self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
         return Written(update, self._drain(changes), message_id)
+
+    def _remember_written(self) -> bytes:
+        """The update of our last write, taken from the outbox and kept for catch-ups."""
+        update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
+        self._outbox.clear()
+        if update:
+            self._recent.add(update, struct_ends(update), self._doc.get_state(), self._waiting)
+        return update
 
     def _drain(self, changes: Changes) -> Changes:
         for key, value in self._acked:
