@@ -31,7 +31,7 @@ from .ydecode import DecodedUpdate, UnsafeUpdate, clocks_of, decode_update
 
 log = logging.getLogger(__name__)
 
-RECENT_BYTES = 256 * 1024  # recent updates kept per conversation (``RecentUpdates``)
+RECENT_BYTES = 64 * 1024  # recent updates kept per loaded conversation (``RecentUpdates``): 300-odd messages
 RECENT_UPDATE_BYTES = 4096  # a larger update (most likely a catch-up with a whole delete set) starts them again
 
 
