@@ -49,5 +49,6 @@ def test_a_deletion_that_waits_for_its_item_is_passed_on() -> None:
     assert bucket(peer) == ["one", "two"]
     peer.apply_update(waiting.update)  # what the relay adds to its catch-ups
     assert bucket(peer) == bucket(writer) == ["one"]
-    relay.apply_update(everything)  # "two" comes: the deletion applies, nothing waits
+    relay.apply_update(everything)  # "two" comes: yrs applies the deletion, nothing waits
+    assert bucket(relay) == ["one"]
     assert unintegrated(update, relay.get_state()) is None
