@@ -34,6 +34,7 @@ from gigi_crdt.protocol import (
     SyncStep2,
     Update,
 )
+from gigi_crdt.replica import open_replica
 from gigi_crdt.sync import (
     LinkOutcome,
     LinkSettings,
@@ -410,6 +411,25 @@ async def test_link_is_released_promptly_when_the_peer_hangs_up(tmp_path: Path) 
         message = await alice.replica.send(conversation, Text("welcome back"))
         views = await converged([alice, bob], conversation, 1)
         assert views == [[message], [message]]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replica_closed_under_a_running_link_ends_it_going_away(tmp_path: Path) -> None:
+    async with nodes(tmp_path, "alice", settings=FAST) as (alice,), trio.open_nursery() as nursery:
+        async with open_replica(tmp_path / "bob", nickname="bob") as replica:
+            engine = SyncEngine(replica, settings=FAST)
+            replica.add_listener(engine)
+            bob = Node(replica, engine)
+            chat = await replica.create_conversation(ConversationKind.DIRECT, others={alice.peer_id: "alice"})
+            link(nursery, alice, bob)
+            await joined([alice, bob], chat)
+        # Bob's store is closed; his engine still reads the link and cannot store this.
+        await alice.replica.send(chat, Text("too late"))
+        with trio.fail_after(10):
+            offline = await wait_for(alice, lambda e: isinstance(e, PeerOffline))
+        assert isinstance(offline, PeerOffline)
+        assert offline.reason.startswith("peer closed: GOING_AWAY")
+        assert "is closed" in offline.reason
         nursery.cancel_scope.cancel()
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import GigiError, NotAllowed, SchemaError
+from ..errors import GigiError, NotAllowed, SchemaError, StoreClosed
 from ..model import Changes
 from ..protocol import (
     HEADS_CAPABILITY,
@@ -204,6 +204,9 @@ class SyncEngine:
             # An update that failed the schema check (``UnsafeUpdate``) or did not apply:
             # end this link only; nothing of it was stored or passed on.
             return self._refuse(link, CloseCode.INTERNAL_ERROR, f"update refused: {exc}")
+        except StoreClosed as exc:
+            # Our replica closed under a link still running: we are going away.
+            return self._refuse(link, CloseCode.GOING_AWAY, str(exc))
         except GigiError as exc:
             # Our side failed to store what the peer sent: end this link only.
             return self._refuse(link, CloseCode.INTERNAL_ERROR, str(exc))
