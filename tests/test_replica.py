@@ -334,6 +334,49 @@ async def test_structs_left_waiting_are_passed_on_after_a_restart(tmp_path: Path
         assert texts(await carol.history(conversation)) == ["first", "second"]
 
 
+@pytest.mark.parametrize("compacted", [False, True])
+async def test_deletions_left_waiting_are_passed_on_after_a_restart(tmp_path: Path, compacted: bool) -> None:
+    # A deletion of an item the receiver lacks waits inside yrs while the rest of its write
+    # integrates, and a diff carries only applied deletions: the store marks such updates
+    # too, so the reloaded document still passes the deletion on.
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+        open_replica(tmp_path / "c", nickname="carol") as carol,
+    ):
+        conversation = await alice.create_conversation(
+            ConversationKind.GROUP, others={bob.peer_id: "bob", carol.peer_id: "carol"}
+        )
+        for other in (bob, carol):
+            await sync(alice, other, conversation)
+        # Two Yjs clients of alice's: one writes a receipt, the next deletes it and writes another.
+        first: Doc[object] = Doc()
+        first.apply_update(await alice.diff(conversation, None))
+        before = first.get_state()
+        old_key, new_key = (f"{alice.peer_id}/read/{author}" for author in (carol.peer_id, bob.peer_id))
+        first.get("acks", type=Map)[old_key] = 1
+        receipt = first.get_update(before)
+        second: Doc[object] = Doc()
+        second.apply_update(first.get_update())
+        before = second.get_state()
+        with second.transaction():
+            second.get("acks", type=Map)[new_key] = 1
+            del second.get("acks", type=Map)[old_key]
+        replacement = second.get_update(before)
+        await carol.receive(conversation, receipt, origin=alice.peer_id)
+        await bob.receive(conversation, replacement, origin=alice.peer_id)  # the old receipt never came
+        if compacted:
+            await bob.compact(conversation)
+    async with (
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+        open_replica(tmp_path / "c", nickname="carol") as carol,
+    ):
+        await carol.receive(conversation, await bob.diff(conversation, await carol.state_vector(conversation)))
+        copy: Doc[object] = Doc()
+        copy.apply_update(await carol.diff(conversation, None))
+        assert dict(copy.get("acks", type=Map).to_py()) == {new_key: 1}
+
+
 async def test_writes_racing_the_replicas_shutdown_fail_instead_of_hanging(tmp_path: Path) -> None:
     outcomes: list[str] = []
     with trio.fail_after(10):
