@@ -301,10 +301,9 @@ async def test_compaction_keeps_updates_still_waiting_for_a_dependency(tmp_path:
         assert texts(await bob.history(conversation)) == ["first", "second"]
 
 
-@pytest.mark.parametrize("compacted", [False, True])
-async def test_structs_left_waiting_are_passed_on_after_a_restart(tmp_path: Path, compacted: bool) -> None:
-    # No state vector counts structs that wait for a dependency, so no diff against one
-    # carries them: the store marks the updates that left some, for the reloaded document.
+@contextlib.asynccontextmanager
+async def synced_group(tmp_path: Path) -> AsyncIterator[tuple[Replica, Replica, Replica, str]]:
+    """alice's group with bob and carol (replicas under ``tmp_path`` / a, b, c), both synced."""
     async with (
         open_replica(tmp_path / "a", nickname="alice") as alice,
         open_replica(tmp_path / "b", nickname="bob") as bob,
@@ -315,6 +314,14 @@ async def test_structs_left_waiting_are_passed_on_after_a_restart(tmp_path: Path
         )
         for other in (bob, carol):
             await sync(alice, other, conversation)
+        yield alice, bob, carol, conversation
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+async def test_structs_left_waiting_are_passed_on_after_a_restart(tmp_path: Path, compacted: bool) -> None:
+    # No state vector counts structs that wait for a dependency, so no diff against one
+    # carries them: the store marks the updates that left some, for the reloaded document.
+    async with synced_group(tmp_path) as (alice, bob, carol, conversation):
         before = await alice.state_vector(conversation)
         await alice.send(conversation, Text("first"))
         first = await alice.diff(conversation, before)
@@ -339,16 +346,7 @@ async def test_deletions_left_waiting_are_passed_on_after_a_restart(tmp_path: Pa
     # A deletion of an item the receiver lacks waits inside yrs while the rest of its write
     # integrates, and a diff carries only applied deletions: the store marks such updates
     # too, so the reloaded document still passes the deletion on.
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-        open_replica(tmp_path / "c", nickname="carol") as carol,
-    ):
-        conversation = await alice.create_conversation(
-            ConversationKind.GROUP, others={bob.peer_id: "bob", carol.peer_id: "carol"}
-        )
-        for other in (bob, carol):
-            await sync(alice, other, conversation)
+    async with synced_group(tmp_path) as (alice, bob, carol, conversation):
         # Two Yjs clients of alice's: one writes a receipt, the next deletes it and writes another.
         first: Doc[object] = Doc()
         first.apply_update(await alice.diff(conversation, None))
