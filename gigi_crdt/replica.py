@@ -45,6 +45,7 @@ from .model import (
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
+from .model.ydecode import clocks_of
 from .model.yupdate import UpdateSummary
 from .protocol import HeadRecord
 from .protocol.yproto import decode_state_vector
@@ -126,7 +127,7 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     does not count all of its structs, or all the items it deletes: some wait for a
     dependency (or may: a section that ends in a Skip struct counts as waiting, which only
     costs a diff later)."""
-    have = decode_state_vector(state_vector)
+    have = clocks_of(state_vector)  # our own document's: pycrdt made it
     return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items()) or any(
         have.get(client, 0) < clock + length for client, ranges in summary.deletes.items() for clock, length in ranges
     )

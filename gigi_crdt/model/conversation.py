@@ -581,19 +581,19 @@ class Conversation:
         was here lately gets the recent updates it lacks; any other a diff. What waits is
         added to each.
         """
-        ours = self.state_vector()
-        if self._waiting is not None and covers(clocks_of(ours), self._waiting.needs):
+        ours = clocks_of(self.state_vector())
+        if self._waiting is not None and covers(ours, self._waiting.needs):
             self._waiting = None  # all integrated
         parts = [self._lacked(state_vector, ours), b"" if self._waiting is None else self._waiting.update]
         parts = [part for part in parts if part]
         return merge_updates(*parts) if len(parts) > 1 else parts[0] if parts else None
 
-    def _lacked(self, state_vector: bytes | None, ours: bytes) -> bytes:
-        """What a peer at ``state_vector`` lacks of what ``ours`` counts (``b""``: nothing)."""
+    def _lacked(self, state_vector: bytes | None, ours: Mapping[int, int]) -> bytes:
+        """What a peer at ``state_vector`` lacks of what our clocks ``ours`` count (``b""``: nothing)."""
         if state_vector is None:
             return self.diff()
         theirs = clocks_of(state_vector)
-        if covers(theirs, clocks_of(ours)):
+        if covers(theirs, ours):
             return b""
         recent = self._recent.lacked_by(theirs, state_vector)
         return self.diff(state_vector) if recent is None else recent
