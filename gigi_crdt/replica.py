@@ -26,6 +26,7 @@ from .errors import (
     NotAllowed,
     SchemaError,
     StorageError,
+    StoreClosed,
     UnknownConversation,
     UnknownMessage,
     single_errors_unwrapped,
@@ -104,7 +105,14 @@ async def open_replica(
         with single_errors_unwrapped():
             async with trio.open_nursery() as nursery:
                 await nursery.start(worker.run)
-                yield Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms), signer)
+                replica = Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms), signer)
+                nursery.start_soon(replica._write_acknowledgements)
+                try:
+                    yield replica
+                finally:
+                    # Receipts queued by ``acknowledge_nowait`` are owed to their senders.
+                    with trio.move_on_after(FLUSH_SECONDS, shield=True):
+                        await replica._flush_acknowledgements()
                 nursery.cancel_scope.cancel()
     finally:
         store.close()
@@ -112,6 +120,7 @@ async def open_replica(
 
 EMPTY_UPDATE = b"\x00\x00"  # a Yjs v1 update with no structs and no deletions
 RESTORE_INTERVAL = 30.0  # seconds between write-backs of signed records, per conversation
+FLUSH_SECONDS = 5.0  # at most this long, on closing, to write the delivered receipts still queued
 
 
 async def check_remote_update(update: bytes) -> UpdateSummary:
@@ -131,6 +140,10 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items()) or any(
         have.get(client, 0) < clock + length for client, ranges in summary.deletes.items() for clock, length in ranges
     )
+
+
+def _authors(changes: Changes) -> set[str]:
+    return {entry.author for entry in changes.entries}
 
 
 def _plain(record: Mapping[str, Any]) -> HeadRecord:
@@ -174,6 +187,8 @@ class Replica:
         self._commit_ended = trio.Event()
         self._settled: dict[str, trio.Event] = {}
         self._restored: dict[str, float] = {}  # conversation -> when we last wrote signed records back
+        self._unacknowledged: dict[str, set[str]] = {}  # conversation -> authors owed a delivered receipt
+        self._acknowledgements_wanted = trio.Event()
 
     # -- conversations -------------------------------------------------------------
 
@@ -425,11 +440,51 @@ class Replica:
 
     async def acknowledge(self, conversation: str, changes: Changes) -> None:
         """Mark what ``changes`` brought as delivered (only call once it is stored)."""
+        await self._acknowledge_authors(conversation, _authors(changes) - {self.peer_id})
+
+    def acknowledge_nowait(self, conversation: str, changes: Changes) -> None:
+        """``acknowledge``, queued: written in the background, soon, and on closing at the
+        latest. Receipts queued while one is being written go together in the next write,
+        so a busy conversation writes (and sends) one receipt per disk flush, not one per
+        update, and the caller (a peer's reader loop) does not wait for the disk."""
+        authors = _authors(changes) - {self.peer_id}
+        if authors:
+            self._unacknowledged.setdefault(conversation, set()).update(authors)
+            self._acknowledgements_wanted.set()
+
+    async def _write_acknowledgements(self) -> None:
+        while True:
+            await self._acknowledgements_wanted.wait()
+            self._acknowledgements_wanted = trio.Event()
+            await self._flush_acknowledgements()
+
+    async def _flush_acknowledgements(self) -> None:
+        """Write every queued delivered receipt, the conversations side by side (the store
+        commits what is queued together)."""
+        queued, self._unacknowledged = self._unacknowledged, {}
+        async with trio.open_nursery() as nursery:
+            for conversation, authors in queued.items():
+                nursery.start_soon(self._acknowledge_queued, conversation, authors)
+
+    async def _acknowledge_queued(self, conversation: str, authors: set[str]) -> None:
+        try:
+            await self._acknowledge_authors(conversation, authors)
+        except StoreClosed as exc:
+            log.warning("delivered receipts of %s not written: %s", conversation, exc)
+        except GigiError as exc:
+            # Queued again, but not retried at once: a disk that failed now would fail again.
+            log.warning("delivered receipts of %s not written yet: %s", conversation, exc)
+            self._unacknowledged.setdefault(conversation, set()).update(authors)
+        except trio.Cancelled:
+            self._unacknowledged.setdefault(conversation, set()).update(authors)  # for the flush on closing
+            raise
+
+    async def _acknowledge_authors(self, conversation: str, authors: set[str]) -> None:
+        if not authors:
+            return
         doc = await self._document(conversation)
-        authors = {entry.author for entry in changes.entries} - {self.peer_id}
         delivered = {author: doc.stream_length(author) - 1 for author in authors}
-        if delivered:
-            await self._persist(doc, doc.mark(ReceiptKind.DELIVERED, delivered))
+        await self._persist(doc, doc.mark(ReceiptKind.DELIVERED, delivered))
 
     async def shared_conversations(self, peer_id: str) -> list[str]:
         """Conversations that list ``peer_id`` as a current member."""

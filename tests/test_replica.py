@@ -95,6 +95,50 @@ async def test_offline_peer_catches_up_in_order_and_receipts_flow_back(tmp_path:
         assert (await alice.receipts(conversation, history[500]))[ReceiptKind.READ] == []
 
 
+async def test_queued_delivered_receipts_are_written_together_in_the_background(tmp_path: Path) -> None:
+    class LocalWrites(Recorder):
+        written = trio.Event()
+
+        def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+            super().offer(conversation, update, origin)
+            if origin is None:
+                self.written.set()
+
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        async with open_replica(tmp_path / "b", nickname="bob") as bob:
+            conversation = await direct(alice, bob)
+            heard = LocalWrites()
+            bob.add_listener(heard)
+            received = []
+            for i in range(3):
+                await alice.send(conversation, Text(f"m{i}"))
+                update = await alice.diff(conversation, await bob.state_vector(conversation))
+                received.append(await bob.receive(conversation, update, origin=alice.peer_id, acknowledge=False))
+            for changes in received:
+                bob.acknowledge_nowait(conversation, changes)
+            assert heard.local == []  # queued, not written in the caller's task
+            with trio.fail_after(10):
+                await heard.written.wait()
+            await sync(alice, bob, conversation)
+            last = (await alice.history(conversation))[-1]
+            assert (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED] == [bob.peer_id]
+        assert len(heard.local) == 1  # one receipt write for the three updates
+
+
+async def test_queued_delivered_receipts_are_written_on_closing(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        async with open_replica(tmp_path / "b", nickname="bob") as bob:
+            conversation = await direct(alice, bob)
+            await alice.send(conversation, Text("hello"))
+            update = await alice.diff(conversation, await bob.state_vector(conversation))
+            changes = await bob.receive(conversation, update, origin=alice.peer_id, acknowledge=False)
+            bob.acknowledge_nowait(conversation, changes)  # and close at once
+        async with open_replica(tmp_path / "b", nickname="bob") as bob:
+            await sync(alice, bob, conversation)
+        last = (await alice.history(conversation))[-1]
+        assert (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED] == [bob.peer_id]
+
+
 async def test_paging_search_edit_delete_react_through_the_index(tmp_path: Path) -> None:
     async with (
         open_replica(tmp_path / "a", nickname="alice") as alice,

@@ -365,7 +365,7 @@ class SyncEngine:
             session.fetching.discard(conversation)
             if await self.replica.is_member(conversation, link.peer.peer_id):
                 link.shared.add(conversation)
-        await self.replica.acknowledge(conversation, changes)
+        self.replica.acknowledge_nowait(conversation, changes)
         if changes.waiting and not catch_up:
             await self._ask_missing(session, conversation)
         if catch_up and conversation in session.catching_up:
