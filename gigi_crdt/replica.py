@@ -444,13 +444,20 @@ class Replica:
 
     def acknowledge_nowait(self, conversation: str, changes: Changes) -> None:
         """``acknowledge``, queued: written in the background, soon, and on closing at the
-        latest. Receipts queued while one is being written go together in the next write,
-        so a busy conversation writes (and sends) one receipt per disk flush, not one per
-        update, and the caller (a peer's reader loop) does not wait for the disk."""
-        authors = _authors(changes) - {self.peer_id}
-        if authors:
-            self._unacknowledged.setdefault(conversation, set()).update(authors)
+        latest (if the replica is cancelled first, when the conversation next loads: see
+        ``Conversation.undelivered``). Receipts queued while one is being written go
+        together in the next write, so a busy conversation writes (and sends) one receipt
+        per disk flush, not one per update, and the caller (a peer's reader loop) does not
+        wait for the disk."""
+        self._queue_receipts(conversation, _authors(changes) - {self.peer_id})
+
+    def _queue_receipts(self, conversation: str, authors: Iterable[str]) -> None:
+        queued = self._unacknowledged.setdefault(conversation, set())
+        queued.update(authors)
+        if queued:
             self._acknowledgements_wanted.set()
+        else:
+            del self._unacknowledged[conversation]
 
     async def _write_acknowledgements(self) -> None:
         while True:
@@ -470,7 +477,7 @@ class Replica:
         try:
             await self._acknowledge_authors(conversation, authors)
         except StoreClosed as exc:
-            log.warning("delivered receipts of %s not written: %s", conversation, exc)
+            log.warning("delivered receipts of %s left for its next load: %s", conversation, exc)
         except GigiError as exc:
             # Queued again, but not retried at once: a disk that failed now would fail again.
             log.warning("delivered receipts of %s not written yet: %s", conversation, exc)
@@ -579,6 +586,7 @@ class Replica:
                     doc.note_waiting(update)
                 self._hold(conversation, doc)
                 await self._index_missed(conversation, doc)
+                self._queue_receipts(conversation, doc.undelivered().keys())
         return doc
 
     async def _index_missed(self, conversation: str, doc: Conversation) -> None:

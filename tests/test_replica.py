@@ -53,6 +53,19 @@ async def direct(alice: Replica, bob: Replica) -> str:
     return conversation
 
 
+class LocalWrites(Recorder):
+    """A ``Recorder`` that also tells when the replica stored a write of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = trio.Event()
+
+    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+        super().offer(conversation, update, origin)
+        if origin is None:
+            self.written.set()
+
+
 def texts(messages: list) -> list[str | None]:  # type: ignore[type-arg]
     return [m.content.text if isinstance(m.content, Text) else None for m in messages]
 
@@ -96,14 +109,6 @@ async def test_offline_peer_catches_up_in_order_and_receipts_flow_back(tmp_path:
 
 
 async def test_queued_delivered_receipts_are_written_together_in_the_background(tmp_path: Path) -> None:
-    class LocalWrites(Recorder):
-        written = trio.Event()
-
-        def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-            super().offer(conversation, update, origin)
-            if origin is None:
-                self.written.set()
-
     async with open_replica(tmp_path / "a", nickname="alice") as alice:
         async with open_replica(tmp_path / "b", nickname="bob") as bob:
             conversation = await direct(alice, bob)
@@ -134,6 +139,24 @@ async def test_queued_delivered_receipts_are_written_on_closing(tmp_path: Path) 
             changes = await bob.receive(conversation, update, origin=alice.peer_id, acknowledge=False)
             bob.acknowledge_nowait(conversation, changes)  # and close at once
         async with open_replica(tmp_path / "b", nickname="bob") as bob:
+            await sync(alice, bob, conversation)
+        last = (await alice.history(conversation))[-1]
+        assert (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED] == [bob.peer_id]
+
+
+async def test_delivered_receipts_never_written_are_written_when_the_conversation_loads(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        async with open_replica(tmp_path / "b", nickname="bob") as bob:
+            conversation = await direct(alice, bob)
+            await alice.send(conversation, Text("hello"))
+            update = await alice.diff(conversation, await bob.state_vector(conversation))
+            await bob.receive(conversation, update, origin=alice.peer_id, acknowledge=False)  # and never acknowledge
+        async with open_replica(tmp_path / "b", nickname="bob") as bob:
+            heard = LocalWrites()
+            bob.add_listener(heard)
+            await bob.state_vector(conversation)  # loads the document
+            with trio.fail_after(10):
+                await heard.written.wait()
             await sync(alice, bob, conversation)
         last = (await alice.history(conversation))[-1]
         assert (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED] == [bob.peer_id]

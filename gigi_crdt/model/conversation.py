@@ -934,6 +934,17 @@ class Conversation:
             self._advance(kind, upto)
         return self._written(Changes())
 
+    def undelivered(self) -> dict[str, int]:
+        """Author -> its last seq held, for the other authors whose streams this replica
+        holds past its own delivered receipt (a replica that closed before writing a
+        receipt owes it still: delivered means stored)."""
+        own, local = self._own_receipts(), self._local_peer
+        return {
+            author: length - 1
+            for author, length in self._cursors.items()
+            if author != local and length - 1 > own.get(receipt_key(local, ReceiptKind.DELIVERED, author), -1)
+        }
+
     def _advance(self, kind: ReceiptKind, upto: Mapping[str, int]) -> None:
         for author, seq in upto.items():
             key = receipt_key(self._local_peer, kind, check_id(author, "peer id"))
