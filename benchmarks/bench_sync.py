@@ -63,6 +63,7 @@ from _common import ALICE, ALICE_KEY, BOB, BOB_KEY, TwoPeers, compact, ms, perce
 from pycrdt import Channel, Doc, Provider
 from pycrdt.websocket import WebsocketServer
 
+import gigi_crdt.replica as replica_module
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, Text
 from gigi_crdt.replica import Replica, open_replica
@@ -438,6 +439,7 @@ class GigiSync:
     a_load: float
     a_diff: float
     b_receive: float
+    b_check: float
     b_apply: float
     messages_indexed: int
     frame_bytes: int
@@ -476,6 +478,9 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
     apply_remote = Conversation.apply_remote
     b_apply = Timed(apply_remote)
     Conversation.apply_remote = b_apply.wrap_sync()  # type: ignore[method-assign]
+    check = replica_module.check_remote_update
+    b_check = Timed(check)
+    replica_module.check_remote_update = b_check.wrap_async()
 
     gc.collect()
     synced = b.tap.expect(is_synced)
@@ -485,6 +490,7 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
         _, at = await synced.wait(600)
     finally:
         Conversation.apply_remote = apply_remote  # type: ignore[method-assign]
+        replica_module.check_remote_update = check
     total = at - start
     # Restore the plain methods for the parts that follow.
     del a.replica._document, a.replica.diff, b.replica.receive
@@ -498,6 +504,7 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
     # B's receive calls: the step 2 is the big one.
     receive_time = max((end - s for s, end in b_receive.calls), default=float("nan"))
     apply_time = max((end - s for s, end in b_apply.calls), default=float("nan"))
+    check_time = max((end - s for s, end in b_check.calls), default=float("nan"))
     return (
         GigiSync(
             total=total,
@@ -508,6 +515,7 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
             a_load=a_document.first(),
             a_diff=max((end - s for s, end in a_diff.calls), default=float("nan")),
             b_receive=receive_time,
+            b_check=check_time,
             b_apply=apply_time,
             messages_indexed=count,
             frame_bytes=log[-1][1],
@@ -732,8 +740,9 @@ def report_initial(built: Built, floor: FloorResult, gigi: list[GigiSync], ws: l
         ["dial -> first step-2 byte at B (handshake + load + diff + encode)", secs(r.first_big_byte), ""],
         ["first -> last byte at B (TCP transfer + frame parsing)", secs(r.last_byte - r.first_big_byte), ""],
         ["B: Replica.receive total", secs(r.b_receive), ""],
+        ["  B: schema check of the update (before pycrdt sees it)", secs(r.b_check), ""],
         ["  B: apply_remote (Yjs apply + change extraction)", secs(r.b_apply), ""],
-        ["  B: persist + index + FTS + receipts (receive - apply)", secs(r.b_receive - r.b_apply), ""],
+        ["  B: persist + index + FTS (receive - check - apply)", secs(r.b_receive - r.b_check - r.b_apply), ""],
         ["last byte -> SyncProgress event at B", secs(r.total - r.last_byte), ""],
         ["total", secs(r.total), ""],
     ]
@@ -745,7 +754,7 @@ def report_initial(built: Built, floor: FloorResult, gigi: list[GigiSync], ws: l
     )
     print(
         "   pycrdt-websocket keeps everything in memory (no store, no index); gigi's B commits the update,"
-        f"\n   {built.messages:,} index + FTS rows and receipts durably before the event."
+        f"\n   {built.messages:,} index + FTS rows durably before the event (its delivered receipt follows, queued)."
     )
 
 
@@ -847,7 +856,7 @@ def report_reconnects(results: list[Reconnect], settle: float) -> None:
         f"<= 10 ms to converge -> {ms(t)} ms: {verdict(t <= 0.010)}"
     )
     print("   converge = dial -> OfflineMessagesReceived on B (TCP connect, hello x2, announce, step 1/2,")
-    print("   A's diff, B's durable commit of the update and of its delivered receipt);")
+    print("   A's diff, B's check and merge of the update; B's commit and its delivered receipt follow);")
     print("   conversations() ms = time in Replica.conversations() on A plus on B (summaries with unread counts,")
     print("   called by SyncEngine._on_announce; the two overlap, so the sum can exceed converge);")
     print("   loop stall = worst lateness of a 1 ms trio sleep")
