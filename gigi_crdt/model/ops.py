@@ -180,11 +180,8 @@ def parse_entry(author: str, bucket: int, raw: object) -> StreamEntry:
     """Rebuild the entry stored in ``author``'s bucket ``bucket``, or raise ``SchemaError``."""
     if not isinstance(raw, dict):
         raise SchemaError("stream entry is not a map")
-    seq = raw.get("s")
-    if isinstance(seq, float) and seq.is_integer():  # Yjs may hand integers back as floats
-        seq = int(seq)
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq - bucket * BUCKET_SIZE < BUCKET_SIZE:
-        raise SchemaError(f"stream entry with a sequence number {seq!r} outside its bucket")
+    first = bucket * BUCKET_SIZE
+    seq = parse_whole(raw.get("s"), first, first + BUCKET_SIZE, f"sequence number in bucket {bucket}")
     prev, sealed, anchor = raw.get("p"), raw.get("h"), raw.get("g")
     return StreamEntry(
         author,
@@ -250,11 +247,17 @@ def parse_op(raw: object) -> Op:
 
 
 def parse_timestamp(value: object) -> int:
-    """A hybrid timestamp from a stored value (Yjs may hand integers back as floats)."""
+    """A hybrid timestamp from a stored value."""
+    return parse_whole(value, 0, MAX_TIMESTAMP + 1, "timestamp")
+
+
+def parse_whole(value: object, low: int, high: int, what: str) -> int:
+    """``value`` as an int with ``low <= value < high``, or ``SchemaError`` naming ``what``.
+    Yjs may hand integers back as floats: an integral float counts (a bool does not)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMESTAMP:
-        raise SchemaError(f"malformed timestamp {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise SchemaError(f"malformed {what}: {value!r}")
     return value
 
 

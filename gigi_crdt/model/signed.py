@@ -53,7 +53,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 from ..errors import SchemaError
 from ..signatures import Signer, check_public_key, peer_id_for, verify
 from .metadata import Member, Metadata, encode_member, encode_metadata, parse_member, parse_metadata
-from .ops import LINK_BYTES, parse_timestamp
+from .ops import LINK_BYTES, parse_timestamp, parse_whole
 
 __all__ = [
     "CHARTER",
@@ -237,9 +237,9 @@ def check_head(conversation: str, author: str, raw: object) -> Signed[Head]:
         raise SchemaError(f"{what} is not a map")
     if raw.get("by") != author:
         raise SchemaError(f"{what}: signed by {raw.get('by')!r}, not by its author")
-    seq = _whole(raw.get("s"), -1, _MAX_CLIENT_ID, f"{what}: seq")
-    client = _whole(raw.get("c"), 0, _MAX_CLIENT_ID, f"{what}: client id")
-    clock = _whole(raw.get("k"), 0, _MAX_CLOCK, f"{what}: clock")
+    seq = parse_whole(raw.get("s"), -1, _MAX_CLIENT_ID, f"{what}: seq")
+    client = parse_whole(raw.get("c"), 0, _MAX_CLIENT_ID, f"{what}: client id")
+    clock = parse_whole(raw.get("k"), 0, _MAX_CLOCK, f"{what}: clock")
     at = parse_timestamp(raw.get("t"))
     link = raw.get("l")
     digest = _unb64(link, "link")
@@ -252,15 +252,6 @@ def check_head(conversation: str, author: str, raw: object) -> Signed[Head]:
 
 def _head_fields(conversation: str, author: str, values: dict[str, Any]) -> list[object]:
     return [conversation, author, values["s"], values["l"], values["c"], values["k"], values["t"]]
-
-
-def _whole(value: object, low: int, high: int, what: str) -> int:
-    """``value`` as an int in ``low <= value < high`` (Yjs may hand integers back as floats)."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
-        raise SchemaError(f"{what} malformed: {value!r}")
-    return value
 
 
 def sign_anchor(signer: Signer, conversation: str, seq: int, prev: bytes) -> bytes:
