@@ -157,25 +157,10 @@ def _varuint_tail(data: bytes, pos: int, first: int) -> tuple[int, int]:
 
 
 def _varint(data: bytes, pos: int) -> int:
-    """Skip a lib0 signed varint (decoding.js readVarInt: sign in bit 6 of the first byte)."""
-    byte = data[pos]
-    pos += 1
-    if byte < 0x80:
-        return pos
-    value = byte & 0x3F
-    shift = 6
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-        if shift > 62:
-            raise UnsafeUpdate("varint longer than 10 bytes")
-    if value > MAX_SAFE_INTEGER:
-        raise UnsafeUpdate("integer beyond 2**53")
-    return pos
+    """Skip a lib0 signed varint (see ``_read_varint``)."""
+    if data[pos] < 0x80:
+        return pos + 1  # one byte: the usual case, without a call
+    return _read_varint(data, pos)[1]
 
 
 class _Decoder:
@@ -517,15 +502,20 @@ def _varuint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A lib0 signed varint: sign in bit 6 of the first byte, 6 bits of value there."""
+    """A lib0 signed varint (decoding.js readVarInt: sign in bit 6 of the first byte, 6 bits
+    of value there), at most 10 bytes long and within 2**53 like every JavaScript integer."""
     byte = data[pos]
     pos += 1
     negative, value, shift = byte & 0x40, byte & 0x3F, 6
     while byte >= 0x80:
+        if shift > 62:
+            raise UnsafeUpdate("varint longer than 10 bytes")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         shift += 7
+    if value > MAX_SAFE_INTEGER:
+        raise UnsafeUpdate("integer beyond 2**53")
     return (-value if negative else value), pos
 
 
