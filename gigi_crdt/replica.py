@@ -43,6 +43,7 @@ from .model import (
     check_update,
     new_id,
 )
+from .model.catchup import deletions_past
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
@@ -137,8 +138,8 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     dependency (or may: a section that ends in a Skip struct counts as waiting, which only
     costs a diff later)."""
     have = clocks_of(state_vector)  # our own document's: pycrdt made it
-    return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items()) or any(
-        have.get(client, 0) < clock + length for client, ranges in summary.deletes.items() for clock, length in ranges
+    return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items()) or bool(
+        deletions_past(summary.deletes, have)
     )
 
 

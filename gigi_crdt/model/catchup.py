@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pycrdt import get_update, merge_updates
@@ -55,12 +55,16 @@ def unintegrated(update: bytes, state_vector: bytes) -> Pending | None:
     rest = get_update(update, state_vector)
     decoded = _decoded(rest)
     needs = _ends(decoded)
-    have = clocks_of(state_vector)
-    for client, ranges in decoded.delete_set.items():
-        end = max(clock + length for clock, length in ranges)
-        if end > max(have.get(client, 0), needs.get(client, 0)):
-            needs[client] = end
+    for client, end in deletions_past(decoded.delete_set, clocks_of(state_vector)).items():
+        needs[client] = max(needs.get(client, 0), end)
     return Pending(rest, needs) if needs else None
+
+
+def deletions_past(deletes: Mapping[int, Sequence[tuple[int, int]]], have: Mapping[int, int]) -> dict[int, int]:
+    """Per client, the end of the deletions that reach past clock ``have`` of it: yrs keeps
+    a deletion of items it does not hold waiting (and puts none of it in a diff)."""
+    ends = {client: max(clock + length for clock, length in ranges) for client, ranges in deletes.items() if ranges}
+    return {client: end for client, end in ends.items() if end > have.get(client, 0)}
 
 
 def struct_ends(update: bytes) -> dict[int, int]:
