@@ -587,7 +587,8 @@ class Replica:
                     doc.note_waiting(update)
                 self._hold(conversation, doc)
                 await self._index_missed(conversation, doc)
-                self._queue_receipts(conversation, doc.undelivered().keys())
+                if doc.is_member(self.peer_id):
+                    self._queue_receipts(conversation, doc.undelivered().keys())
         return doc
 
     async def _index_missed(self, conversation: str, doc: Conversation) -> None:
