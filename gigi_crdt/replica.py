@@ -477,8 +477,8 @@ class Replica:
     async def _acknowledge_queued(self, conversation: str, authors: set[str]) -> None:
         try:
             await self._acknowledge_authors(conversation, authors)
-        except StoreClosed as exc:
-            log.warning("delivered receipts of %s left for its next load: %s", conversation, exc)
+        except StoreClosed as exc:  # cancelled while closing: nothing is lost (``Conversation.undelivered``)
+            log.info("delivered receipts of %s left for its next load: %s", conversation, exc)
         except GigiError as exc:
             # Queued again, but not retried at once: a disk that failed now would fail again.
             log.warning("delivered receipts of %s not written yet: %s", conversation, exc)
