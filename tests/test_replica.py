@@ -108,25 +108,33 @@ async def test_offline_peer_catches_up_in_order_and_receipts_flow_back(tmp_path:
         assert (await alice.receipts(conversation, history[500]))[ReceiptKind.READ] == []
 
 
+async def receive_unacknowledged(alice: Replica, bob: Replica, conversation: str, text: str) -> Changes:
+    """Alice sends ``text``; bob stores it without acknowledging it."""
+    await alice.send(conversation, Text(text))
+    update = await alice.diff(conversation, await bob.state_vector(conversation))
+    return await bob.receive(conversation, update, origin=alice.peer_id, acknowledge=False)
+
+
+async def delivered_to(alice: Replica, conversation: str) -> list[str]:
+    """Who alice has a delivered receipt from for her latest message."""
+    last = (await alice.history(conversation))[-1]
+    return (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED]
+
+
 async def test_queued_delivered_receipts_are_written_together_in_the_background(tmp_path: Path) -> None:
     async with open_replica(tmp_path / "a", nickname="alice") as alice:
         async with open_replica(tmp_path / "b", nickname="bob") as bob:
             conversation = await direct(alice, bob)
             heard = LocalWrites()
             bob.add_listener(heard)
-            received = []
-            for i in range(3):
-                await alice.send(conversation, Text(f"m{i}"))
-                update = await alice.diff(conversation, await bob.state_vector(conversation))
-                received.append(await bob.receive(conversation, update, origin=alice.peer_id, acknowledge=False))
+            received = [await receive_unacknowledged(alice, bob, conversation, f"m{i}") for i in range(3)]
             for changes in received:
                 bob.acknowledge_nowait(conversation, changes)
             assert heard.local == []  # queued, not written in the caller's task
             with trio.fail_after(10):
                 await heard.written.wait()
             await sync(alice, bob, conversation)
-            last = (await alice.history(conversation))[-1]
-            assert (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED] == [bob.peer_id]
+            assert await delivered_to(alice, conversation) == [bob.peer_id]
         assert len(heard.local) == 1  # one receipt write for the three updates
 
 
@@ -134,23 +142,18 @@ async def test_queued_delivered_receipts_are_written_on_closing(tmp_path: Path) 
     async with open_replica(tmp_path / "a", nickname="alice") as alice:
         async with open_replica(tmp_path / "b", nickname="bob") as bob:
             conversation = await direct(alice, bob)
-            await alice.send(conversation, Text("hello"))
-            update = await alice.diff(conversation, await bob.state_vector(conversation))
-            changes = await bob.receive(conversation, update, origin=alice.peer_id, acknowledge=False)
+            changes = await receive_unacknowledged(alice, bob, conversation, "hello")
             bob.acknowledge_nowait(conversation, changes)  # and close at once
         async with open_replica(tmp_path / "b", nickname="bob") as bob:
             await sync(alice, bob, conversation)
-        last = (await alice.history(conversation))[-1]
-        assert (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED] == [bob.peer_id]
+        assert await delivered_to(alice, conversation) == [bob.peer_id]
 
 
 async def test_delivered_receipts_never_written_are_written_when_the_conversation_loads(tmp_path: Path) -> None:
     async with open_replica(tmp_path / "a", nickname="alice") as alice:
         async with open_replica(tmp_path / "b", nickname="bob") as bob:
             conversation = await direct(alice, bob)
-            await alice.send(conversation, Text("hello"))
-            update = await alice.diff(conversation, await bob.state_vector(conversation))
-            await bob.receive(conversation, update, origin=alice.peer_id, acknowledge=False)  # and never acknowledge
+            await receive_unacknowledged(alice, bob, conversation, "hello")  # and never acknowledge it
         async with open_replica(tmp_path / "b", nickname="bob") as bob:
             heard = LocalWrites()
             bob.add_listener(heard)
@@ -158,8 +161,7 @@ async def test_delivered_receipts_never_written_are_written_when_the_conversatio
             with trio.fail_after(10):
                 await heard.written.wait()
             await sync(alice, bob, conversation)
-        last = (await alice.history(conversation))[-1]
-        assert (await alice.receipts(conversation, last))[ReceiptKind.DELIVERED] == [bob.peer_id]
+        assert await delivered_to(alice, conversation) == [bob.peer_id]
 
 
 async def test_paging_search_edit_delete_react_through_the_index(tmp_path: Path) -> None:
