@@ -21,14 +21,16 @@ What it measures, in one run (each part in its own temporary directory, 127.0.0.
    on the wire in both directions (a counting ``trio.abc.Stream`` around B's socket;
    application bytes, not TCP/IP headers) and time from dialling to B holding the message.
 3. Live latency A -> B at a fixed rate (100 msg/s, paced with ``trio.sleep_until``): from
-   the ``Replica.send`` call on A to the ``MessageReceived`` event on B (both durable).
+   the ``Replica.send`` call on A to the ``MessageReceived`` event on B (both durable);
+   (a) with B in this process, (b) with B reopened in a child process of its own.
 4. Many peers: a hub with N peers (default 10) linked over TCP, each sharing C
    conversations with it (default 2), R msg/s in total (default 200) for S seconds
-   (default 20), half sent by the hub, half by the peers; RSS of the process (all nodes
-   live in it) before and after, delivery latency. ``--full`` runs 50 x 10 x 1000 msg/s x 60 s.
+   (default 20), half sent by the hub, half by the peers; the hub's RSS (it runs alone in
+   a fresh process, the peers in a child process) before and after, delivery latency.
+   ``--full`` runs 50 x 10 x 1000 msg/s x 60 s.
 
-All nodes of a part run in this one process and one trio loop, so A's and B's work (and
-the pycrdt-websocket server's and clients') share the same cores. SQLite runs with
+All nodes of parts 1-3 run in this one process and one trio loop (but for 3b), so A's and
+B's work (and the pycrdt-websocket server's and clients') share the same cores. SQLite runs with
 synchronous=FULL: every durable commit is an fsync, whose cost depends on the disk.
 
 Needs:  pycrdt-websocket (the baseline); trio-websocket is already a gigi-crdt dependency.
@@ -41,6 +43,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import math
 import os
@@ -48,6 +51,7 @@ import platform
 import resource
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +70,7 @@ from pycrdt.websocket import WebsocketServer
 import gigi_crdt.replica as replica_module
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, Text
+from gigi_crdt.model.catchup import RECENT_BYTES
 from gigi_crdt.replica import Replica, open_replica
 from gigi_crdt.store import Store
 from gigi_crdt.store.database import DATABASE_NAME
@@ -357,6 +362,23 @@ class Dialled:
         self.scope.cancel()
 
 
+class Lines:
+    """Lines from a child's stdout (or our stdin), one at a time."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.pending = b""
+
+    async def next(self) -> str | None:
+        while b"\n" not in self.pending:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                return None
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
+
+
 def is_synced(event: Activity) -> bool:
     return isinstance(event, SyncProgress) and event.done == event.total
 
@@ -455,6 +477,7 @@ class Session:
     link: Dialled
     conversation: str
     lag: LoopLag
+    close_b: Callable[[], Awaitable[None]]
 
 
 async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> tuple[GigiSync, Session]:
@@ -462,7 +485,9 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
     names = (ALICE_KEY.peer_id, BOB_KEY.peer_id) if built.signed else (ALICE, BOB)
     a = await nursery_enter(nursery, open_node(built.directory, "alice", names[0], nursery, signer=keys[0]))
     bob_dir = Path(tempfile.mkdtemp(prefix="bob-", dir=base))
-    b = await nursery_enter(nursery, open_node(bob_dir, "bob", names[1], nursery, signer=keys[1]))
+    b_stack = contextlib.AsyncExitStack()  # B alone can be closed (part 3 moves it to a process of its own)
+    _exit_stacks[-1].push_async_callback(b_stack.aclose)
+    b = await b_stack.enter_async_context(open_node(bob_dir, "bob", names[1], nursery, signer=keys[1]))
     port = await serve(nursery, a)
     conv = built.conversation
     lag = LoopLag()
@@ -520,7 +545,7 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
             messages_indexed=count,
             frame_bytes=log[-1][1],
         ),
-        Session(a, b, port, link, conv, lag),
+        Session(a, b, port, link, conv, lag, b_stack.aclose),
     )
 
 
@@ -870,6 +895,7 @@ class Live:
     latencies: list[float]
     after_durable: list[float]
     send_call: list[float]
+    a_commits: list[float]
     behind: int
     missing: int
     worst_lag: float
@@ -878,6 +904,7 @@ class Live:
 
 
 async def bench_live(s: Session, count: int, rate: float, warmup: int) -> Live:
+    """B in this process: its work shares A's GIL and event loop."""
     received: dict[str, float] = {}
 
     def on_event(event: Activity, at: float) -> None:
@@ -885,6 +912,73 @@ async def bench_live(s: Session, count: int, rate: float, warmup: int) -> Live:
             received[event.message.id] = at
 
     s.b.tap.handlers.append(on_event)
+    try:
+        return await send_live(s, received, (s.a, s.b), count, rate, warmup)
+    finally:
+        s.b.tap.handlers.remove(on_event)
+
+
+async def bench_live_apart(s: Session, signed: bool, count: int, rate: float, warmup: int) -> Live:
+    """B reopened in a child process of its own (as on another machine), dialling A again;
+    it reports each MessageReceived with its ``perf_counter`` time (CLOCK_MONOTONIC: the
+    same clock in both processes)."""
+    s.link.hang_up()
+    await s.close_b()
+    command = [sys.executable, __file__, "--live-peer", str(s.b.directory), "--port", str(s.port)]
+    command += [] if signed else ["--unsigned"]
+    received: dict[str, float] = {}
+    ready = trio.Event()
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(
+            functools.partial(trio.run_process, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False)
+        )
+
+        async def read_reports() -> None:
+            reports = Lines(process.stdout)
+            while (line := await reports.next()) is not None:
+                if line == "ready":
+                    ready.set()
+                else:
+                    message_id, at = line.split()
+                    received[message_id] = float(at)
+
+        nursery.start_soon(read_reports)
+        with trio.fail_after(120):
+            await ready.wait()
+        try:
+            return await send_live(s, received, (s.a,), count, rate, warmup)
+        finally:
+            await process.stdin.aclose()
+
+
+async def live_peer(directory: Path, port: int, signed: bool) -> None:
+    """The child of ``bench_live_apart``: B's store, linked to A, reporting on stdout until stdin closes."""
+    async with open_stack() as nursery:
+        peer_id, signer = (BOB_KEY.peer_id, BOB_KEY) if signed else (BOB, None)
+        b = await nursery_enter(nursery, open_node(directory, "bob", peer_id, nursery, signer=signer))
+
+        def report(event: Activity, at: float) -> None:
+            if isinstance(event, MessageReceived):
+                print(f"{event.message.id} {at!r}", flush=True)
+
+        b.tap.handlers.append(report)
+        synced = b.tap.expect(is_synced)
+        Dialled(nursery, b, port)
+        await synced.wait(120)
+        print("ready", flush=True)
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        while await stdin.receive_some():
+            pass
+
+
+async def send_live(
+    s: Session, received: dict[str, float], nodes: Sequence[Node], count: int, rate: float, warmup: int
+) -> Live:
+    """Send from A at ``rate``; ``received`` fills with B's arrival times (by message id)."""
+    # A's commits in its writer thread (SQLite, synchronous=FULL: one fsync each), to tell the disk's share.
+    store = s.a.replica._store
+    a_commit = Timed(store.commit)
+    store.commit = a_commit.wrap_sync()  # type: ignore[method-assign]
     sent: list[tuple[str, float, float]] = []
     behind = 0
     interval = 1.0 / rate
@@ -906,7 +1000,7 @@ async def bench_live(s: Session, count: int, rate: float, warmup: int) -> Live:
             while not last <= received.keys():  # noqa: ASYNC110
                 await trio.sleep(0.01)
     finally:
-        s.b.tap.handlers.remove(on_event)
+        del store.commit
     latencies = [received[m] - t0 for m, t0, _ in sent if m in received]
     after = [received[m] - t1 for m, _, t1 in sent if m in received]
     calls = [t1 - t0 for _, t0, t1 in sent]
@@ -916,15 +1010,16 @@ async def bench_live(s: Session, count: int, rate: float, warmup: int) -> Live:
         latencies,
         after,
         calls,
+        [end - start for start, end in a_commit.calls],
         behind,
         sum(1 for m, _, _ in sent if m not in received),
         s.lag.worst(began, ended),
-        compactions_between((s.a, s.b), began, ended),
+        compactions_between(nodes, began, ended),
         slow,
     )
 
 
-def report_live(r: Live, rate: float) -> None:
+def report_live(r: Live, rate: float, part: str, where: str) -> None:
     def row(label: str, values: list[float]) -> list[object]:
         return [
             label,
@@ -935,18 +1030,20 @@ def report_live(r: Live, rate: float) -> None:
         ]
 
     print_table(
-        f"3. Live latency A -> B at {rate:g} msg/s over loopback TCP ({len(r.latencies)} messages, "
+        f"{part}. Live latency A -> B at {rate:g} msg/s over loopback TCP, {where} ({len(r.latencies)} messages, "
         f"{r.missing} missing, {r.behind} sends started late)",
         ["measure", "p50 ms", "p90 ms", "p99 ms", "max ms"],
         [
             row("A send() call -> MessageReceived on B", r.latencies),
             row("  A send() call (durable on A)", r.send_call),
             row("  send() returned -> MessageReceived on B", r.after_durable),
+            row(f"A's Store.commit calls ({len(r.a_commits)}: sends and B's receipts)", r.a_commits),
         ],
     )
     p99 = percentile(r.latencies, 0.99)
     print(f"target p99 <= 5 ms -> {ms(p99)} ms: {verdict(p99 <= 0.005)}")
-    print("   B's event comes once B merged the update, before B's commit (A's send() waits for A's)")
+    print("   B's event comes once B merged the update, before B's commit (A's send() waits for A's);")
+    print("   a Store.commit call is the writer thread's SQLite transaction with its fsync (synchronous=FULL)")
     print(f"   worst event-loop stall during the run {ms(r.worst_lag)} ms; compactions overlapping it: {r.compactions}")
     if r.slow:
         first, last = r.slow[0][0], r.slow[-1][0]
@@ -968,34 +1065,47 @@ class Crowd:
     rss_end: int
     rss_samples: list[tuple[float, int]]
     peak: int
+    documents: int
+    recent: int  # bytes of recent updates the hub keeps for catch-ups
     sent: int
     delivered: int
     latencies: list[float]
-    behind: int
+    behind: tuple[int, int]  # sends started over 50 ms late: the hub's, the peers'
+    cpu: tuple[float, float]  # CPU seconds per second of the run: the hub's process, the peers'
     dropped: int
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def crowd_peer_id(p: int) -> str:
+    return f"peer-{p:04d}-bench"
+
+
 async def bench_crowd(base: Path, peers: int, per_peer: int, rate: float, seconds: float) -> Crowd:
+    """The hub in this process, its peers in a child process (``crowd_peers``): the RSS
+    measured is the hub's alone. Message i goes out at ``go + i / rate``, the even ones from
+    the hub, the odd ones from the peers, spread over every conversation."""
     setup_start = time.perf_counter()
     async with open_stack() as nursery:
         hub = await nursery_enter(nursery, open_node(base / "hub", "hub", "hub-peer-0000", nursery, 16384))
         port = await serve(nursery, hub)
-        nodes = []
-        for p in range(peers):
-            peer_id = f"peer-{p:04d}-bench"
-            nodes.append(await nursery_enter(nursery, open_node(base / peer_id, f"p{p}", peer_id, nursery, 16384)))
-        convs: list[tuple[str, Node]] = []  # (conversation, the peer sharing it with the hub)
-        for node in nodes:
-            for _ in range(per_peer):
-                conv = await hub.replica.create_conversation(
-                    ConversationKind.DIRECT, others={node.replica.peer_id: node.replica.nickname}
-                )
-                convs.append((conv, node))
-        synced = [n.tap.expect(lambda e: is_synced(e) and e.total == per_peer) for n in nodes]  # type: ignore[union-attr]
-        for node in nodes:
-            Dialled(nursery, node, port)
-        for waiter in synced:
-            await waiter.wait(120)
+        convs = [
+            await hub.replica.create_conversation(ConversationKind.DIRECT, others={crowd_peer_id(p): f"p{p}"})
+            for p in range(peers)
+            for _ in range(per_peer)
+        ]
+        command = [sys.executable, __file__, "--crowd-peers", str(base / "peers"), "--port", str(port)]
+        command += ["--peers", str(peers), "--conversations", str(per_peer), "--crowd-rate", str(rate)]
+        command += ["--seconds", str(seconds)]
+        process = await nursery.start(
+            functools.partial(trio.run_process, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False)
+        )
+        child = Lines(process.stdout)
+        with trio.fail_after(600):
+            assert await child.next() == "ready"
         setup = time.perf_counter() - setup_start
 
         received: dict[str, float] = {}
@@ -1004,43 +1114,50 @@ async def bench_crowd(base: Path, peers: int, per_peer: int, rate: float, second
             if isinstance(event, MessageReceived):
                 received[event.message.id] = at
 
-        for node in [hub, *nodes]:
-            node.tap.handlers.append(on_event)
+        hub.tap.handlers.append(on_event)
         gc.collect()
         rss_start = rss_bytes()
         samples = [(0.0, rss_start)]
         sent: dict[str, float] = {}
-        behind = 0
         total = int(rate * seconds)
-        interval = 1.0 / rate
+        go = time.perf_counter() + 0.5
+        await process.stdin.send_all(f"{go!r}\n".encode())
+        cpu_start = cpu_seconds()
 
         async def send_one(i: int) -> None:
-            conv, peer = convs[i % len(convs)]
-            sender = hub if (i // len(convs)) % 2 == 0 else peer
             t0 = time.perf_counter()
-            message_id = await sender.replica.send(conv, text_for(i))
-            sent[message_id] = t0
+            sent[await hub.replica.send(convs[(i // 2) % len(convs)], text_for(i))] = t0
 
-        begin = trio.current_time() + 0.05
-        next_sample = 5.0
-        async with trio.open_nursery() as senders:
-            for i in range(total):
-                deadline = begin + i * interval
-                if trio.current_time() > deadline + 0.05:
-                    behind += 1
-                await trio.sleep_until(deadline)
-                senders.start_soon(send_one, i)
-                if i * interval >= next_sample:
-                    samples.append((i * interval, rss_bytes()))
-                    next_sample += 5.0
+        hub_behind = await send_on_schedule(send_one, range(0, total, 2), go, rate, samples)
+        hub_cpu = (cpu_seconds() - cpu_start) / (time.perf_counter() - go)
         with trio.move_on_after(30):
-            while not sent.keys() <= received.keys():  # noqa: ASYNC110
+            while len(received) < total // 2:  # noqa: ASYNC110 (the peers' messages)
                 await trio.sleep(0.05)
         gc.collect()
         rss_end = rss_bytes()
         samples.append((seconds, rss_end))
-        latencies = [received[m] - t for m, t in sent.items() if m in received]
-        dropped = sum(n.tap.dropped for n in [hub, *nodes])
+        recent = sum(doc._recent._bytes for doc in hub.replica._conversations.values())
+        await process.stdin.send_all(b"stop\n")
+        peers_sent: dict[str, float] = {}
+        peers_received: dict[str, float] = {}
+        peers_behind, peers_cpu = 0, math.nan
+        dropped = hub.tap.dropped
+        while (line := await child.next()) is not None:
+            kind, *fields = line.split()
+            if kind == "sent":
+                peers_sent[fields[0]] = float(fields[1])
+            elif kind == "got":
+                peers_received[fields[0]] = float(fields[1])
+            elif kind == "behind":
+                peers_behind = int(fields[0])
+            elif kind == "cpu":
+                peers_cpu = float(fields[0])
+            elif kind == "dropped":
+                dropped += int(fields[0])
+        peak = peak_rss_bytes()
+        documents = await fresh_documents_rss(hub, convs)
+    pairs = [(sent, peers_received), (peers_sent, received)]
+    latencies = [got[m] - t for out, got in pairs for m, t in out.items() if m in got]
     return Crowd(
         peers,
         per_peer,
@@ -1050,28 +1167,120 @@ async def bench_crowd(base: Path, peers: int, per_peer: int, rate: float, second
         rss_start,
         rss_end,
         samples,
-        peak_rss_bytes(),
-        len(sent),
-        sum(1 for m in sent if m in received),
+        peak,
+        documents,
+        recent,
+        len(sent) + len(peers_sent),
+        len(latencies),
         latencies,
-        behind,
+        (hub_behind, peers_behind),
+        (hub_cpu, peers_cpu),
         dropped,
     )
 
 
+async def fresh_documents_rss(hub: Node, convs: list[str]) -> int:
+    """What the hub's conversations take as plain pycrdt documents, loaded anew: the growth
+    a node cannot avoid while it keeps them in memory (what it grew beyond is its own)."""
+    updates = [await hub.replica.diff(conv, None) for conv in convs]
+    gc.collect()
+    before = rss_bytes()
+    docs: list[Doc[Any]] = []
+    for update in updates:
+        doc: Doc[Any] = Doc()
+        doc.apply_update(update)
+        docs.append(doc)
+    return rss_bytes() - before
+
+
+async def send_on_schedule(
+    send_one: Callable[[int], Awaitable[None]],
+    numbers: range,
+    go: float,
+    rate: float,
+    samples: list[tuple[float, int]] | None = None,
+) -> int:
+    """Start message i at ``go + i / rate`` (``perf_counter`` time), each in a task of its
+    own; sample the RSS every 5 s if asked. Returns how many started over 50 ms late."""
+    offset = trio.current_time() - time.perf_counter()
+    behind = 0
+    next_sample = 5.0
+    async with trio.open_nursery() as senders:
+        for i in numbers:
+            deadline = go + i / rate + offset
+            if trio.current_time() > deadline + 0.05:
+                behind += 1
+            await trio.sleep_until(deadline)
+            senders.start_soon(send_one, i)
+            if samples is not None and i / rate >= next_sample:
+                samples.append((i / rate, rss_bytes()))
+                next_sample += 5.0
+    return behind
+
+
+async def crowd_peers(directory: Path, port: int, peers: int, per_peer: int, rate: float, seconds: float) -> None:
+    """The child of ``bench_crowd``: every peer linked to the hub at ``port``, sending the odd
+    messages once told when to start; reports what it sent and received when told to stop."""
+    async with open_stack() as nursery:
+        nodes: list[Node] = []
+        for p in range(peers):
+            peer_id = crowd_peer_id(p)
+            nodes.append(await nursery_enter(nursery, open_node(directory / peer_id, f"p{p}", peer_id, nursery, 16384)))
+        received: dict[str, float] = {}
+
+        def on_event(event: Activity, at: float) -> None:
+            if isinstance(event, MessageReceived):
+                received[event.message.id] = at
+
+        synced = [n.tap.expect(lambda e: is_synced(e) and e.total == per_peer) for n in nodes]  # type: ignore[union-attr]
+        async with trio.open_nursery() as links:  # closed before the stores, so no write fails under a link
+            for node in nodes:
+                node.tap.handlers.append(on_event)
+                Dialled(links, node, port)
+            for waiter in synced:
+                await waiter.wait(300)
+            convs = [(c.metadata.id, node) for node in nodes for c in await node.replica.conversations()]
+            print("ready", flush=True)
+            parent = Lines(trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())))
+            go = float(await parent.next() or "nan")
+            sent: dict[str, float] = {}
+
+            async def send_one(i: int) -> None:
+                conv, node = convs[(i // 2) % len(convs)]
+                t0 = time.perf_counter()
+                sent[await node.replica.send(conv, text_for(i))] = t0
+
+            cpu_start = cpu_seconds()
+            behind = await send_on_schedule(send_one, range(1, int(rate * seconds), 2), go, rate)
+            cpu = (cpu_seconds() - cpu_start) / (time.perf_counter() - go)
+            await parent.next()  # stop
+            links.cancel_scope.cancel()
+        lines = [f"sent {m} {t!r}" for m, t in sent.items()] + [f"got {m} {t!r}" for m, t in received.items()]
+        lines += [f"behind {behind}", f"cpu {cpu!r}", f"dropped {sum(n.tap.dropped for n in nodes)}"]
+        print("\n".join(lines), flush=True)
+
+
 def report_crowd(c: Crowd) -> None:
-    n_nodes = c.peers + 1
     lat = c.latencies or [math.nan]
     rows = [
         ["setup: open nodes, create conversations, link, sync", f"{c.setup:.2f} s"],
-        ["RSS after setup (start)", f"{mib(c.rss_start)} MiB"],
-        ["RSS at the end (after gc)", f"{mib(c.rss_end)} MiB"],
+        ["hub's RSS after setup (start)", f"{mib(c.rss_start)} MiB"],
+        ["hub's RSS at the end (after gc)", f"{mib(c.rss_end)} MiB"],
         ["growth", f"{mib(c.rss_end - c.rss_start)} MiB ({(c.rss_end - c.rss_start) / max(c.sent, 1):,.0f} B/msg)"],
-        ["peak RSS of the process (VmHWM, whole run)", f"{mib(c.peak)} MiB"],
+        [
+            f"the hub's {c.peers * c.conversations} documents (set-up included) loaded anew into pycrdt Docs",
+            f"{mib(c.documents)} MiB ({c.documents / max(c.sent, 1):,.0f} B/msg)",
+        ],
+        [
+            f"recent updates the hub keeps for catch-ups (<= {RECENT_BYTES // 1024} KiB a conversation)",
+            f"{mib(c.recent)} MiB",
+        ],
+        ["hub's peak RSS (VmHWM, whole run)", f"{mib(c.peak)} MiB"],
         ["RSS samples (s: MiB)", "  ".join(f"{t:.0f}:{mib(r)}" for t, r in c.rss_samples)],
         ["messages sent / delivered", f"{c.sent:,} / {c.delivered:,}"],
         ["send -> MessageReceived p50 / p99", f"{ms(percentile(lat, 0.5))} / {ms(percentile(lat, 0.99))} ms"],
-        ["sends started > 50 ms late", f"{c.behind:,}"],
+        ["sends started > 50 ms late: hub / peers", f"{c.behind[0]:,} / {c.behind[1]:,}"],
+        ["CPU busy while sending: hub / peers' process", f"{c.cpu[0]:.0%} / {c.cpu[1]:.0%} of a core"],
         ["events dropped (app fell behind)", f"{c.dropped:,}"],
     ]
     print_table(
@@ -1080,8 +1289,8 @@ def report_crowd(c: Crowd) -> None:
         ["measure", "value"],
         rows,
     )
-    print(f"   run in a fresh process holding all {n_nodes} nodes (hub + peers, each with its own SQLite store):")
-    print("   RSS is theirs together; half the messages are sent by the hub, half by the peers")
+    print("   the hub alone in a fresh process, its peers together in a child process (each node with its own")
+    print("   SQLite store); half the messages are sent by the hub, half by the peers; latency both ways")
 
 
 # -- main ------------------------------------------------------------------------------
@@ -1107,7 +1316,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="part 4 at full size: 50 peers x 10, 1000 msg/s, 60 s")
     parser.add_argument("--skip-crowd", action="store_true", help="skip part 4")
     parser.add_argument("--compaction-timeout", type=float, default=30.0, help="max wait for post-sync compactions")
-    parser.add_argument("--crowd-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--crowd-only", action="store_true", help="run part 4 only")
+    parser.add_argument("--live-peer", type=Path, default=None, help=argparse.SUPPRESS)  # B's directory (part 3b)
+    parser.add_argument("--crowd-peers", type=Path, default=None, help=argparse.SUPPRESS)  # part 4's child
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)  # A's or the hub's, for the children
     parser.add_argument("--dir", type=Path, default=None, help="where temporary data goes (default: system tmp)")
     args = parser.parse_args()
     if args.full:
@@ -1124,6 +1336,12 @@ async def crowd_only(args: argparse.Namespace) -> None:
 async def main(args: argparse.Namespace) -> None:
     if args.crowd_only:
         await crowd_only(args)
+        return
+    if args.live_peer:
+        await live_peer(args.live_peer, args.port, not args.unsigned)
+        return
+    if args.crowd_peers:
+        await crowd_peers(args.crowd_peers, args.port, args.peers, args.conversations, args.crowd_rate, args.seconds)
         return
     print_header(args)
     started = time.perf_counter()
@@ -1158,7 +1376,9 @@ async def main(args: argparse.Namespace) -> None:
                     reconnects = await bench_reconnects(nursery, session, args.reconnects, args.settle)
                     report_reconnects(reconnects, args.settle)
                     live = await bench_live(session, args.live, args.rate, warmup=20)
-                    report_live(live, args.rate)
+                    report_live(live, args.rate, "3a", "B in this process (one GIL and event loop with A)")
+                    apart = await bench_live_apart(session, not args.unsigned, args.live, args.rate, warmup=20)
+                    report_live(apart, args.rate, "3b", "B in a process of its own")
     if not args.skip_crowd:
         # A fresh process, so that its RSS is not the 10^5-message documents of parts 1-3.
         command = [sys.executable, __file__, "--crowd-only", "--peers", str(args.peers)]
