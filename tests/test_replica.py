@@ -33,7 +33,7 @@ from gigi_crdt.model import Changes, Conversation, HybridClock, UnsafeUpdate
 from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES
 from gigi_crdt.model.ops import Posted, encode_op
 from gigi_crdt.model.yupdate import check_update
-from gigi_crdt.replica import RESTORE_INTERVAL
+from gigi_crdt.replica import ACKNOWLEDGE_DELAY, RESTORE_INTERVAL
 from gigi_crdt.store import Record, Store
 
 
@@ -136,6 +136,27 @@ async def test_queued_delivered_receipts_are_written_together_in_the_background(
             await sync(alice, bob, conversation)
             assert await delivered_to(alice, conversation) == [bob.peer_id]
         assert len(heard.local) == 1  # one receipt write for the three updates
+
+
+async def test_delivered_receipts_queued_shortly_after_another_share_its_write(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        async with open_replica(tmp_path / "b", nickname="bob") as bob:
+            conversation = await direct(alice, bob)
+            heard = LocalWrites()
+            bob.add_listener(heard)
+            bob.acknowledge_nowait(conversation, await receive_unacknowledged(alice, bob, conversation, "one"))
+            await trio.testing.wait_all_tasks_blocked()  # the writer woke, and waits for more
+            bob.acknowledge_nowait(conversation, await receive_unacknowledged(alice, bob, conversation, "two"))
+            assert bob.acknowledging
+            mock_clock.jump(ACKNOWLEDGE_DELAY)  # the clock stood still meanwhile
+            await heard.written.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not bob.acknowledging
+            await sync(alice, bob, conversation)
+            assert await delivered_to(alice, conversation) == [bob.peer_id]  # up to "two"
+        assert len(heard.local) == 1
 
 
 async def test_queued_delivered_receipts_are_written_on_closing(tmp_path: Path) -> None:

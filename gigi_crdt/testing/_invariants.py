@@ -128,7 +128,10 @@ async def expected_holders(network: Network, conversation: str) -> tuple[list[Si
 async def converged(network: Network, conversations: Sequence[str]) -> bool:
     """True once every conversation's expected holders hold it with equal state vectors,
     and each holder's index has caught up with its document (received updates are
-    merged into the document first and committed with their index rows a moment later)."""
+    merged into the document first and committed with their index rows a moment later),
+    and no node has delivered receipts still to write (they wait a moment for others)."""
+    if any(node.replica is not None and node.replica.acknowledging for node in network.nodes):
+        return False
     for conversation in conversations:
         expected, _ = await expected_holders(network, conversation)
         vectors = set()
