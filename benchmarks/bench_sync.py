@@ -379,6 +379,16 @@ class Lines:
         return line.decode()
 
 
+def arrivals_into(received: dict[str, float]) -> Callable[[Activity, float], None]:
+    """A ``Tap`` handler keeping each ``MessageReceived``'s arrival time by message id."""
+
+    def on_event(event: Activity, at: float) -> None:
+        if isinstance(event, MessageReceived):
+            received[event.message.id] = at
+
+    return on_event
+
+
 def is_synced(event: Activity) -> bool:
     return isinstance(event, SyncProgress) and event.done == event.total
 
@@ -906,11 +916,7 @@ class Live:
 async def bench_live(s: Session, count: int, rate: float, warmup: int) -> Live:
     """B in this process: its work shares A's GIL and event loop."""
     received: dict[str, float] = {}
-
-    def on_event(event: Activity, at: float) -> None:
-        if isinstance(event, MessageReceived):
-            received[event.message.id] = at
-
+    on_event = arrivals_into(received)
     s.b.tap.handlers.append(on_event)
     try:
         return await send_live(s, received, (s.a, s.b), count, rate, warmup)
@@ -1109,11 +1115,7 @@ async def bench_crowd(base: Path, peers: int, per_peer: int, rate: float, second
         setup = time.perf_counter() - setup_start
 
         received: dict[str, float] = {}
-
-        def on_event(event: Activity, at: float) -> None:
-            if isinstance(event, MessageReceived):
-                received[event.message.id] = at
-
+        on_event = arrivals_into(received)
         hub.tap.handlers.append(on_event)
         gc.collect()
         rss_start = rss_bytes()
@@ -1227,11 +1229,7 @@ async def crowd_peers(directory: Path, port: int, peers: int, per_peer: int, rat
             peer_id = crowd_peer_id(p)
             nodes.append(await nursery_enter(nursery, open_node(directory / peer_id, f"p{p}", peer_id, nursery, 16384)))
         received: dict[str, float] = {}
-
-        def on_event(event: Activity, at: float) -> None:
-            if isinstance(event, MessageReceived):
-                received[event.message.id] = at
-
+        on_event = arrivals_into(received)
         synced = [n.tap.expect(lambda e: is_synced(e) and e.total == per_peer) for n in nodes]  # type: ignore[union-attr]
         async with trio.open_nursery() as links:  # closed before the stores, so no write fails under a link
             for node in nodes:
