@@ -191,6 +191,7 @@ class Replica:
         self._restored: dict[str, float] = {}  # conversation -> when we last wrote signed records back
         self._unacknowledged: dict[str, set[str]] = {}  # conversation -> authors owed a delivered receipt
         self._flushes = 0  # writes of queued receipts under way
+        self._receiving = 0  # calls of ``receive`` under way (see ``settled``)
         self._acknowledgements_wanted = trio.Event()
 
     # -- conversations -------------------------------------------------------------
@@ -390,6 +391,22 @@ class Replica:
 
         ``heads`` are signed heads sent beside the update (``heads_for``).
         """
+        self._receiving += 1
+        try:
+            return await self._receive(conversation, update, origin, acknowledge, applied, proving, heads)
+        finally:
+            self._receiving -= 1
+
+    async def _receive(
+        self,
+        conversation: str,
+        update: bytes,
+        origin: str | None,
+        acknowledge: bool,
+        applied: Callable[[Changes], None] | None,
+        proving: bool,
+        heads: Iterable[Mapping[str, object]],
+    ) -> Changes:
         summary = await check_remote_update(update)
         new = False
         try:
@@ -411,12 +428,11 @@ class Replica:
         state_vector = doc.state_vector()
         waiting = left_waiting(summary, state_vector)
         if waiting:
-            doc.note_waiting(update)
-            changes.waiting = True
-        # Structs left waiting may change nothing yet, but yrs integrates them, with no
-        # event, when the gap fills: they must be stored too, or a restart loses them
-        # while our state vector tells peers we have them.
-        news = bool(changes) or state_vector != before or waiting
+            changes.waiting = doc.note_waiting(update)
+        # Structs left waiting may change nothing yet, but they are integrated when the gap
+        # fills: they must be stored too, or a restart loses them while our state vector
+        # tells peers we have them. Only once, though: catch-ups carry them round after round.
+        news = bool(changes) or state_vector != before or changes.waiting
         if applied is not None and changes:
             applied(changes)
         await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting)
@@ -475,6 +491,13 @@ class Replica:
     def acknowledging(self) -> bool:
         """Whether delivered receipts are queued (``acknowledge_nowait``) or being written."""
         return bool(self._unacknowledged) or self._flushes > 0
+
+    @property
+    def settled(self) -> bool:
+        """Whether nothing is under way that will change a document: no update being
+        received or committed, no delivered receipt queued or being written. (A caller of
+        ``receive(acknowledge=False)`` must queue its receipt before its next checkpoint.)"""
+        return not (self._receiving or self.acknowledging or any(self._in_flight.values()))
 
     async def _flush_acknowledgements(self) -> None:
         """Write every queued delivered receipt, the conversations side by side (the store
@@ -591,14 +614,14 @@ class Replica:
                 # are on disk, or the reloaded copy would miss them and later write beside them.
                 while self._in_flight.get(conversation):
                     await self._settled.setdefault(conversation, trio.Event()).wait()
-                updates = await self._worker.read(self._store.load_updates, conversation)
-                waiting = await self._worker.read(self._store.waiting_updates, conversation)
+                log = await self._worker.read(self._store.load_log, conversation)
                 held = _parse_held(await self._worker.read(self._store.signed_records, conversation))
                 doc = await trio.to_thread.run_sync(
-                    Conversation.from_updates, updates, self.peer_id, self._clock, self._signer, held
+                    Conversation.from_log, log, self.peer_id, self._clock, self._signer, held
                 )
-                for update in waiting:
-                    doc.note_waiting(update)
+                for update, waiting in log:
+                    if waiting:
+                        doc.note_waiting(update)
                 self._hold(conversation, doc)
                 await self._index_missed(conversation, doc)
                 if doc.is_member(self.peer_id):

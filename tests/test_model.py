@@ -205,8 +205,8 @@ def test_a_member_record_whose_overwrite_is_half_applied_stays_known() -> None:
 
 def test_structs_waiting_for_a_dependency_are_part_of_every_catch_up() -> None:
     # Two replicas with equal state vectors can differ by structs that wait: no state
-    # vector counts them, so no diff against one carries them, yet yrs shows those whose
-    # origins it has. Whoever holds them must pass them on.
+    # vector counts them, so no diff against one carries them. Whoever holds them must
+    # pass them on.
     admin, bob = admin_and_member()
     carol = Conversation.from_updates([admin.diff()], CAROL, fixed_clock())
     first = bob.post(Text("one"), "bob").update
@@ -377,7 +377,8 @@ def test_entries_keep_their_sequence_numbers_while_a_tombstone_waits() -> None:
         bob.apply_remote(alice.post(Text(f"m{i}"), "alice").update)
     ids = [m.id for m in alice.history()]
     deletion = alice.delete(ids[1])
-    bob.apply_remote(get_update(deletion.update, alice.state_vector()))  # its delete set alone
+    alone = bob.apply_remote(get_update(deletion.update, alice.state_vector()))  # its delete set alone
+    assert alone.vanished == [(ALICE, 1)]  # the index drops the message until its tombstone comes
     assert [(e.seq, e.op.id) for e in bob.entries() if isinstance(e.op, Posted)] == [
         (0, ids[0]),
         (2, ids[2]),
@@ -385,5 +386,5 @@ def test_entries_keep_their_sequence_numbers_while_a_tombstone_waits() -> None:
     ]
     assert [e.seq for e in bob.changes_since({ALICE: 2}).entries] == [2, 3]
     changes = bob.apply_remote(deletion.update)
-    assert [(e.seq, type(e.op).__name__) for e in changes.entries] == [(4, "Deleted")]
+    assert [(e.seq, type(e.op).__name__) for e in changes.entries] == [(1, "Tombstone"), (4, "Deleted")]
     assert texts(bob) == texts(alice) == ["m0", None, "m2", "m3"]

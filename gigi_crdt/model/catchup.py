@@ -3,9 +3,10 @@
 Two things no state vector tells:
 
 * **What waits.** yrs keeps structs whose dependencies it lacks, and deletions of items
-  it lacks, until those come; no state vector counts them, so no diff carries them, yet
-  yrs may show some of them already. ``unintegrated`` finds them in an update, and a
-  conversation adds them to every catch-up until they are integrated (``Pending``).
+  it lacks, until those come (and a conversation holds back structs past a gap in their
+  client's clocks: see ``gaps``); no state vector counts them, so no diff carries them.
+  ``unintegrated`` finds them in an update, and a conversation adds them to every
+  catch-up until they are integrated (``Pending``).
 * **Which deletions a peer lacks.** A diff from yrs carries the document's whole delete
   set, and every write overwrites something (in a signed conversation its author's head;
   in any, a receipt): 4 bytes per past write, 384 KB after 10^5 messages. So a peer
@@ -23,11 +24,11 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pycrdt import get_update, merge_updates
 
-from .ydecode import DecodedUpdate, UnsafeUpdate, clocks_of, decode_update
+from .ydecode import SKIP, DecodedUpdate, UnsafeUpdate, clocks_of, decode_update
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ def covers(theirs: Mapping[int, int], ours: Mapping[int, int]) -> bool:
     return all(theirs.get(client, 0) >= clock for client, clock in ours.items())
 
 
+Runs = dict[tuple[bool, int], list[tuple[int, int]]]
+"""(deletions?, client) -> sorted, disjoint (start, end) clock runs."""
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """What of an update waits: its structs past a state vector, with its whole delete set."""
@@ -47,6 +52,17 @@ class Pending:
     update: bytes
     needs: dict[int, int]
     """Per client, the clock a state vector must reach before all of it is integrated."""
+    runs: Runs = field(default_factory=dict)
+    """The clocks of what waits: its structs, and its deletions past the state vector."""
+
+    def holds(self, other: Pending) -> bool:
+        """True if everything that waits in ``other`` waits here too: an update bringing
+        only that brings nothing new (catch-ups carry what waits, round after round)."""
+        return all(
+            any(start <= low and high <= end for start, end in self.runs.get(key, ()))
+            for key, runs in other.runs.items()
+            for low, high in runs
+        )
 
 
 def unintegrated(update: bytes, state_vector: bytes) -> Pending | None:
@@ -54,10 +70,32 @@ def unintegrated(update: bytes, state_vector: bytes) -> Pending | None:
     it, deletions of items past it), or ``None`` if nothing."""
     rest = get_update(update, state_vector)
     decoded = _decoded(rest)
+    have = clocks_of(state_vector)
     needs = _ends(decoded)
-    for client, end in deletions_past(decoded.delete_set, clocks_of(state_vector)).items():
+    for client, end in deletions_past(decoded.delete_set, have).items():
         needs[client] = max(needs.get(client, 0), end)
-    return Pending(rest, needs) if needs else None
+    if not needs:
+        return None
+    runs: Runs = {}
+    for client, structs in decoded.clients.items():
+        spans = [(s.clock, s.clock + s.length) for s in structs if s.kind != SKIP]
+        runs[(False, client)] = _union([], spans)
+    for client, ranges in decoded.delete_set.items():
+        past = [(clock, clock + length) for clock, length in ranges if clock + length > have.get(client, 0)]
+        if past:
+            runs[(True, client)] = _union([], past)
+    return Pending(rest, needs, runs)
+
+
+def _union(first: Sequence[tuple[int, int]], second: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Two sets of clock runs as one: sorted, touching or overlapping runs joined."""
+    joined: list[tuple[int, int]] = []
+    for start, end in sorted([*first, *second]):
+        if joined and start <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], end))
+        else:
+            joined.append((start, end))
+    return joined
 
 
 def deletions_past(deletes: Mapping[int, Sequence[tuple[int, int]]], have: Mapping[int, int]) -> dict[int, int]:
@@ -92,7 +130,10 @@ def merge_pending(first: Pending | None, second: Pending | None) -> Pending | No
     needs = dict(first.needs)
     for client, clock in second.needs.items():
         needs[client] = max(needs.get(client, 0), clock)
-    return Pending(merge_updates(first.update, second.update), needs)
+    runs = dict(first.runs)
+    for key, spans in second.runs.items():
+        runs[key] = _union(runs.get(key, []), spans)
+    return Pending(merge_updates(first.update, second.update), needs, runs)
 
 
 class RecentUpdates:

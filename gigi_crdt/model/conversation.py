@@ -39,6 +39,7 @@ from .catchup import Pending, RecentUpdates, covers, merge_pending, struct_ends,
 from .chain import AnchorCheck, Chain, commitment, genesis, is_anchor_seq, link_of, verified_entries
 from .clock import TICKS_PER_MS, HybridClock
 from .content import Content, GroupInvite
+from .gaps import Logged, PastGaps, has_gaps, load_document
 from .metadata import (
     ConversationKind,
     Member,
@@ -121,10 +122,15 @@ class Changes:
     """Author -> how much of its stream the document holds with no entry missing below,
     where that is less than the entries suggest (see ``Conversation.apply_remote``)."""
     waiting: bool = False
-    """A remote update left structs waiting for a dependency (set by ``Replica.receive``)."""
+    """A remote update left structs or deletions waiting for a dependency, not all of
+    which were waiting already (set by ``Replica.receive``)."""
+    vanished: list[tuple[str, int]] = field(default_factory=list)
+    """(author, seq) of entries a remote update deleted with nothing in their place yet:
+    a deletion's redaction deletes and inserts, and the insert may wait (``gaps``), for
+    good if its author lost its store. The document shows no message there meanwhile."""
 
     def __bool__(self) -> bool:
-        return bool(self.entries or self.receipts or self.metadata_changed)
+        return bool(self.entries or self.receipts or self.metadata_changed or self.vanished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +203,13 @@ class Conversation:
         # author -> seqs below its cursor whose entry is missing: a replacement (a
         # deletion's tombstone) is a delete plus an insert, and the insert may wait for a
         # dependency after the delete applied. Reported when they show up.
-        self._holes: dict[str, set[int]] = {}
+        self._holes: dict[str, set[int]] = self._find_holes()
+        self._shrunk: set[str] = set()  # buckets a remote update deleted entries of
+        self._refills: list[StreamEntry] = []  # entries that filled holes, since the last apply
         self._unchecked_applies = 0
         self._waiting: Pending | None = None  # structs and deletions that wait for a dependency
         self._recent = RecentUpdates(doc.get_state())  # see ``catch_up``
+        self._past_gaps = PastGaps(doc, _apply)  # structs that wait for earlier clocks of their client
         # pycrdt's observe wrappers convert every field of every event into Python objects up
         # front (state vectors, delete sets, paths), which more than doubled the cost of a live
         # message; the raw events compute only the fields read here. Keep the subscriptions:
@@ -270,12 +279,25 @@ class Conversation:
         signer: Signer | None = None,
         held: Iterable[tuple[str, str, object]] = (),
     ) -> Conversation:
-        """A conversation rebuilt from its stored updates, and from the signed records it
-        held before (``take_unstored_records``: the document alone may show older ones)."""
-        doc: Doc[Any] = Doc()
-        for update in updates:
-            _apply(doc, update)
+        """A conversation rebuilt from updates, each of which may hold structs past a gap
+        (see ``from_log``)."""
+        return cls.from_log((Logged(update, True) for update in updates), local_peer, clock, signer, held)
+
+    @classmethod
+    def from_log(
+        cls,
+        log: Iterable[Logged],
+        local_peer: str,
+        clock: HybridClock,
+        signer: Signer | None = None,
+        held: Iterable[tuple[str, str, object]] = (),
+    ) -> Conversation:
+        """A conversation rebuilt from its stored log (see ``gaps.load_document``), and from
+        the signed records it held before (``take_unstored_records``: the document alone may
+        show older ones)."""
+        doc, past_gaps = load_document(log, _apply)
         conversation = cls(doc, local_peer, clock, signer)
+        conversation._past_gaps = past_gaps
         conversation._hold_stored(held)
         for author in conversation._cursors:
             conversation._observe_last_timestamp(author)
@@ -558,20 +580,22 @@ class Conversation:
         """The Yjs state vector, for sync step 1."""
         return self._doc.get_state()
 
-    def note_waiting(self, update: bytes) -> None:
+    def note_waiting(self, update: bytes) -> bool:
         """Keep what ``update`` (applied already) left waiting for a dependency: structs,
-        or deletions of items we lack.
+        or deletions of items we lack. True if any of it was not waiting already.
 
-        Such structs change nothing yet, or show already: yrs shows those whose origins it
-        has. No state vector counts them, so no diff against one carries them; ``catch_up``
+        Such structs change nothing yet (structs past a gap are held back: see ``gaps``).
+        No state vector counts them, so no diff against one carries them; ``catch_up``
         adds them until they are integrated, and deletions that wait likewise (a diff
         carries only those applied). After a reload they wait again: whoever stored the
         update must note it again (the store marks such updates).
         """
         rest = unintegrated(update, self.state_vector())
-        if rest is not None:
-            self._waiting = merge_pending(self._waiting, rest)
-            self._recent.add(rest.update, rest.needs, self.state_vector(), self._waiting)
+        if rest is None or (self._waiting is not None and self._waiting.holds(rest)):
+            return False
+        self._waiting = merge_pending(self._waiting, rest)
+        self._recent.add(rest.update, rest.needs, self.state_vector(), self._waiting)
+        return True
 
     def catch_up(self, state_vector: bytes | None) -> bytes | None:
         """What a peer with ``state_vector`` lacks, or ``None`` for nothing.
@@ -611,12 +635,15 @@ class Conversation:
             self._remember_written()
             self._writing = False
         had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
-        _apply(self._doc, update)
+        gappy = summary is None or has_gaps(summary, clocks_of(self._doc.get_state()))
+        self._past_gaps.integrate(update, gappy=gappy)
         ends = struct_ends(update) if summary is None else {c: w.clocks[1] for c, w in summary.clients.items()}
         self._recent.add(update, ends, self._doc.get_state(), self._waiting)
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes())
         found = self._take_appended()
+        if self._shrunk:
+            changes.vanished = self._take_vanished()
         self._unchecked_applies += 1
         # Entries yrs integrated without an event show up as a gap at the author's next
         # event (handled in ``_take_appended``); an author with no next event is found by
@@ -634,6 +661,8 @@ class Conversation:
         conversation = self._signed_id()
         if conversation is not None:
             found = self._verify(found, changes)
+            self._add_redactions(found)
+        self._refills.clear()
         for author, entries in found.items():
             changes.entries.extend(entries)
             self._clock.observe(max(_timestamp(entry.op) for entry in entries))
@@ -659,6 +688,19 @@ class Conversation:
                 changes.complete_upto[author] = lowest
         self._heads_moved.clear()
         return verified
+
+    def _add_redactions(self, found: dict[str, list[StreamEntry]]) -> None:
+        """Add to ``found`` the redactions that filled holes where a verified entry was: a
+        chain verifies a seq once (``Chain.add`` takes no second candidate), but the index
+        dropped the message when its entry vanished (``Changes.vanished``) and needs the
+        tombstone to show it again."""
+        for entry in self._refills:
+            chain = self._chains.get(entry.author)
+            if isinstance(entry.op, Tombstone | Redacted) and chain is not None and chain.is_verified(entry.seq):
+                entries = found.setdefault(entry.author, [])
+                if entry not in entries:
+                    entries.append(entry)
+                    entries.sort(key=lambda e: e.seq)
 
     def held_heads(self) -> dict[str, Signed[Head]]:
         """The newest valid head seen of each author (none if the conversation is unsigned)."""
@@ -742,6 +784,7 @@ class Conversation:
                     if entry.seq in holes:
                         holes.discard(entry.seq)
                         filled.setdefault(author, []).append(entry)
+                        self._refills.append(entry)
         self._holes = {author: holes for author, holes in self._holes.items() if holes}
         return filled
 
@@ -809,6 +852,8 @@ class Conversation:
                 elif "insert" in step:
                     self._appended.append((event.path[0], position, step["insert"]))
                     position += len(step["insert"])
+                elif "delete" in step:
+                    self._shrunk.add(event.path[0])
 
     def _observe_last_timestamp(self, author: str) -> None:
         """Let the clock follow the newest timestamp an author has written."""
@@ -847,6 +892,7 @@ class Conversation:
                 elif entry.seq in self._holes.get(author, ()):
                     self._holes[author].discard(entry.seq)
                     late.setdefault(author, []).append(entry)
+                    self._refills.append(entry)
                 elif author in self._chains and not self._chains[author].is_verified(entry.seq):
                     late.setdefault(author, []).append(entry)  # another candidate for that seq
         self._appended.clear()
@@ -865,6 +911,27 @@ class Conversation:
         for author, entries in late.items():
             found[author] = sorted(entries, key=lambda entry: entry.seq) + found.get(author, [])
         return {author: entries for author, entries in found.items() if entries}
+
+    def _take_vanished(self) -> list[tuple[str, int]]:
+        """Entries of the buckets a remote update deleted from that are gone, with nothing
+        in their place (see ``Changes.vanished``); remembered as holes, reported when filled."""
+        vanished: list[tuple[str, int]] = []
+        for key in self._shrunk:
+            place = self._place(key)
+            if place is None:
+                continue
+            author, bucket = place
+            start = bucket * BUCKET_SIZE
+            end = min(start + BUCKET_SIZE, self._cursors.get(author, 0))
+            if self._bucket_length(author, bucket) >= end - start:
+                continue  # replaced in place
+            present = {entry.seq for entry in self._read_bucket(author, bucket, 0)}
+            missing = sorted(set(range(start, end)) - present - self._holes.get(author, set()))
+            if missing:
+                self._holes.setdefault(author, set()).update(missing)
+                vanished.extend((author, seq) for seq in missing)
+        self._shrunk.clear()
+        return vanished
 
     def _read_range(self, author: str, start: int, end: int) -> list[StreamEntry]:
         """The valid entries of ``author``'s stream with ``start <= seq < end``."""
@@ -1345,6 +1412,33 @@ class Conversation:
                 yield parse_entry(author, bucket, raw)
             except SchemaError as exc:
                 log.warning("stream entry %s/%d skipped: %s", author, bucket * BUCKET_SIZE + start + offset, exc)
+
+    def _find_holes(self) -> dict[str, set[int]]:
+        """Seqs an author's stream lacks below its last entry: entries deleted while their
+        replacement waits (see ``Changes.vanished``), found again after a reload. Only a
+        bucket shorter than its entries' seqs say is read whole."""
+        last_bucket: dict[str, int] = {}
+        for key in self._streams.keys():
+            place = self._place(key)
+            if place is not None:
+                last_bucket[place[0]] = max(last_bucket.get(place[0], -1), place[1])
+        holes: dict[str, set[int]] = {}
+        for author, last in last_bucket.items():
+            for bucket in range(last + 1):
+                length = self._bucket_length(author, bucket)
+                if bucket < last:
+                    end = (bucket + 1) * BUCKET_SIZE
+                else:
+                    tail = list(self._read_bucket(author, bucket, length - 1)) if length else []
+                    end = tail[-1].seq + 1 if tail else 0
+                start = bucket * BUCKET_SIZE
+                if not length or end - start <= length:
+                    continue
+                present = {entry.seq for entry in self._read_bucket(author, bucket, 0)}
+                missing = set(range(start, end)) - present
+                if missing:
+                    holes.setdefault(author, set()).update(missing)
+        return holes
 
     def _stream_lengths(self) -> dict[str, int]:
         lengths: dict[str, int] = {}

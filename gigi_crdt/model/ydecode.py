@@ -129,12 +129,26 @@ def decode_update(update: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> Decod
         raise UnsafeUpdate(f"an update is bytes, not {type(update).__name__}")
     if len(update) > limits.max_bytes:
         raise UnsafeUpdate(f"update of {len(update)} bytes exceeds the limit of {limits.max_bytes}")
+    return _run(_Decoder(update, limits))
+
+
+def _run(decoder: _Decoder) -> DecodedUpdate:
     try:
-        return _Decoder(update, limits).update()
+        return decoder.update()
     except IndexError:
         raise UnsafeUpdate("update ends in the middle of a value") from None
     except UnicodeDecodeError as exc:
         raise UnsafeUpdate(f"string is not valid UTF-8 ({exc.reason})") from None
+
+
+def decode_with_offsets(update: bytes) -> tuple[DecodedUpdate, dict[int, list[int]], int]:
+    """``decode_update``, and where things are in ``update``: per client, the offset of each
+    struct and then of the section's end; and the offset of the delete set. Structs of a v1
+    update are self-contained (ids are absolute), so these bytes can be cut and rejoined."""
+    decoder = _Decoder(update, DEFAULT_LIMITS)
+    decoder.offsets = {}
+    decoded = _run(decoder)
+    return decoded, decoder.offsets, decoder.delete_set_at
 
 
 def _varuint_tail(data: bytes, pos: int, first: int) -> tuple[int, int]:
@@ -171,6 +185,10 @@ class _Decoder:
         self.limits = limits
         self.own = b""
         self.records: list[bytes] = []
+        # Per client, where each of its structs starts and (last) where the section ends:
+        # recorded only for ``decode_with_offsets``, to cut an update between structs.
+        self.offsets: dict[int, list[int]] | None = None
+        self.delete_set_at = 0
 
     def update(self) -> DecodedUpdate:
         data = self.data
@@ -178,6 +196,7 @@ class _Decoder:
         count, pos = self.count(0, 5)  # a client section: 3 varuints and a struct of 2 bytes or more
         for _ in range(count):
             pos = self.client_structs(pos, decoded.clients)
+        self.delete_set_at = pos
         count, pos = self.count(pos, 4)  # a client of the delete set: 2 varuints and a range
         for _ in range(count):
             client, pos = self.client_id(pos)
@@ -251,7 +270,10 @@ class _Decoder:
         clients[client] = structs
         data = self.data
         new = tuple.__new__
+        offsets = None if self.offsets is None else self.offsets.setdefault(client, [])
         for _ in range(count):
+            if offsets is not None:
+                offsets.append(pos)
             info = data[pos]
             pos += 1
             if info == GC or info == SKIP:
@@ -266,6 +288,8 @@ class _Decoder:
                 raise UnsafeUpdate(f"struct {client}:{clock} of length {length} ends past 2**31")
             structs.append(struct)
             clock += length
+        if offsets is not None:
+            offsets.append(pos)
         return pos
 
     def item(self, pos: int, info: int, client: int, clock: int) -> tuple[Struct, int]:

@@ -102,6 +102,8 @@ class ClientWrites:
     """Clock units covered by its GC structs."""
     clocks: tuple[int, int]
     """First clock and end clock of its section of the update (Skip structs included)."""
+    skips: bool = False
+    """Whether its section has Skip structs: clocks the update does not hold, between others."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,7 @@ class _Checker:
         keys: set[tuple[str, str]] = set()
         foreign: set[int] = set()
         items = unplaced = garbage = 0
+        skips = False
         starts = self.starts[client]
         slots = self.places[client]
         for index, struct in enumerate(structs):
@@ -162,6 +165,7 @@ class _Checker:
                 garbage += struct.length
                 continue
             if kind == SKIP:
+                skips = True
                 continue
             items += 1
             origin = struct.origin
@@ -188,7 +192,7 @@ class _Checker:
                 foreign.add(parent[0])
         last = structs[-1]
         clocks = (structs[0].clock, last.clock + last.length)
-        return ClientWrites(frozenset(keys), frozenset(foreign), unplaced, items, garbage, clocks)
+        return ClientWrites(frozenset(keys), frozenset(foreign), unplaced, items, garbage, clocks, skips)
 
     def place(self, client: int, index: int) -> Place | None:
         """Where the item lands: from its root and key, or through its anchors in this update.

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pycrdt import Doc, get_update, merge_updates
+from pycrdt import Doc, merge_updates
 
 from ..model.catchup import unintegrated
+from ..model.gaps import Logged, load_document
 
 # pycrdt's merge_updates is quadratic in the number of updates it is given (40k updates
 # took 13 s); merging in groups of this size keeps it O(size x log(count)).
@@ -28,23 +29,19 @@ def merge_all(updates: Sequence[bytes]) -> bytes:
     return level[0] if level else b""
 
 
-def build_snapshot(updates: Sequence[bytes], collect_garbage: bool) -> bytes:
-    """A snapshot of committed ``updates``, losing nothing.
+def build_snapshot(log: Sequence[Logged], collect_garbage: bool) -> bytes:
+    """A snapshot of a committed ``log``, losing nothing but deleted content, and holding
+    no struct past a gap (so that it loads whole, as an update that left nothing waiting).
 
-    Without ``collect_garbage`` it is a plain merge: linear, and cheap enough to run as
-    the log grows. With it, the log is applied to a fresh document, which drops deleted
-    content (a deleted message's text leaves the disk) but also drops structs still
-    waiting for a missing dependency; those are added back from the merged log, so a
-    later update that supplies the dependency still finds them.
+    Without ``collect_garbage``, and if no update of the log left structs waiting, it is a
+    plain merge: linear, and cheap enough to run as the log grows. Else the log is applied
+    to a fresh document, which drops deleted content (a deleted message's text leaves the
+    disk) and holds back or sets aside structs that wait; ``still_waiting`` keeps those.
     """
-    merged = merge_all(updates)
-    if not collect_garbage:
-        return merged
-    doc: Doc[Any] = Doc()
-    for update in updates:
-        doc.apply_update(update)
-    waiting = get_update(merged, doc.get_state())
-    return merge_updates(doc.get_update(), waiting)
+    if not collect_garbage and not any(waiting for _, waiting in log):
+        return merge_all([update for update, _ in log])
+    doc, _ = load_document(log)
+    return doc.get_update()
 
 
 def still_waiting(snapshot: bytes, waiting: Sequence[bytes]) -> bytes:

@@ -57,6 +57,11 @@ def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_b
     New posts go in with one statement (a catch-up may bring 10^5 of them); edits,
     deletions and reactions, which refer to earlier posts, follow in stream order.
     """
+    # Gone from the document until their redaction comes (see ``Changes.vanished``).
+    db.executemany(
+        "DELETE FROM messages WHERE conv = ? AND author = ? AND seq = ?",
+        [(conv, author, seq) for author, seq in changes.vanished],
+    )
     posts = []
     for entry in changes.entries:
         op = entry.op

@@ -17,6 +17,7 @@ from typing import IO, TypeVar
 
 from ..errors import StoreClosed, UnknownConversation
 from ..model import Changes, Member, Metadata
+from ..model.gaps import Logged
 from ..model.ops import Deleted
 from ..model.signed import is_signed
 from . import index
@@ -43,7 +44,7 @@ class Record:
     members: Sequence[Member] = ()
     expire_before: int | None = None  # messages older than this are past retention: not indexed
     generation: int = 0  # the in-memory document it came from; 0: none to track
-    waiting: bool = False  # the update left structs waiting for a dependency (see ``waiting_updates``)
+    waiting: bool = False  # the update left structs waiting for a dependency (see ``load_log``)
     signed: Sequence[tuple[str, str, str]] = ()
     """Signed records held now: (root, key, JSON record); see ``signed_records``."""
 
@@ -119,7 +120,7 @@ class Store:
             [(record.conversation, root, key, value) for root, key, value in record.signed],
         )
 
-    def committed_log(self, conversation: str) -> tuple[int, list[bytes], bool, list[bytes]]:
+    def committed_log(self, conversation: str) -> tuple[int, list[Logged], bool, list[bytes]]:
         """The last row id, every committed update of a conversation, whether deletions
         since the last garbage collection left garbage, and the updates marked as having
         left structs waiting (for compaction)."""
@@ -154,18 +155,21 @@ class Store:
 
         ``collected``: the snapshot was garbage-collected, so the deletion count restarts.
         ``waiting``: structs of the snapshot still waiting for a dependency, kept beside it
-        as a marked row (see ``waiting_updates``).
+        as a marked row (see ``load_log``).
         """
         with self._transaction() as db:
-            db.execute("DELETE FROM yupdates WHERE path = ? AND rowid <= ?", (conversation, upto_row))
-            db.execute("DELETE FROM ycheckpoints WHERE path = ?", (conversation,))
-            db.execute("INSERT INTO yupdates VALUES (?, ?, NULL, ?)", (conversation, snapshot, time.time()))
-            if waiting:
-                db.execute("INSERT INTO yupdates VALUES (?, ?, ?, ?)", (conversation, waiting, WAITING, time.time()))
-            (remaining,) = db.execute(
-                "SELECT coalesce(sum(length(yupdate)), 0) FROM yupdates WHERE path = ? AND rowid > ?",
+            # Rows committed meanwhile must still come after the snapshot: a log is applied
+            # in order (``model.gaps.load_document``). They are few: write them again after it.
+            later = db.execute(
+                "SELECT yupdate, metadata, timestamp FROM yupdates WHERE path = ? AND rowid > ? ORDER BY rowid",
                 (conversation, upto_row),
-            ).fetchone()
+            ).fetchall()
+            db.execute("DELETE FROM yupdates WHERE path = ?", (conversation,))
+            db.execute("DELETE FROM ycheckpoints WHERE path = ?", (conversation,))
+            now = time.time()
+            rows = [(snapshot, None, now)] + ([(waiting, WAITING, now)] if waiting else []) + later
+            db.executemany("INSERT INTO yupdates VALUES (?, ?, ?, ?)", [(conversation, *row) for row in rows])
+            remaining = sum(len(row[0]) for row in rows[1:])
             db.execute(
                 "UPDATE conversations SET log_bytes = ?, snapshot_bytes = ?, "
                 "garbage = CASE WHEN ? THEN 0 ELSE garbage END WHERE id = ?",
@@ -195,8 +199,8 @@ class Store:
 
     # -- reading -------------------------------------------------------------------
 
-    def load_updates(self, conversation: str) -> list[bytes]:
-        """Everything stored for a conversation, to apply to a fresh document."""
+    def load_log(self, conversation: str) -> list[Logged]:
+        """Everything stored for a conversation, in order, to apply to a fresh document."""
         db = self._connection(self._reader)
         with translated(self.path):
             updates = self._log(db, conversation)
@@ -215,27 +219,18 @@ class Store:
             rows = db.execute("SELECT root, key, record FROM signed_records WHERE conv = ?", (conversation,))
             return [(str(root), str(key), str(record)) for root, key, record in rows.fetchall()]
 
-    def waiting_updates(self, conversation: str) -> list[bytes]:
-        """Stored updates that left structs waiting for a dependency when they arrived.
-
-        yrs keeps such structs, and shows some, but no state vector counts them, so the
-        document must be told of them again after a load to pass them on (``note_waiting``).
-        """
-        db = self._connection(self._reader)
-        with translated(self.path):
-            return self._waiting(db, conversation)
-
     def _waiting(self, db: sqlite3.Connection, conversation: str) -> list[bytes]:
         rows = db.execute(
             "SELECT yupdate FROM yupdates WHERE path = ? AND metadata = ? ORDER BY rowid", (conversation, WAITING)
         ).fetchall()
         return [bytes(row[0]) for row in rows]
 
-    def _log(self, db: sqlite3.Connection, conversation: str) -> list[bytes]:
-        # A checkpoint row may exist if pycrdt-store itself wrote to this file.
-        checkpoint = db.execute("SELECT checkpoint FROM ycheckpoints WHERE path = ?", (conversation,)).fetchall()
-        rows = db.execute("SELECT yupdate FROM yupdates WHERE path = ? ORDER BY rowid", (conversation,)).fetchall()
-        return [bytes(row[0]) for row in checkpoint + rows if row[0]]
+    def _log(self, db: sqlite3.Connection, conversation: str) -> list[Logged]:
+        # A checkpoint row may exist if pycrdt-store itself wrote to this file: it holds
+        # whatever was written, so it is cut at gaps like an update that left structs waiting.
+        checkpoint = db.execute("SELECT checkpoint, ? FROM ycheckpoints WHERE path = ?", (WAITING, conversation))
+        rows = db.execute("SELECT yupdate, metadata FROM yupdates WHERE path = ? ORDER BY rowid", (conversation,))
+        return [Logged(bytes(row[0]), row[1] == WAITING) for row in checkpoint.fetchall() + rows.fetchall() if row[0]]
 
     def needs_compaction(self, conversation: str) -> bool:
         """True once the log since the last snapshot is large relative to the snapshot."""

@@ -361,11 +361,11 @@ class SyncEngine:
             log.warning("%s: %s; not stored", self._name(link), exc)
             session.fetching.discard(conversation)
             return
+        self.replica.acknowledge_nowait(conversation, changes)  # no checkpoint before: see ``Replica.settled``
         if fetched:
             session.fetching.discard(conversation)
             if await self.replica.is_member(conversation, link.peer.peer_id):
                 link.shared.add(conversation)
-        self.replica.acknowledge_nowait(conversation, changes)
         if changes.waiting and not catch_up:
             await self._ask_missing(session, conversation)
         if catch_up and conversation in session.catching_up:
@@ -397,10 +397,11 @@ class SyncEngine:
         """Ask a peer that is no member as far as we know, but may hold what we lack, for
         it (our state vector); send it nothing. True if the peer is one of these:
 
-        - it left: its leave may have reached us ahead of its last writes (yrs shows items
-          whose origins it has, even while the same author's earlier items are missing),
-          and no one else may hold them. (A removed member is heard no more: what it wrote
-          and had not shared before its removal is lost.)
+        - it left: its leave may have reached us ahead of its last writes (a leave waits
+          for its Yjs client's earlier writes, but a peer writes under a new client id
+          each time it loads the conversation), and no one else may hold them. (A removed
+          member is heard no more: what it wrote and had not shared before its removal is
+          lost.)
         - it is a stranger to a signed conversation: it may be a member added by a record
           we never saw, whose signature it can show. It is asked for its whole copy (an
           empty state vector: it learns nothing of ours), and its answer is taken only if
