@@ -6,6 +6,8 @@ why latency is real time (milliseconds) rather than MockClock.
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gigi_crdt import ConversationKind, Text, open_replica
+from gigi_crdt.cli.harness import add_harness_command, config_from
 from gigi_crdt.cli.harness import main as harness_main
 from gigi_crdt.protocol.yproto import decode_state_vector
 from gigi_crdt.sync import LinkSettings
@@ -24,6 +27,7 @@ from gigi_crdt.testing import (
     FaultRates,
     Op,
     ScenarioConfig,
+    ScenarioResult,
     ScriptedFaults,
     Step,
     plan_scenario,
@@ -185,6 +189,19 @@ def test_cli_fails_on_violation(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "FAIL" in out
     assert "replay:     gigi-crdt harness" in out
+
+
+@pytest.mark.parametrize("membership", [False, True])
+@pytest.mark.parametrize("tcp", [False, True])
+def test_replay_command_describes_the_same_scenario(membership: bool, tcp: bool) -> None:
+    rates = FaultRates(loss=0.1, dup=0.05, reorder=0.2, latency=0.002)
+    small = SMALL | {"membership": membership}
+    config = ScenarioConfig(seed=7, rates=rates, partitions=2, crashes=1, tcp=tcp, **small)  # type: ignore[arg-type]
+    parser = argparse.ArgumentParser()
+    add_harness_command(parser.add_subparsers(dest="command"))
+    replay = shlex.split(ScenarioResult(config).replay_command())
+    assert replay[:2] == ["gigi-crdt", "harness"]
+    assert config_from(parser.parse_args(replay[1:])) == config
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,12 @@ def add_harness_command(subparsers: argparse._SubParsersAction[argparse.Argument
     add("--lose-store", type=_bounded(float, 0, 1), default=0.3, help="chance a crash loses the store (0.3)")
     add("--anti-entropy", type=_bounded(float, 0.01, 3600), default=0.3, help="seconds between rounds (0.3)")
     add("--timeout", type=_bounded(float, 0.1, 3600), default=60.0, help="seconds to wait for convergence (60)")
+    add(
+        "--no-membership",
+        dest="membership",
+        action="store_false",
+        help="leave out join and leave operations (members stay as created)",
+    )
     add("--tcp", action="store_true", help="link over real loopback TCP (127.0.0.1) instead of memory streams")
     return parser
 
@@ -81,6 +87,7 @@ def config_from(arguments: argparse.Namespace) -> ScenarioConfig:
         rates=rates,
         anti_entropy=arguments.anti_entropy,
         converge_timeout=arguments.timeout,
+        membership=arguments.membership,
         tcp=arguments.tcp,
     )
 

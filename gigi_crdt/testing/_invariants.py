@@ -9,7 +9,9 @@ of who else is in the group does not count.) Then:
 - their transcripts are identical: the index (``Replica.history``, whole) and the
   document (``Replica.export``) each give the same ordered list of messages on every one;
 - every acknowledged message (a ``send`` that returned) is present on all of them, unless
-  its author lost its store before the message reached any other node that was up;
+  its author lost its store before the message reached any other node that was up (a
+  message reaches a node once every earlier write of its Yjs client has: see
+  ``model.gaps``), or before its deletion did;
 - no node that was never a member holds it;
 - receipt counters, sampled during the run on every node, never went down.
 """
@@ -45,6 +47,7 @@ class Ledger:
 
     acked: dict[str, str] = field(default_factory=dict)  # message id -> conversation id
     orphaned: set[str] = field(default_factory=set)  # acked, then lost with their only store
+    deleted: set[str] = field(default_factory=set)  # acked, then deleted by their author
     authored: dict[str, list[str]] = field(default_factory=dict)  # peer id -> its acked ids
     receipt_seqs: dict[tuple[str, ...], int] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
@@ -75,13 +78,19 @@ class Ledger:
                     self.receipt_seqs[key] = max(before, receipt.seq)
 
     async def forget_store(self, peer_id: str, others: Sequence[SimNode]) -> None:
-        """``peer_id`` lost its store: its messages that no other up node has are gone."""
+        """``peer_id`` lost its store: its messages that no other up node has are gone, and
+        so are those it deleted that no other up node shows deleted: the deletion's delete
+        may have gone out while its redaction did not (see ``Changes.vanished``)."""
         mine = set(self.authored.get(peer_id, []))
         elsewhere: set[str] = set()
+        shown_deleted: set[str] = set()
         for conversation in {self.acked[m] for m in mine}:
             for other in others:
-                elsewhere.update(m.id for m in await _history(other, conversation))
-        self.orphaned.update(mine - elsewhere)
+                for message in await _history(other, conversation):
+                    elsewhere.add(message.id)
+                    if message.deleted_at is not None:
+                        shown_deleted.add(message.id)
+        self.orphaned.update(mine - elsewhere, (mine & self.deleted) - shown_deleted)
 
 
 async def _history(node: SimNode, conversation: str) -> list[Message]:
@@ -126,27 +135,33 @@ async def expected_holders(network: Network, conversation: str) -> tuple[list[Si
 
 
 async def converged(network: Network, conversations: Sequence[str]) -> bool:
-    """True once every conversation's expected holders hold it with equal state vectors,
-    and each holder's index has caught up with its document (received updates are
-    merged into the document first and committed with their index rows a moment later),
-    and no node has delivered receipts still to write (they wait a moment for others)."""
-    if any(node.replica is not None and node.replica.acknowledging for node in network.nodes):
+    """True once every conversation's expected holders hold it with equal state vectors and
+    equal transcripts, and each holder's index has caught up with its document (received
+    updates are merged into the document first and committed with their index rows a
+    moment later); and no node had anything under way, before the checks or after them
+    (a receipt written meanwhile would change a state vector already compared)."""
+    if not _settled(network):
         return False
     for conversation in conversations:
         expected, _ = await expected_holders(network, conversation)
         vectors = set()
+        transcripts = []
         for node in expected:
             if not await holds(node, conversation):
                 return False
-            vectors.add(await state_of(node, conversation))
-        if len(vectors) > 1:
-            return False
-        for node in expected:
             assert node.replica is not None
+            vectors.add(await state_of(node, conversation))
             history = await node.replica.history(conversation, limit=HISTORY_LIMIT)
             if history != await node.replica.export(conversation):
                 return False
-    return True
+            transcripts.append(history)
+        if len(vectors) > 1 or any(transcript != transcripts[0] for transcript in transcripts):
+            return False
+    return _settled(network)
+
+
+def _settled(network: Network) -> bool:
+    return all(node.replica is None or node.replica.settled for node in network.nodes)
 
 
 async def check_all(network: Network, conversations: Sequence[str], ledger: Ledger) -> list[Violation]:
