@@ -6,28 +6,21 @@ showed depended on how the structs were split into updates, with equal state vec
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_helpers import ALICE, fixed_clock, group
 from pycrdt import Array, Doc, Map, merge_updates
 
 from gigi_crdt import Text
-from gigi_crdt.model import Conversation, ConversationKind, HybridClock, ReceiptKind
+from gigi_crdt.model import Conversation, ReceiptKind
 from gigi_crdt.model.gaps import Logged, PastGaps, cut_at_gaps, has_gaps, load_document
 from gigi_crdt.model.view import Message
 from gigi_crdt.model.ydecode import clocks_of, decode_update
 from gigi_crdt.model.yupdate import check_update
 from gigi_crdt.store.compaction import build_snapshot, still_waiting
-
-ALICE, BOB, CAROL = "alice-peer-01", "bob-peer-0002", "carol-peer-03"
-
-
-def fixed_clock() -> HybridClock:
-    counter = itertools.count(1_700_000_000_000)
-    return HybridClock(lambda: next(counter))
 
 
 def writes(count: int) -> tuple[list[bytes], Doc[Any]]:
@@ -146,20 +139,6 @@ def test_what_shows_depends_on_what_came_not_on_how_it_was_split(data: st.DataOb
 
 
 # -- the case the harness found ------------------------------------------------------------
-
-
-def group() -> tuple[Conversation, Conversation, Conversation]:
-    alice, written = Conversation.create(
-        kind=ConversationKind.GROUP,
-        title="g",
-        local_peer=ALICE,
-        nickname="alice",
-        clock=fixed_clock(),
-        others={BOB: "bob", CAROL: "carol"},
-    )
-    bob = Conversation.from_updates([written.update], BOB, fixed_clock())
-    carol = Conversation.from_updates([written.update], CAROL, fixed_clock())
-    return alice, bob, carol
 
 
 def ids(history: list[Message]) -> list[str]:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import weakref
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_helpers import ALICE, BOB, CAROL, PEERS, fixed_clock, group
 from pycrdt import Array, Doc, Map, get_update
 
 from gigi_crdt import FileShare, GroupInvite, NotAllowed, SchemaError, Text, UnknownMessage
 from gigi_crdt.model import BUCKET_SIZE, Conversation, ConversationKind, HybridClock, ReceiptKind, Role
 from gigi_crdt.model.ops import Posted, Tombstone, encode_op
-
-ALICE, BOB, CAROL = "alice-peer-01", "bob-peer-0002", "carol-peer-03"
-
-
-def fixed_clock(start: int = 1_700_000_000_000) -> HybridClock:
-    counter = itertools.count(start)
-    return HybridClock(lambda: next(counter))
 
 
 def pair() -> tuple[Conversation, Conversation]:
@@ -298,7 +291,6 @@ def test_clock_follows_remote_timestamps() -> None:
 
 # -- convergence -------------------------------------------------------------------
 
-PEERS = (ALICE, BOB, CAROL)
 operation = st.one_of(
     st.tuples(st.just("post"), st.integers(0, 2), st.text(max_size=5)),
     st.tuples(st.just("edit"), st.integers(0, 2), st.integers(0, 50)),
@@ -307,18 +299,6 @@ operation = st.one_of(
     st.tuples(st.just("read"), st.integers(0, 2), st.integers(0, 50)),
     st.tuples(st.just("deliver"), st.integers(0, 2), st.integers(0, 2)),
 )
-
-
-def group() -> list[Conversation]:
-    first, written = Conversation.create(
-        kind=ConversationKind.GROUP,
-        title="g",
-        local_peer=ALICE,
-        nickname="alice",
-        clock=fixed_clock(),
-        others={BOB: "bob", CAROL: "carol"},
-    )
-    return [first] + [Conversation.from_updates([written.update], peer, fixed_clock()) for peer in PEERS[1:]]
 
 
 def run_operation(replicas: list[Conversation], outboxes: list[list[bytes]], op: tuple[str, int, object]) -> None:

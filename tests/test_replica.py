@@ -373,18 +373,23 @@ async def test_errors_inside_the_block_are_not_wrapped_in_a_group(tmp_path: Path
             await alice.history("noSuchConversation")
 
 
+async def two_posts(alice: Replica, conversation: str) -> tuple[bytes, bytes]:
+    """alice posts "first" and "second": the update of each alone (the second waits without the first)."""
+    updates = []
+    for text in ("first", "second"):
+        before = await alice.state_vector(conversation)
+        await alice.send(conversation, Text(text))
+        updates.append(await alice.diff(conversation, before))
+    return updates[0], updates[1]
+
+
 async def test_compaction_keeps_updates_still_waiting_for_a_dependency(tmp_path: Path) -> None:
     async with (
         open_replica(tmp_path / "a", nickname="alice") as alice,
         open_replica(tmp_path / "b", nickname="bob") as bob,
     ):
         conversation = await direct(alice, bob)
-        before = await alice.state_vector(conversation)
-        await alice.send(conversation, Text("first"))
-        first = await alice.diff(conversation, before)
-        middle = await alice.state_vector(conversation)
-        await alice.send(conversation, Text("second"))
-        second_only = await alice.diff(conversation, middle)
+        first, second_only = await two_posts(alice, conversation)
         await bob.receive(conversation, second_only)  # cannot integrate yet: "first" is missing
         await bob.compact(conversation)
     async with open_replica(tmp_path / "b", nickname="bob") as bob:
@@ -414,12 +419,8 @@ async def test_structs_left_waiting_are_passed_on_after_a_restart(tmp_path: Path
     # No state vector counts structs that wait for a dependency, so no diff against one
     # carries them: the store marks the updates that left some, for the reloaded document.
     async with synced_group(tmp_path) as (alice, bob, carol, conversation):
-        before = await alice.state_vector(conversation)
-        await alice.send(conversation, Text("first"))
-        first = await alice.diff(conversation, before)
-        middle = await alice.state_vector(conversation)
-        await alice.send(conversation, Text("second"))
-        await bob.receive(conversation, await alice.diff(conversation, middle))  # "first" was lost
+        first, second_only = await two_posts(alice, conversation)
+        await bob.receive(conversation, second_only)  # "first" was lost
         if compacted:
             await bob.compact(conversation)
     async with (
@@ -852,11 +853,7 @@ async def test_structs_that_wait_already_are_not_stored_again(tmp_path: Path) ->
         open_replica(tmp_path / "b", nickname="bob") as bob,
     ):
         conversation = await direct(alice, bob)
-        before = await alice.state_vector(conversation)
-        await alice.send(conversation, Text("lost"))
-        middle = await alice.state_vector(conversation)
-        await alice.send(conversation, Text("waits"))
-        second = await alice.diff(conversation, middle)
+        first, second = await two_posts(alice, conversation)
         heard = Recorder()
         bob.add_listener(heard)
         assert (await bob.receive(conversation, second)).waiting
@@ -864,5 +861,5 @@ async def test_structs_that_wait_already_are_not_stored_again(tmp_path: Path) ->
         assert len(heard.updates) == 1
         rows = await bob._worker.read(bob._store.load_log, conversation)
         assert sum(waiting for _, waiting in rows) == 1
-        await bob.receive(conversation, await alice.diff(conversation, before))
-        assert texts(await bob.history(conversation)) == ["lost", "waits"]
+        await bob.receive(conversation, first)
+        assert texts(await bob.history(conversation)) == ["first", "second"]
