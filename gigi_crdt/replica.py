@@ -123,6 +123,7 @@ EMPTY_UPDATE = b"\x00\x00"  # a Yjs v1 update with no structs and no deletions
 RESTORE_INTERVAL = 30.0  # seconds between write-backs of signed records, per conversation
 FLUSH_SECONDS = 5.0  # at most this long, on closing, to write the delivered receipts still queued
 ACKNOWLEDGE_DELAY = 0.05  # seconds a queued delivered receipt waits for others to share its write
+ACKNOWLEDGE_RETRY = 2.0  # seconds before receipts whose write failed are tried again
 
 
 async def check_remote_update(update: bytes) -> UpdateSummary:
@@ -480,7 +481,11 @@ class Replica:
 
     async def _write_acknowledgements(self) -> None:
         while True:
-            await self._acknowledgements_wanted.wait()
+            if self._unacknowledged:  # left by a write that failed: try again a little later
+                with trio.move_on_after(ACKNOWLEDGE_RETRY):
+                    await self._acknowledgements_wanted.wait()
+            else:
+                await self._acknowledgements_wanted.wait()
             # The receipts of a burst of updates (live chat, a backlog) then share one write:
             # one commit, one update on the wire and one signed head, instead of one each.
             await trio.sleep(ACKNOWLEDGE_DELAY)
@@ -517,7 +522,8 @@ class Replica:
         except StoreClosed as exc:  # cancelled while closing: nothing is lost (``Conversation.undelivered``)
             log.info("delivered receipts of %s left for its next load: %s", conversation, exc)
         except GigiError as exc:
-            # Queued again, but not retried at once: a disk that failed now would fail again.
+            # Queued again, and tried again after ACKNOWLEDGE_RETRY: a disk that failed now
+            # would most likely fail again at once.
             log.warning("delivered receipts of %s not written yet: %s", conversation, exc)
             self._unacknowledged.setdefault(conversation, set()).update(authors)
         except trio.Cancelled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,9 +35,10 @@ from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES
 from gigi_crdt.model.ops import Posted, encode_op
 from gigi_crdt.model.yupdate import check_update
 from gigi_crdt.protocol.yproto import decode_state_vector
-from gigi_crdt.replica import ACKNOWLEDGE_DELAY, RESTORE_INTERVAL
+from gigi_crdt.replica import ACKNOWLEDGE_DELAY, ACKNOWLEDGE_RETRY, RESTORE_INTERVAL
 from gigi_crdt.store import Record, Store
 from gigi_crdt.store.compaction import build_snapshot, still_waiting
+from gigi_crdt.store.database import DATABASE_NAME
 
 
 async def sync(a: Replica, b: Replica, conversation: str) -> None:
@@ -159,6 +161,53 @@ async def test_delivered_receipts_queued_shortly_after_another_share_its_write(
             await sync(alice, bob, conversation)
             assert await delivered_to(alice, conversation) == [bob.peer_id]  # up to "two"
         assert len(heard.local) == 1
+
+
+class Failures(logging.Handler):
+    """Sets ``seen`` when a record whose message contains ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_delivered_receipts_whose_write_failed_are_tried_again(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    failures = Failures("not written yet")
+    logging.getLogger("gigi_crdt.replica").addHandler(failures)
+    try:
+        async with open_replica(tmp_path / "a", nickname="alice") as alice:
+            async with open_replica(tmp_path / "b", nickname="bob") as bob:
+                conversation = await direct(alice, bob)
+                changes = await receive_unacknowledged(alice, bob, conversation, "hello")
+                heard = LocalWrites()
+                bob.add_listener(heard)
+                other = sqlite3.connect(tmp_path / "b" / DATABASE_NAME, isolation_level=None)
+                other.execute("BEGIN IMMEDIATE")  # another writer holds the lock: bob's write fails
+                try:
+                    bob.acknowledge_nowait(conversation, changes)
+                    await trio.testing.wait_all_tasks_blocked()
+                    mock_clock.jump(ACKNOWLEDGE_DELAY)
+                    await failures.seen.wait()
+                finally:
+                    other.execute("ROLLBACK")
+                    other.close()
+                assert bob.acknowledging  # queued again: no other receipt will come to take it along
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(ACKNOWLEDGE_RETRY)
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(ACKNOWLEDGE_DELAY)
+                await heard.written.wait()
+                await sync(alice, bob, conversation)
+                assert await delivered_to(alice, conversation) == [bob.peer_id]
+    finally:
+        logging.getLogger("gigi_crdt.replica").removeHandler(failures)
 
 
 async def test_queued_delivered_receipts_are_written_on_closing(tmp_path: Path) -> None:
