@@ -91,7 +91,7 @@ class TwoPeers:
 
 def compact(store: Store, conv: str) -> int:
     """What ``StoreWorker.compact`` does, synchronously; returns the snapshot's size."""
-    upto, updates, garbage, _ = store.committed_log(conv)
+    upto, updates, garbage = store.committed_log(conv)
     snapshot = build_snapshot(updates, collect_garbage=garbage)
     store.replace_log(conv, upto, snapshot, collected=garbage)
     return len(snapshot)

@@ -855,10 +855,11 @@ def test_updates_committed_while_a_log_is_compacted_stay_after_its_snapshot(tmp_
         store.commit([Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))])
         first = doc.post(Text("one"), "a")
         store.commit([Record(doc.id, first.update, first.changes)])
-        upto, log, garbage, waiting = store.committed_log(doc.id)
+        upto, log, garbage = store.committed_log(doc.id)
         second = doc.post(Text("two"), "a")  # committed while the snapshot is being built
         store.commit([Record(doc.id, second.update, second.changes)])
         snapshot = build_snapshot(log, garbage)
+        waiting = [update for update, left_waiting in log if left_waiting]
         store.replace_log(doc.id, upto, snapshot, garbage, still_waiting(snapshot, waiting))
         stored = store.load_log(doc.id)
         assert [update for update, _ in stored][-1] == second.update

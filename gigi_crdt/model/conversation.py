@@ -921,12 +921,8 @@ class Conversation:
             if place is None:
                 continue
             author, bucket = place
-            start = bucket * BUCKET_SIZE
-            end = min(start + BUCKET_SIZE, self._cursors.get(author, 0))
-            if self._bucket_length(author, bucket) >= end - start:
-                continue  # replaced in place
-            present = {entry.seq for entry in self._read_bucket(author, bucket, 0)}
-            missing = sorted(set(range(start, end)) - present - self._holes.get(author, set()))
+            end = min((bucket + 1) * BUCKET_SIZE, self._cursors.get(author, 0))
+            missing = sorted(self._bucket_lacks(author, bucket, end) - self._holes.get(author, set()))
             if missing:
                 self._holes.setdefault(author, set()).update(missing)
                 vanished.extend((author, seq) for seq in missing)
@@ -1426,19 +1422,25 @@ class Conversation:
         for author, last in last_bucket.items():
             for bucket in range(last + 1):
                 length = self._bucket_length(author, bucket)
+                if not length:
+                    continue
                 if bucket < last:
                     end = (bucket + 1) * BUCKET_SIZE
                 else:
-                    tail = list(self._read_bucket(author, bucket, length - 1)) if length else []
+                    tail = list(self._read_bucket(author, bucket, length - 1))
                     end = tail[-1].seq + 1 if tail else 0
-                start = bucket * BUCKET_SIZE
-                if not length or end - start <= length:
-                    continue
-                present = {entry.seq for entry in self._read_bucket(author, bucket, 0)}
-                missing = set(range(start, end)) - present
+                missing = self._bucket_lacks(author, bucket, end)
                 if missing:
                     holes.setdefault(author, set()).update(missing)
         return holes
+
+    def _bucket_lacks(self, author: str, bucket: int, end: int) -> set[int]:
+        """Seqs from the bucket's first up to ``end`` whose entry it lacks; the bucket is
+        read only if it is shorter than that."""
+        start = bucket * BUCKET_SIZE
+        if self._bucket_length(author, bucket) >= end - start:
+            return set()
+        return set(range(start, end)) - {entry.seq for entry in self._read_bucket(author, bucket, 0)}
 
     def _stream_lengths(self) -> dict[str, int]:
         lengths: dict[str, int] = {}

@@ -120,21 +120,20 @@ class Store:
             [(record.conversation, root, key, value) for root, key, value in record.signed],
         )
 
-    def committed_log(self, conversation: str) -> tuple[int, list[Logged], bool, list[bytes]]:
-        """The last row id, every committed update of a conversation, whether deletions
-        since the last garbage collection left garbage, and the updates marked as having
-        left structs waiting (for compaction)."""
+    def committed_log(self, conversation: str) -> tuple[int, list[Logged], bool]:
+        """The last row id, every committed update of a conversation (each marked if it left
+        structs waiting), and whether deletions since the last garbage collection left
+        garbage (for compaction)."""
         db = self._connection(self._reader)
         with translated(self.path):
             db.execute("BEGIN")  # one consistent snapshot of the log
             try:
                 (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM yupdates").fetchone()
                 updates = self._log(db, conversation)
-                waiting = self._waiting(db, conversation)
                 row = db.execute("SELECT garbage FROM conversations WHERE id = ?", (conversation,)).fetchone()
             finally:
                 db.execute("COMMIT")
-        return int(last), updates, bool(row and row[0]), waiting
+        return int(last), updates, bool(row and row[0])
 
     def adopt_snapshot(self, conversation: str, upto_row: int) -> None:
         """Count the log rows up to ``upto_row`` (a single update) as the snapshot."""
@@ -218,12 +217,6 @@ class Store:
         with translated(self.path):
             rows = db.execute("SELECT root, key, record FROM signed_records WHERE conv = ?", (conversation,))
             return [(str(root), str(key), str(record)) for root, key, record in rows.fetchall()]
-
-    def _waiting(self, db: sqlite3.Connection, conversation: str) -> list[bytes]:
-        rows = db.execute(
-            "SELECT yupdate FROM yupdates WHERE path = ? AND metadata = ? ORDER BY rowid", (conversation, WAITING)
-        ).fetchall()
-        return [bytes(row[0]) for row in rows]
 
     def _log(self, db: sqlite3.Connection, conversation: str) -> list[Logged]:
         # A checkpoint row may exist if pycrdt-store itself wrote to this file: it holds

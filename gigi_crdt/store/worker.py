@@ -146,7 +146,8 @@ class StoreWorker:
         deletions left some. Only the final swap runs in the writer thread; reading the
         log and building the snapshot happen beside it, so senders do not wait for it.
         """
-        upto, updates, garbage, waiting = await self.read(self.store.committed_log, conversation)
+        upto, updates, garbage = await self.read(self.store.committed_log, conversation)
+        waiting = [update for update, left_waiting in updates if left_waiting]
         collect = garbage if collect_garbage is None else collect_garbage
         if len(updates) == 1 and not collect:
             # A lone update (say, a catch-up that arrived whole) already is a snapshot.
