@@ -388,7 +388,9 @@ class Replica:
         application can show a message without waiting for the disk, while reads still see
         it (they wait for commits under way) and the delivered receipt still waits for the
         commit. If the commit fails, the document is reloaded from disk and the sender
-        sends the update again later: the change may then be heard twice.
+        sends the update again later: the change may then be heard twice. Which shown
+        messages the update took away (``Changes.vanished_messages``) is known only once
+        it is committed.
 
         ``heads`` are signed heads sent beside the update (``heads_for``).
         """
@@ -436,7 +438,9 @@ class Replica:
         news = bool(changes) or state_vector != before or changes.waiting
         if applied is not None and changes:
             applied(changes)
-        await self._persist(doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting)
+        changes.vanished_messages = await self._persist(
+            doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting
+        )
         await self._restore_records(conversation, doc)
         if acknowledge:
             await self.acknowledge(conversation, changes)
@@ -656,11 +660,12 @@ class Replica:
         origin: str | None = None,
         *,
         waiting: bool = False,
-    ) -> None:
+    ) -> list[str]:
         """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None: local);
-        ``waiting``: the update left structs waiting for a dependency."""
+        ``waiting``: the update left structs waiting for a dependency. Returns the ids of
+        the messages the commit took out of the index (``Store.commit``)."""
         if not written.update and not written.changes:
-            return
+            return []
         conv = conversation or doc.id
         generation = self._generations.get(conv, 0)
         if self._conversations.get(conv) is not doc:
@@ -681,7 +686,7 @@ class Replica:
             # The document already holds the change: cancelling now would leave it in memory
             # but not on disk (nor in the index). Commits are short; let this one finish.
             with trio.CancelScope(shield=True):
-                await self._worker.commit(record)
+                vanished = await self._worker.commit(record)
             if written.update:
                 committed = (conv, written.update, origin or None)
         except GigiError:
@@ -702,6 +707,7 @@ class Replica:
             self._unchecked_bytes[conv] = 0
             if await self._worker.read(self._store.needs_compaction, conv):
                 self._worker.request_compaction(conv)
+        return vanished
 
     def _offer_in_order(self, ticket: int, committed: tuple[str, bytes, str | None] | None) -> None:
         """Tell listeners of committed updates in the order their changes were made.

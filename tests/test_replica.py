@@ -884,7 +884,8 @@ async def test_a_message_whose_redaction_waits_leaves_the_index_until_it_comes(t
             before = await alice.state_vector(conversation)
             await alice.delete(conversation, message)
             deletion = await alice.diff(conversation, before)  # its redaction waits for ``lost``
-            await bob.receive(conversation, deletion)
+            changes = await bob.receive(conversation, deletion)
+            assert changes.vanished_messages == [message]  # what tells the application
             assert texts(await bob.history(conversation)) == texts(await bob.export(conversation)) == ["hello"]
             assert await bob.search("oops") == []
         async with open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob:  # the hole is found again

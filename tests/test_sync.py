@@ -131,9 +131,9 @@ async def test_a_message_is_announced_before_its_commit_and_reads_wait_for_that(
         disk = trio.Event()
         commit = bob.replica._worker.commit
 
-        async def slow_disk(record: Record) -> None:
+        async def slow_disk(record: Record) -> list[str]:
             await disk.wait()
-            await commit(record)
+            return await commit(record)
 
         bob.replica._worker.commit = slow_disk  # type: ignore[method-assign]
         await alice.replica.send(conversation, Text("hi"))

@@ -38,6 +38,7 @@ from gigi_crdt.replica import open_replica
 from gigi_crdt.sync import (
     LinkOutcome,
     LinkSettings,
+    MessageDeleted,
     PeerOffline,
     PeerOnline,
     SyncEngine,
@@ -111,6 +112,29 @@ class RecordingStream(WrappedStream):
         data = await self.inner.receive_some(max_bytes)
         self.received += data
         return data
+
+
+class CuttingStream(WrappedStream):
+    """Once armed, drops the first live Update frame it is asked to send, lets the second
+    through, then drops everything: the peer gets the second without the first, for good."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.updates_seen = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        kept = b""
+        for frame in split_frames(bytes(data)):
+            if self.armed and self.updates_seen < 2 and is_live_update(frame):
+                self.updates_seen += 1
+                if self.updates_seen == 1:
+                    continue  # the first: lost
+            elif self.armed and self.updates_seen == 2:
+                continue  # past the second: the link is cut
+            kept += frame
+        if kept:
+            await self.inner.send_all(kept)
 
 
 # -- 1. anti-entropy repairs a lost frame -----------------------------------------------
@@ -530,4 +554,33 @@ async def test_a_member_sending_a_hostile_update_is_dropped_and_nothing_of_it_sp
         message = await alice.replica.send(chat, Text("still fine"))
         assert await converged([alice, carol], chat, 1) == [[message], [message]]
         assert poison not in to_carol.sent
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_message_a_deletion_takes_away_before_its_redaction_comes_is_announced(tmp_path: Path) -> None:
+    """A deletion overwrites the post with a tombstone: a Yjs delete, applied at once, and
+    an insert that waits while an earlier write of its author is missing (here for good:
+    the link is cut). Bob's document and index stop showing the message at once; the
+    application must hear of it too."""
+    cutting: list[CuttingStream] = []
+
+    def make_cutting(stream: trio.abc.Stream) -> trio.abc.Stream:
+        cutting.append(CuttingStream(stream))
+        return cutting[-1]
+
+    async with nodes(tmp_path, "alice", "bob", settings=FAST) as group, trio.open_nursery() as nursery:
+        alice, bob = group
+        conversation = await conversation_of(alice, bob)
+        link(nursery, alice, bob, wrap_a=make_cutting)
+        await joined(group, conversation)
+        message = await alice.replica.send(conversation, Text("oops, wrong chat"))
+        await until_stored([bob], lambda: _holds(bob, conversation, [message]))
+        cutting[0].armed = True
+        await alice.replica.send(conversation, Text("lost on the way"))
+        await alice.replica.delete(conversation, message)
+        with trio.fail_after(10):
+            deleted = await wait_for(bob, lambda event: isinstance(event, MessageDeleted))
+        assert deleted == MessageDeleted(conversation, message)
+        assert await ids(bob, conversation, 10) == []
+        assert cutting[0].updates_seen == 2
         nursery.cancel_scope.cancel()

@@ -128,6 +128,9 @@ class Changes:
     """(author, seq) of entries a remote update deleted with nothing in their place yet:
     a deletion's redaction deletes and inserts, and the insert may wait (``gaps``), for
     good if its author lost its store. The document shows no message there meanwhile."""
+    vanished_messages: list[str] = field(default_factory=list)
+    """The ids of the messages shown until now that ``vanished`` took out of the index
+    (set by ``Replica.receive`` once the update is committed)."""
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.receipts or self.metadata_changed or self.vanished)

@@ -51,17 +51,23 @@ def record_metadata(db: sqlite3.Connection, meta: Metadata, members: Iterable[Me
     )
 
 
-def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_before: int | None = None) -> None:
-    """Fold a transaction's entries and receipts into the index, leaving out expired posts.
+def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_before: int | None = None) -> list[str]:
+    """Fold a transaction's entries and receipts into the index, leaving out expired posts;
+    return the ids of the messages shown until now that it took out (``Changes.vanished``).
 
     New posts go in with one statement (a catch-up may bring 10^5 of them); edits,
     deletions and reactions, which refer to earlier posts, follow in stream order.
     """
     # Gone from the document until their redaction comes (see ``Changes.vanished``).
-    db.executemany(
-        "DELETE FROM messages WHERE conv = ? AND author = ? AND seq = ?",
-        [(conv, author, seq) for author, seq in changes.vanished],
-    )
+    vanished = [
+        message_id
+        for author, seq in changes.vanished
+        for message_id, deleted_at in db.execute(
+            "DELETE FROM messages WHERE conv = ? AND author = ? AND seq = ? RETURNING id, deleted_at",
+            (conv, author, seq),
+        ).fetchall()
+        if deleted_at is None  # one shown as deleted was announced as such already
+    ]
     posts = []
     for entry in changes.entries:
         op = entry.op
@@ -90,6 +96,7 @@ def record_changes(db: sqlite3.Connection, conv: str, changes: Changes, expire_b
         "WHERE excluded.seq > receipts.seq",
         [(conv, r.member, r.kind.value, r.author, r.seq) for r in changes.receipts],
     )
+    return vanished
 
 
 def _post_row(conv: str, author: str, seq: int, op: Posted | Tombstone) -> tuple[object, ...]:

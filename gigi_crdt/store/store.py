@@ -86,14 +86,15 @@ class Store:
 
     # -- writing -------------------------------------------------------------------
 
-    def commit(self, records: Sequence[Record]) -> None:
-        """Persist ``records`` atomically: all of them, with their index rows, or none."""
+    def commit(self, records: Sequence[Record]) -> list[list[str]]:
+        """Persist ``records`` atomically: all of them, with their index rows, or none.
+        For each record, the ids of the messages it took out of the index (see
+        ``index.record_changes``)."""
         known: set[str] = set()
         with self._transaction() as db:
-            for record in records:
-                self._write(db, record, known)
+            return [self._write(db, record, known) for record in records]
 
-    def _write(self, db: sqlite3.Connection, record: Record, known: set[str]) -> None:
+    def _write(self, db: sqlite3.Connection, record: Record, known: set[str]) -> list[str]:
         """Write one record; ``known`` holds conversations already seen in this transaction."""
         if record.metadata is not None:
             index.record_metadata(db, record.metadata, record.members)
@@ -114,11 +115,12 @@ class Store:
                 "garbage = garbage + :deleted WHERE id = :conv",
                 {"n": len(record.update), "deleted": _deletions(record), "conv": record.conversation},
             )
-        index.record_changes(db, record.conversation, record.changes, record.expire_before)
+        vanished = index.record_changes(db, record.conversation, record.changes, record.expire_before)
         db.executemany(
             "INSERT OR REPLACE INTO signed_records VALUES (?, ?, ?, ?)",
             [(record.conversation, root, key, value) for root, key, value in record.signed],
         )
+        return vanished
 
     def committed_log(self, conversation: str) -> tuple[int, list[Logged], bool]:
         """The last row id, every committed update of a conversation (each marked if it left

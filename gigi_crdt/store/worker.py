@@ -31,6 +31,7 @@ class _Pending:
     record: Record
     done: trio.Event = field(default_factory=trio.Event)
     error: GigiError | None = None
+    vanished: list[str] = field(default_factory=list)  # see ``Store.commit``
 
 
 class StoreWorker:
@@ -99,7 +100,7 @@ class StoreWorker:
         if not batch:
             return
         try:
-            await self.write(self.store.commit, [pending.record for pending in batch])
+            vanished = await self.write(self.store.commit, [pending.record for pending in batch])
         except GigiError as exc:
             if len(batch) > 1:
                 # One bad record must not fail its neighbours: retry them one by one.
@@ -109,11 +110,15 @@ class StoreWorker:
             batch[0].error = exc
             if batch[0].record.generation:
                 self._failed_generations.add(batch[0].record.generation)
+        else:
+            for pending, ids in zip(batch, vanished, strict=True):
+                pending.vanished = ids
         for pending in batch:
             pending.done.set()
 
-    async def commit(self, record: Record) -> None:
-        """Return once ``record`` is durably stored; raise ``StorageError`` if it cannot be."""
+    async def commit(self, record: Record) -> list[str]:
+        """Return once ``record`` is durably stored, with the ids of the messages it took
+        out of the index (``Store.commit``); raise ``StorageError`` if it cannot be."""
         pending = _Pending(record)
         try:
             await self._send.send(pending)
@@ -122,6 +127,7 @@ class StoreWorker:
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
+        return pending.vanished
 
     async def write(self, function: Callable[..., T], *args: object) -> T:
         """Run a writing ``Store`` method in the writer thread (serialised with commits)."""

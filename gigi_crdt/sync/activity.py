@@ -36,7 +36,8 @@ class MessageEdited:
 
 @dataclass(frozen=True, slots=True)
 class MessageDeleted:
-    """A message's author deleted it."""
+    """A message's author deleted it, or it left the conversation's document (see
+    ``describe_vanished``)."""
 
     conversation: str
     message_id: str
@@ -140,3 +141,11 @@ def describe_changes(conversation: str, changes: Changes, *, catch_up: bool) -> 
         head = [MessageReceived(conversation, message) for message in posted]
     receipts: list[Activity] = [ReceiptUpdated(conversation, receipt) for receipt in changes.receipts]
     return head + events + receipts
+
+
+def describe_vanished(conversation: str, changes: Changes) -> list[Activity]:
+    """The events for shown messages ``changes`` took away, known once committed: their
+    entries were deleted with nothing in their place (``Changes.vanished``), the first
+    half of a deletion whose second half waits; the application stops showing them, as
+    the index does."""
+    return [MessageDeleted(conversation, message_id) for message_id in changes.vanished_messages]

@@ -46,6 +46,7 @@ from .activity import (
     PresenceChanged,
     SyncProgress,
     describe_changes,
+    describe_vanished,
 )
 from .limits import RateLimitedStream
 from .link import EMPTY_STATE_VECTOR, LinkSettings, PeerLink, read_events
@@ -362,6 +363,8 @@ class SyncEngine:
             session.fetching.discard(conversation)
             return
         self.replica.acknowledge_nowait(conversation, changes)  # no checkpoint before: see ``Replica.settled``
+        for activity in describe_vanished(conversation, changes):
+            self._publish(activity)
         if fetched:
             session.fetching.discard(conversation)
             if await self.replica.is_member(conversation, link.peer.peer_id):

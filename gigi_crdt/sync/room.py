@@ -24,7 +24,7 @@ from ..errors import GigiError
 from ..protocol import RemoteProtocolError
 from ..protocol.yproto import MESSAGE_SYNC, SyncKind, decode_sync, encode_sync, read_varuint
 from ..replica import Replica
-from .activity import Activity, describe_changes
+from .activity import Activity, describe_changes, describe_vanished
 
 log = logging.getLogger(__name__)
 
@@ -138,4 +138,6 @@ class RoomLink:
             changes = await self._replica.receive(self._conversation, payload, origin=self._origin)
             # The room's step 2 is what we missed while away: an offline batch, as from a peer.
             for activity in describe_changes(self._conversation, changes, catch_up=kind is SyncKind.STEP2):
+                self._publish(activity)
+            for activity in describe_vanished(self._conversation, changes):
                 self._publish(activity)
