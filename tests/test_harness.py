@@ -17,11 +17,14 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gigi_crdt.sync.engine as engine_module
 from gigi_crdt import ConversationKind, Text, open_replica
 from gigi_crdt.cli.harness import add_harness_command, config_from
 from gigi_crdt.cli.harness import main as harness_main
+from gigi_crdt.model import Changes
 from gigi_crdt.protocol.yproto import decode_state_vector
-from gigi_crdt.sync import LinkSettings
+from gigi_crdt.sync import Activity, LinkSettings, MessageDeleted
+from gigi_crdt.sync.activity import describe_changes
 from gigi_crdt.testing import (
     Fate,
     FaultRates,
@@ -87,6 +90,19 @@ async def test_disabled_anti_entropy_with_lossy_links_is_caught() -> None:
     assert kinds & {"state vectors differ", "acknowledged message lost", "conversation missing"}
     assert "FAIL" in result.summary()
     assert "replay:" in result.summary()
+
+
+async def test_an_engine_that_announces_no_deletions_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The applications following the events keep showing deleted messages: the verdict says so."""
+
+    def without_deletions(conversation: str, changes: Changes, *, catch_up: bool) -> list[Activity]:
+        events = describe_changes(conversation, changes, catch_up=catch_up)
+        return [event for event in events if not isinstance(event, MessageDeleted)]
+
+    monkeypatch.setattr(engine_module, "describe_changes", without_deletions)
+    result = await run_scenario(ScenarioConfig(seed=1, partitions=0, crashes=0, **SMALL))  # type: ignore[arg-type]
+    assert result.done[Op.DELETE.value] > 0
+    assert {v.kind for v in result.violations} == {"application view differs"}
 
 
 fates = st.lists(st.sampled_from([Fate.DELIVER, Fate.DELIVER, Fate.DUPLICATE, Fate.DELAY]), max_size=40)

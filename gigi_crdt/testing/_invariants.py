@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from ..errors import UnknownConversation
 from ..model import Message
 from ..protocol.yproto import decode_state_vector
+from ._appview import HISTORY_LIMIT
 from ._network import Network, SimNode
 from ._probe import receipts
-
-HISTORY_LIMIT = 10**9
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +165,9 @@ def _settled(network: Network) -> bool:
 
 async def check_all(network: Network, conversations: Sequence[str], ledger: Ledger) -> list[Violation]:
     """Every invariant, on the healed network."""
+    for node in network.nodes:
+        if node.view is not None:
+            await node.view.drained()
     found = list(ledger.violations)
     for conversation in conversations:
         found.extend(await _check_conversation(network, conversation, ledger))
@@ -195,6 +197,8 @@ async def _check_conversation(network: Network, conversation: str, ledger: Ledge
     if len(vectors) > 1:
         groups = " | ".join(",".join(names) for names in vectors.values())
         found.append(Violation("state vectors differ", f"{conversation}: {groups}"))
+    for node in present:
+        found.extend(_check_view(node, conversation, histories[node.name]))
     found.extend(_compare("index transcripts differ", conversation, histories))
     found.extend(_compare("document transcripts differ", conversation, exports))
     must_have = {m for m, conv in ledger.acked.items() if conv == conversation and m not in ledger.orphaned}
@@ -207,6 +211,23 @@ async def _check_conversation(network: Network, conversation: str, ledger: Ledge
                 )
             )
     return found
+
+
+def _check_view(node: SimNode, conversation: str, history: list[Message]) -> list[Violation]:
+    """The node's application, following its events, shows what its index does."""
+    assert node.view is not None
+    indexed = {m.id for m in history if m.deleted_at is None}
+    shown = node.view.live.get(conversation, set())
+    if shown == indexed:
+        return []
+    extra, lacking = sorted(shown - indexed), sorted(indexed - shown)
+    return [
+        Violation(
+            "application view differs",
+            f"{node.name} in {conversation} shows {len(extra)} the index does not {extra[:3]}, "
+            f"and not {len(lacking)} it does {lacking[:3]}",
+        )
+    ]
 
 
 def _compare(kind: str, conversation: str, views: dict[str, list[Message]]) -> list[Violation]:

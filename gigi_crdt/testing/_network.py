@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..identity import Identity
 from ..replica import Replica, open_replica
 from ..sync import LinkSettings, SyncEngine
+from ._appview import AppView
 from ._faults import FaultRates, FaultSource, FaultyStream, WireStats
 
 REDIAL_SECONDS = 0.02
@@ -46,7 +47,7 @@ class Transport(enum.StrEnum):
 
 @dataclass(slots=True)
 class SimNode:
-    """One simulated device; ``replica``/``engine`` are ``None`` while it is down."""
+    """One simulated device; ``replica``/``engine``/``view`` are ``None`` while it is down."""
 
     index: int
     data_dir: Path
@@ -55,6 +56,7 @@ class SimNode:
     online: bool = True
     replica: Replica | None = None
     engine: SyncEngine | None = None
+    view: AppView | None = None  # what its application shows
     scope: trio.CancelScope | None = None
     stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -144,15 +146,19 @@ class Network:
         with trio.CancelScope() as scope:
             node.scope = scope
             try:
-                async with open_replica(node.data_dir, nickname=node.name, signer=node.identity) as replica:
+                async with (
+                    open_replica(node.data_dir, nickname=node.name, signer=node.identity) as replica,
+                    trio.open_nursery() as nursery,
+                ):
                     engine = SyncEngine(replica, settings=self.settings)
                     replica.add_listener(engine)
                     replica.add_listener(self.watch)
-                    node.replica, node.engine = replica, engine
+                    view = AppView(replica, engine)
+                    await nursery.start(view.follow)
+                    node.replica, node.engine, node.view = replica, engine, view
                     task_status.started()
-                    await trio.sleep_forever()
             finally:
-                node.replica = node.engine = node.scope = None
+                node.replica = node.engine = node.view = node.scope = None
                 node.stopped.set()
 
     async def crash(self, index: int, *, lose_store: bool = False) -> None:

@@ -16,6 +16,7 @@ import trio
 from ..errors import NotAllowed, UnknownConversation, UnknownMessage
 from ..model import ConversationKind, Text
 from ..sync import LinkSettings
+from ._appview import AppView
 from ._faults import FaultSource, RandomFaults, WireStats
 from ._invariants import Ledger, Violation, check_all, converged
 from ._network import FaultFactory, Network, SimNode, Transport, open_network
@@ -232,6 +233,7 @@ class _Runner:
         own = self.own.setdefault((node.peer_id, conversation), [])
         if step.op is Op.SEND:
             message = await replica.send(conversation, Text(f"{node.name} says #{number}"))
+            self._view(node).wrote(conversation, message)
             self.ledger.acknowledge(conversation, message, node.peer_id)
             self.result.messages += 1
             own.append(message)
@@ -240,6 +242,7 @@ class _Runner:
         elif step.op is Op.DELETE and own:
             message = own.pop(step.pick % len(own))
             await replica.delete(conversation, message)
+            self._view(node).deleted(conversation, message)
             self.ledger.deleted.add(message)
         elif step.op is Op.REACT:
             recent = await replica.history(conversation, limit=16)
@@ -260,6 +263,11 @@ class _Runner:
         else:
             return False
         return True
+
+    @staticmethod
+    def _view(node: SimNode) -> AppView:
+        assert node.view is not None  # up: it has just written
+        return node.view
 
     async def _create(self, node: SimNode, step: Step) -> bool:
         assert node.replica is not None
