@@ -19,13 +19,14 @@ from node_helpers import LOCAL
 from relay_helpers import TOKEN, plain_client, post_as, posts, relay_process, wait_until
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
-from gigi_crdt import NodeConfig, RelayRefused, Text, open_node
+from gigi_crdt import ConversationKind, NodeConfig, RelayRefused, Text, open_node, open_replica
 from gigi_crdt.identity import Identity
 from gigi_crdt.model.view import Message
 from gigi_crdt.node import Node
 from gigi_crdt.protocol.yproto import SyncKind, encode_sync
 from gigi_crdt.relay import serve_relay
-from gigi_crdt.sync import MessageReceived, OfflineMessagesReceived, PeerOnline
+from gigi_crdt.sync import Activity, MessageDeleted, MessageReceived, OfflineMessagesReceived, PeerOnline
+from gigi_crdt.sync.room import RoomLink
 from gigi_crdt.transport.websocket import RelayAddress, open_room
 
 
@@ -248,3 +249,44 @@ async def _until_closed(websocket: WebSocketConnection) -> CloseReason | None:
             await websocket.get_message()
         except ConnectionClosed as closed:
             return closed.reason
+
+
+class ScriptedRoom:
+    """A room that sends ``messages`` in order, then closes; keeps what it is sent."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self._messages = list(messages)
+        self.sent: list[bytes | str] = []
+
+    async def get_message(self) -> bytes | str:
+        await trio.lowlevel.checkpoint()
+        if not self._messages:
+            raise ConnectionClosed(CloseReason(1000, "the script ended"))
+        return self._messages.pop(0)
+
+    async def send_message(self, message: bytes | str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sent.append(message)
+
+
+async def test_a_message_a_deletion_from_the_room_takes_away_is_announced(tmp_path: Path) -> None:
+    """As over a peer link (see test_sync_faults): the room brings alice's deletion but not
+    her write before it, so the tombstone waits while the post is gone from bob's document."""
+    async with (
+        open_replica(tmp_path / "a", nickname="alice") as alice,
+        open_replica(tmp_path / "b", nickname="bob") as bob,
+    ):
+        conversation = await alice.create_conversation(ConversationKind.DIRECT, others={bob.peer_id: "bob"})
+        message = await alice.send(conversation, Text("oops, wrong chat"))
+        await bob.receive(conversation, await alice.diff(conversation, None), origin=alice.peer_id)
+        await alice.send(conversation, Text("lost on the way"))
+        before = await alice.state_vector(conversation)
+        await alice.delete(conversation, message)
+        deletion = await alice.diff(conversation, before)
+        events: list[Activity] = []
+        room = ScriptedRoom([encode_sync(SyncKind.UPDATE, deletion)])
+        link = RoomLink(bob, conversation, alice.peer_id, events.append, max_update=1 << 20)
+        with trio.fail_after(10):
+            assert "the script ended" in await link.run(room)
+        assert events == [MessageDeleted(conversation, message)]
+        assert await bob.history(conversation) == []
