@@ -15,7 +15,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
@@ -43,7 +43,7 @@ from .model import (
     check_update,
     new_id,
 )
-from .model.catchup import deletions_past
+from .model.catchup import RecentUpdates, covers, deletions_past
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
@@ -53,13 +53,15 @@ from .protocol import HeadRecord
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
-from .store.store import MIN_COMPACTION_BYTES
+from .store.store import MIN_COMPACTION_BYTES, stored_state_vector
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _GENERATIONS = itertools.count(1)  # each document loaded into memory gets a new one
 CHECK_IN_THREAD_BYTES = 64 * 1024
+RESTING_RECENT_BYTES = 8 * 1024 * 1024  # recent updates kept for resting documents, in all
+REST_AFTER = 300.0  # seconds a conversation document stays in memory unused (see ``rest_idle``)
 Ts = TypeVarTuple("Ts")
 
 
@@ -82,6 +84,7 @@ async def open_replica(
     peer_id: str | None = None,
     signer: Signer | None = None,
     now_ms: Callable[[], int] = _wall_ms,
+    rest_after: float | None = REST_AFTER,
 ) -> AsyncIterator[Replica]:
     """Open the replica stored in ``data_dir`` (created if missing) for the duration of the block.
 
@@ -89,7 +92,12 @@ async def open_replica(
     With a ``signer`` (the peer's identity; its peer id is then the replica's), the
     conversations it creates are signed and it signs the member records it writes (see
     ``gigi_crdt.model.signed``).
+
+    A conversation document unused for ``rest_after`` seconds leaves memory (``rest_idle``;
+    ``None``: documents stay loaded until the replica closes).
     """
+    if rest_after is not None and rest_after <= 0:
+        raise ValueError(f"rest_after must be positive, not {rest_after}")
     if signer is not None:
         if peer_id is not None and peer_id != signer.peer_id:
             raise ValueError(f"peer id {peer_id} is not the signer's ({signer.peer_id})")
@@ -108,6 +116,8 @@ async def open_replica(
                 await nursery.start(worker.run)
                 replica = Replica(worker, stored_id, check_nickname(nickname), HybridClock(now_ms), signer)
                 nursery.start_soon(replica._write_acknowledgements)
+                if rest_after is not None:
+                    nursery.start_soon(replica._rest_idle_documents, rest_after)
                 try:
                     yield replica
                 finally:
@@ -179,6 +189,10 @@ class Replica:
         self.nickname = nickname
         self._clock = clock
         self._conversations: dict[str, Conversation] = {}
+        self._last_used: dict[str, float] = {}  # conversation -> when its document was last used
+        self._users: dict[str, int] = {}  # conversation -> tasks holding its document across a checkpoint
+        self._resting: dict[str, RecentUpdates] = {}  # of resting documents, the last to rest last
+        self._resting_bytes = 0
         self._loading = trio.Lock()
         self._unchecked_bytes: dict[str, int] = {}
         self._listeners: list[UpdateListener] = []
@@ -330,7 +344,12 @@ class Replica:
     # -- sync (used by the sync engine and by tests) ---------------------------------
 
     async def state_vector(self, conversation: str) -> bytes:
-        """Our Yjs state vector for a conversation (sync step 1)."""
+        """Our Yjs state vector for a conversation (sync step 1); read from the store
+        while its document rests (``rest_idle``), without loading it."""
+        if conversation not in self._conversations:
+            stored = await self._read(stored_state_vector, conversation)
+            if stored is not None:
+                return stored
         return (await self._document(conversation)).state_vector()
 
     async def diff(self, conversation: str, state_vector: bytes | None) -> bytes:
@@ -343,7 +362,14 @@ class Replica:
         origins it has, so without them two replicas with equal state vectors would show
         different messages (say the one struct they wait for was lost with its author's
         store).
+
+        A peer that lacks nothing of a resting document (``rest_idle``) is answered from
+        the store, without loading it: anti-entropy asks that of every shared conversation.
         """
+        if state_vector is not None and conversation not in self._conversations:
+            stored = await self._read(stored_state_vector, conversation)
+            if stored is not None and covers(clocks_of(state_vector), clocks_of(stored)):
+                return EMPTY_UPDATE  # and nothing waits (``stored_state_vector``)
         doc = await self._document(conversation)
         return doc.catch_up(state_vector) or EMPTY_UPDATE
 
@@ -396,7 +422,8 @@ class Replica:
         """
         self._receiving += 1
         try:
-            return await self._receive(conversation, update, origin, acknowledge, applied, proving, heads)
+            with self._in_use(conversation):
+                return await self._receive(conversation, update, origin, acknowledge, applied, proving, heads)
         finally:
             self._receiving -= 1
 
@@ -410,6 +437,10 @@ class Replica:
         proving: bool,
         heads: Iterable[Mapping[str, object]],
     ) -> Changes:
+        if update == EMPTY_UPDATE and not proving and conversation not in self._conversations:
+            # A peer that had nothing for us (a catch-up's usual answer): leave it at rest.
+            if await self._read(index.metadata, conversation) is not None:
+                return Changes()
         summary = await check_remote_update(update)
         new = False
         try:
@@ -611,31 +642,103 @@ class Replica:
         )
         await self._worker.write(self._store.rebuild_index, conversation, [record])
 
+    def rest_idle(self, idle_for: float) -> list[str]:
+        """Let the documents unused for ``idle_for`` seconds leave memory (they *rest*);
+        returns their conversations. The next use loads one again, but not asking for its
+        state vector or a catch-up a peer does not need (``state_vector``, ``diff``): a
+        node with many quiet conversations holds only the ones in use.
+
+        A document stays while anything of it is under way (a commit, a queued receipt)
+        or held only in memory (``Conversation.unsettled``), and while a committed update
+        has not been passed on yet: the sync engine reads members from memory for that.
+        """
+        if self._committed:
+            return []
+        now = trio.current_time()
+        rested = []
+        for conversation, doc in list(self._conversations.items()):
+            idle = now - self._last_used.get(conversation, now) >= idle_for
+            busy = (
+                self._in_flight.get(conversation)
+                or self._users.get(conversation)
+                or conversation in self._unacknowledged
+            )
+            if idle and not busy and not doc.unsettled:
+                self._release(conversation, doc)
+                self._keep_recent(conversation, doc.recent_updates)
+                rested.append(conversation)
+        return rested
+
+    def _keep_recent(self, conversation: str, recent: RecentUpdates) -> None:
+        """Keep a resting document's recent updates for when it loads again (within
+        ``RESTING_RECENT_BYTES`` in all; past that, the ones that rest longest go)."""
+        self._resting[conversation] = recent
+        self._resting_bytes += recent.size
+        while self._resting_bytes > RESTING_RECENT_BYTES:
+            self._resting_bytes -= self._resting.pop(next(iter(self._resting))).size
+
+    def _take_recent(self, conversation: str) -> RecentUpdates | None:
+        recent = self._resting.pop(conversation, None)
+        if recent is not None:
+            self._resting_bytes -= recent.size
+        return recent
+
+    async def _rest_idle_documents(self, rest_after: float) -> None:
+        while True:
+            await trio.sleep(rest_after / 4)  # so a document rests within 1.25 x rest_after
+            rested = self.rest_idle(rest_after)
+            if rested:
+                log.debug("%d idle conversation documents left memory", len(rested))
+
+    @contextlib.contextmanager
+    def _in_use(self, conversation: str) -> Iterator[None]:
+        """Keep the conversation's document from resting for the duration of the block."""
+        self._users[conversation] = self._users.get(conversation, 0) + 1
+        try:
+            yield
+        finally:
+            self._users[conversation] -= 1
+            if not self._users[conversation]:
+                del self._users[conversation]
+
+    def is_loaded(self, conversation: str) -> bool:
+        """Whether the conversation's document is in memory (see ``rest_idle``)."""
+        return conversation in self._conversations
+
     # -- internals -----------------------------------------------------------------
 
     async def _document(self, conversation: str) -> Conversation:
         doc = self._conversations.get(conversation)
         if doc is not None:
+            self._last_used[conversation] = trio.current_time()
             return doc
         async with self._loading:
             doc = self._conversations.get(conversation)
             if doc is None:
-                # A released document may still have commits in flight: load only once they
-                # are on disk, or the reloaded copy would miss them and later write beside them.
-                while self._in_flight.get(conversation):
-                    await self._settled.setdefault(conversation, trio.Event()).wait()
-                log = await self._worker.read(self._store.load_log, conversation)
-                held = _parse_held(await self._worker.read(self._store.signed_records, conversation))
-                doc = await trio.to_thread.run_sync(
-                    Conversation.from_log, log, self.peer_id, self._clock, self._signer, held
-                )
-                for update, waiting in log:
-                    if waiting:
-                        doc.note_waiting(update)
-                self._hold(conversation, doc)
-                await self._index_missed(conversation, doc)
-                if doc.is_member(self.peer_id):
-                    self._queue_receipts(conversation, doc.undelivered().keys())
+                with self._in_use(conversation):
+                    doc = await self._load(conversation)
+        self._last_used[conversation] = trio.current_time()
+        return doc
+
+    async def _load(self, conversation: str) -> Conversation:
+        """Read a conversation's document from the store and hold it (``_document``)."""
+        # A released document may still have commits in flight: load only once they
+        # are on disk, or the reloaded copy would miss them and later write beside them.
+        while self._in_flight.get(conversation):
+            await self._settled.setdefault(conversation, trio.Event()).wait()
+        log = await self._worker.read(self._store.load_log, conversation)
+        held = _parse_held(await self._worker.read(self._store.signed_records, conversation))
+        doc = await trio.to_thread.run_sync(Conversation.from_log, log, self.peer_id, self._clock, self._signer, held)
+        recent = self._take_recent(conversation)
+        if recent is not None:  # it rested: nothing was committed since (that needs it loaded)
+            doc.continue_recent(recent)
+        for update, waiting in log:
+            if waiting:
+                doc.note_waiting(update)
+        self._hold(conversation, doc)
+        await self._index_missed(conversation, doc)
+        if doc.is_member(self.peer_id):
+            self._queue_receipts(conversation, doc.undelivered().keys())
         return doc
 
     async def _index_missed(self, conversation: str, doc: Conversation) -> None:
@@ -675,8 +778,20 @@ class Replica:
         if written.changes.metadata_changed:
             meta, members = doc.metadata(), tuple(doc.members().values())
         signed = [(root, key, json.dumps(record)) for root, key, record in doc.take_unstored_records()]
+        # Not told from the store while a delivered receipt is owed: loading the document
+        # is what writes it (``_document``), should the replica close before it does.
+        owes = conv in self._unacknowledged or bool(_authors(written.changes) - {self.peer_id})
         record = Record(
-            conv, written.update, written.changes, meta, members, doc.retention_cutoff(), generation, waiting, signed
+            conv,
+            written.update,
+            written.changes,
+            meta,
+            members,
+            doc.retention_cutoff(),
+            generation,
+            waiting,
+            signed,
+            doc.state_vector() if written.update and not doc.waits and not owes else None,
         )
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
         ticket = self._commits_begun
@@ -695,6 +810,7 @@ class Replica:
             self._release(conv, doc)
             raise
         finally:
+            self._last_used[conv] = trio.current_time()
             self._in_flight[conv] -= 1
             if not self._in_flight[conv]:
                 self._settled.pop(conv, trio.Event()).set()
@@ -728,6 +844,7 @@ class Replica:
         """Keep ``doc`` in memory as a new generation of the conversation."""
         self._conversations[conversation] = doc
         self._generations[conversation] = next(_GENERATIONS)
+        self._last_used[conversation] = trio.current_time()
 
     def _release(self, conversation: str, doc: Conversation) -> None:
         """Forget ``doc`` (if it is still the one in memory) so the next use reloads from disk."""

@@ -4,7 +4,7 @@ and waiting on stored updates instead of sleeping."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +32,18 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def nodes(
-    tmp_path: Path, *names: str, settings: LinkSettings = FAST, signed: bool = False
+    tmp_path: Path,
+    *names: str,
+    settings: LinkSettings = FAST,
+    signed: bool = False,
+    identities: Mapping[str, Identity] | None = None,
 ) -> AsyncIterator[list[Node]]:
-    """Replicas with engines; ``signed``: each has an identity, so its conversations are signed."""
+    """Replicas with engines; ``signed``: each has an identity, so its conversations are
+    signed; ``identities``: these ones (by name), so that a test can open a node again."""
     async with contextlib.AsyncExitStack() as stack:
         result = []
         for name in names:
-            signer = Identity.generate() if signed else None
+            signer = identities[name] if identities is not None else Identity.generate() if signed else None
             replica = await stack.enter_async_context(open_replica(tmp_path / name, nickname=name, signer=signer))
             engine = SyncEngine(replica, settings=settings)
             replica.add_listener(engine)

@@ -112,6 +112,8 @@ def test_limits_are_checked_when_configured() -> None:
         LinkSettings(max_frames_per_second=0)
     with pytest.raises(ConfigError, match="max_connections"):
         NodeConfig(max_connections_per_address=0)
+    with pytest.raises(ConfigError, match="rest_after"):
+        NodeConfig(rest_after=0)
     assert NodeConfig().max_connections_per_address == 8
     assert NodeConfig().max_connections == 256
 

@@ -35,7 +35,7 @@ from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES
 from gigi_crdt.model.ops import Posted, encode_op
 from gigi_crdt.model.yupdate import check_update
 from gigi_crdt.protocol.yproto import decode_state_vector
-from gigi_crdt.replica import ACKNOWLEDGE_DELAY, ACKNOWLEDGE_RETRY, RESTORE_INTERVAL
+from gigi_crdt.replica import ACKNOWLEDGE_DELAY, ACKNOWLEDGE_RETRY, EMPTY_UPDATE, REST_AFTER, RESTORE_INTERVAL
 from gigi_crdt.store import Record, Store
 from gigi_crdt.store.compaction import build_snapshot, still_waiting
 from gigi_crdt.store.database import DATABASE_NAME
@@ -584,11 +584,13 @@ def member_records(document: bytes) -> dict[str, dict[str, object]]:
 
 
 @contextlib.asynccontextmanager
-async def signed_pair(tmp_path: Path, alice_key: Identity, bob_key: Identity) -> AsyncIterator[tuple[Replica, Replica]]:
+async def signed_pair(
+    tmp_path: Path, alice_key: Identity, bob_key: Identity, rest_after: float | None = REST_AFTER
+) -> AsyncIterator[tuple[Replica, Replica]]:
     """alice's and bob's replicas, with identities (their conversations are signed)."""
     async with (
-        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
-        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
+        open_replica(tmp_path / "a", nickname="alice", signer=alice_key, rest_after=rest_after) as alice,
+        open_replica(tmp_path / "b", nickname="bob", signer=bob_key, rest_after=rest_after) as bob,
     ):
         yield alice, bob
 
@@ -651,7 +653,8 @@ async def test_signed_records_are_written_back_at_most_once_per_interval(
     # Every member writes back what a replay hid: a member replaying over and over must
     # not make each of them write (and everyone pass on) an update per replay.
     alice_key, bob_key, carol = Identity.generate(), Identity.generate(), Identity.generate()
-    async with signed_pair(tmp_path, alice_key, bob_key) as (alice, bob):
+    # No resting documents: their timer would let the autojump clock leap while a commit runs.
+    async with signed_pair(tmp_path, alice_key, bob_key, rest_after=None) as (alice, bob):
         group, carol_added = await carol_added_and_removed(alice, bob, carol.peer_id)
         writes = Recorder()
         alice.add_listener(writes)
@@ -671,8 +674,8 @@ async def test_signed_records_are_written_back_at_most_once_per_interval(
         assert len(writes.local) == 1
         assert not await alice.is_member(group, carol.peer_id)  # ...and it changes nothing meanwhile
     async with (  # not even across a restart, with only the replay in the document
-        open_replica(tmp_path / "a", nickname="alice", signer=alice_key) as alice,
-        open_replica(tmp_path / "b", nickname="bob", signer=bob_key) as bob,
+        open_replica(tmp_path / "a", nickname="alice", signer=alice_key, rest_after=None) as alice,
+        open_replica(tmp_path / "b", nickname="bob", signer=bob_key, rest_after=None) as bob,
     ):
         alice.add_listener(writes)
         assert not await document_shows_removal()
@@ -914,3 +917,82 @@ async def test_structs_that_wait_already_are_not_stored_again(tmp_path: Path) ->
         assert sum(waiting for _, waiting in rows) == 1
         await bob.receive(conversation, first)
         assert texts(await bob.history(conversation)) == ["first", "second"]
+
+
+async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", rest_after=None) as alice,
+        open_replica(tmp_path / "b", nickname="bob", rest_after=None) as bob,
+    ):
+        conversation = await direct(alice, bob)
+        await alice.send(conversation, Text("one"))
+        await sync(alice, bob, conversation)
+        current = await alice.state_vector(conversation)
+        assert alice.rest_idle(0) == [conversation]
+        assert not alice.is_loaded(conversation)
+        assert await alice.state_vector(conversation) == current
+        assert await alice.diff(conversation, await bob.state_vector(conversation)) == EMPTY_UPDATE
+        assert not alice.is_loaded(conversation)
+        await alice.send(conversation, Text("two"))  # loads it again
+        assert alice.rest_idle(0) == [conversation]
+        await sync(alice, bob, conversation)  # bob lacks "two": answering him loads it
+        assert alice.is_loaded(conversation)
+        assert texts(await bob.history(conversation)) == ["one", "two"]
+        assert texts(await alice.export(conversation)) == ["one", "two"]
+
+
+async def test_a_document_with_work_under_way_or_structs_waiting_does_not_rest(tmp_path: Path) -> None:
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", rest_after=None) as alice,
+        open_replica(tmp_path / "b", nickname="bob", rest_after=None) as bob,
+    ):
+        conversation = await direct(alice, bob)
+        heard = LocalWrites()
+        bob.add_listener(heard)
+        bob.acknowledge_nowait(conversation, await receive_unacknowledged(alice, bob, conversation, "one"))
+        assert bob.rest_idle(0) == []  # its delivered receipt is queued
+        await heard.written.wait()
+        assert bob.rest_idle(0) == [conversation]
+        first, second_only = await two_posts(alice, conversation)
+        await bob.receive(conversation, second_only)
+        assert bob.rest_idle(0) == []  # only the document knows what waits
+        await bob.receive(conversation, first)
+        assert bob.rest_idle(0) == [conversation]
+        assert texts(await bob.history(conversation)) == ["one", "first", "second"]
+
+
+async def test_documents_rest_once_unused_for_rest_after(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    async with open_replica(tmp_path / "a", nickname="alice", rest_after=60) as alice:
+        conversation = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
+        mock_clock.jump(45)
+        await trio.testing.wait_all_tasks_blocked()
+        await alice.send(conversation, Text("still in use"))
+        mock_clock.jump(45)
+        await trio.testing.wait_all_tasks_blocked()
+        assert alice.is_loaded(conversation)  # used 45 s ago
+        mock_clock.jump(30)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not alice.is_loaded(conversation)
+        assert texts(await alice.history(conversation)) == ["still in use"]
+
+
+async def test_a_peer_here_lately_still_gets_only_what_it_lacks_after_the_document_rested(tmp_path: Path) -> None:
+    # A diff against a state vector carries the whole delete set (every head a signed
+    # conversation overwrote): the recent updates must outlive the document's rest.
+    async with signed_pair(tmp_path, Identity.generate(), Identity.generate(), rest_after=None) as (alice, bob):
+        conversation = await direct(alice, bob)
+        for i in range(200):
+            await alice.send(conversation, Text(f"post {i}"))
+        await sync(alice, bob, conversation)
+        behind = await bob.state_vector(conversation)
+        await alice.send(conversation, Text("missed"))
+        lacked = await alice.diff(conversation, behind)
+        whole = Doc()
+        whole.apply_update(await alice.diff(conversation, None))
+        assert len(whole.get_update(behind)) > 2 * len(lacked)  # what a diff would send
+        assert alice.rest_idle(0) == [conversation]
+        again = await alice.diff(conversation, behind)
+        assert alice.is_loaded(conversation)
+        assert len(again) == len(lacked)  # the same updates (yrs may order the clients otherwise)
+        await bob.receive(conversation, again, origin=alice.peer_id)
+        assert texts(await bob.history(conversation, limit=1)) == ["missed"]

@@ -122,6 +122,31 @@ async def test_a_peer_that_has_everything_is_sent_an_empty_step_2(tmp_path: Path
         assert counted.sent < 512, counted.sent
 
 
+async def test_peers_meeting_again_load_only_the_conversations_that_changed(tmp_path: Path) -> None:
+    # Every shared conversation's state vector crosses the link on connect (and every
+    # anti-entropy round): answered from the store, quiet ones stay on disk.
+    identities = {name: Identity.generate() for name in ("alice", "bob")}
+    async with nodes(tmp_path, "alice", "bob", identities=identities) as (alice, bob):
+        conversations = [await group_of([alice, bob]) for _ in range(4)]
+        for conversation in conversations:
+            await alice.replica.send(conversation, Text("before"))
+            await bob.replica.receive(conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id)
+            news = await bob.replica.diff(conversation, await alice.replica.state_vector(conversation))
+            await alice.replica.receive(conversation, news, origin=bob.peer_id)  # bob's delivered receipt
+    async with nodes(tmp_path, "alice", "bob", identities=identities) as (alice, bob):
+        changed = conversations[0]
+        await alice.replica.send(changed, Text("while apart"))
+        async with trio.open_nursery() as nursery:
+            link(nursery, alice, bob)
+            with trio.fail_after(10):
+                for node in (alice, bob):
+                    await wait_for(node, lambda e: isinstance(e, SyncProgress) and e.done == e.total == 4)
+            await converged([alice, bob], changed, 2)
+            nursery.cancel_scope.cancel()
+        for node in (alice, bob):
+            assert [c for c in conversations if node.replica.is_loaded(c)] == [changed]
+
+
 async def test_a_message_is_announced_before_its_commit_and_reads_wait_for_that(tmp_path: Path) -> None:
     async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
         conversation = await group_of([alice, bob])

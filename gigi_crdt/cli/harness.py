@@ -59,6 +59,12 @@ def add_harness_command(subparsers: argparse._SubParsersAction[argparse.Argument
     add("--crashes", type=_bounded(int, 0, 10_000), default=0, help="node crashes, each followed by a restart")
     add("--lose-store", type=_bounded(float, 0, 1), default=0.3, help="chance a crash loses the store (0.3)")
     add("--anti-entropy", type=_bounded(float, 0.01, 3600), default=0.3, help="seconds between rounds (0.3)")
+    add(
+        "--rest-after",
+        type=_bounded(float, 0.01, 3600),
+        default=3.0,
+        help="seconds an unused conversation document stays in memory (3)",
+    )
     add("--timeout", type=_bounded(float, 0.1, 3600), default=60.0, help="seconds to wait for convergence (60)")
     add(
         "--no-membership",
@@ -89,6 +95,7 @@ def config_from(arguments: argparse.Namespace) -> ScenarioConfig:
         converge_timeout=arguments.timeout,
         membership=arguments.membership,
         tcp=arguments.tcp,
+        rest_after=arguments.rest_after,
     )
 
 

@@ -170,6 +170,11 @@ class RecentUpdates:
             self._keep(pending.update, pending.needs)
             self._bytes = len(pending.update)
 
+    @property
+    def size(self) -> int:
+        """Bytes held."""
+        return self._bytes
+
     def _keep(self, update: bytes, ends: Mapping[int, int]) -> None:
         for client, end in ends.items():
             bisect.insort(self._ends.setdefault(client, []), (end, len(self._updates)))

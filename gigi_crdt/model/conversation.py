@@ -609,11 +609,32 @@ class Conversation:
         added to each.
         """
         ours = clocks_of(self.state_vector())
-        if self._waiting is not None and covers(ours, self._waiting.needs):
-            self._waiting = None  # all integrated
+        self._forget_integrated(ours)
         parts = [self._lacked(state_vector, ours), b"" if self._waiting is None else self._waiting.update]
         parts = [part for part in parts if part]
         return merge_updates(*parts) if len(parts) > 1 else parts[0] if parts else None
+
+    @property
+    def recent_updates(self) -> RecentUpdates:
+        """What ``catch_up`` answers peers that were here lately from."""
+        return self._recent
+
+    def continue_recent(self, recent: RecentUpdates) -> None:
+        """Take over the ``recent_updates`` of an earlier copy of this document that left
+        memory at the state this one was loaded at (``Replica.rest_idle``): peers that were
+        here lately still get only what they lack, not a diff with the whole delete set."""
+        self._recent = recent
+
+    @property
+    def waits(self) -> bool:
+        """Whether structs or deletions wait for a dependency (no state vector counts them)."""
+        if self._waiting is not None:
+            self._forget_integrated(clocks_of(self.state_vector()))
+        return self._waiting is not None
+
+    def _forget_integrated(self, ours: Mapping[int, int]) -> None:
+        if self._waiting is not None and covers(ours, self._waiting.needs):
+            self._waiting = None  # all integrated
 
     def _lacked(self, state_vector: bytes | None, ours: Mapping[int, int]) -> bytes:
         """What a peer at ``state_vector`` lacks of what our clocks ``ours`` count (``b""``: nothing)."""
@@ -1084,6 +1105,14 @@ class Conversation:
         with self._local_transaction():
             self._members[peer_id] = self._record(gone)
         return self._written(Changes())
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether this document holds something its stored log and signed records would
+        not give back on a fresh load, or waits for a dependency (then only it knows what
+        waits): it must stay in memory (see ``Replica.rest_idle``)."""
+        self._member_map()  # first: signed records it has not seen yet count as unstored
+        return self._writing or self.waits or bool(self._unstored)
 
     def has_stale_records(self) -> bool:
         """True if ``restore_records`` would write something back."""

@@ -19,6 +19,7 @@ import ifaddr
 from ..discovery.dialer import LOST_GRACE
 from ..discovery.static import parse_peer_address
 from ..errors import ConfigError
+from ..replica import REST_AFTER
 from ..sync import LinkSettings
 from ..sync.tcp import MAX_BACKOFF, MIN_BACKOFF
 from ..transport.websocket import RelayAddress
@@ -58,6 +59,8 @@ class NodeConfig:
         min_backoff: the first wait before redialling a peer, in seconds (doubled per failure).
         max_backoff: the longest wait before redialling.
         lost_grace: how long a peer that mDNS reports lost is still dialled.
+        rest_after: seconds a conversation's document stays in memory unused before it
+            leaves (its messages stay on disk; it loads again when needed); ``None``: never.
     """
 
     host: str | None = None
@@ -72,12 +75,15 @@ class NodeConfig:
     min_backoff: float = MIN_BACKOFF
     max_backoff: float = MAX_BACKOFF
     lost_grace: float = LOST_GRACE
+    rest_after: float | None = REST_AFTER
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is not in 0..65535")
         if self.max_connections_per_address < 1 or self.max_connections < 1:
             raise ConfigError("max_connections_per_address and max_connections must be at least 1")
+        if self.rest_after is not None and self.rest_after <= 0:
+            raise ConfigError(f"rest_after must be positive (or None), not {self.rest_after}")
         for peer in self.peers:
             parse_peer_address(peer)  # fail at configuration time, naming the bad entry
         for relay in self.relays:

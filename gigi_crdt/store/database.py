@@ -22,7 +22,7 @@ from ..errors import StorageError, StoreCorrupt, StoreFull, StoreInUse, StoreRea
 
 DATABASE_NAME = "gigi.sqlite3"
 LOCK_NAME = "gigi.lock"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 YSTORE_VERSION = 2  # pycrdt.store.BaseYStore.version
 
 # Signed records (member records, charters) held as the newest valid ones seen: not derived
@@ -43,7 +43,8 @@ CREATE TABLE gigi_settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE conversations (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, title TEXT NOT NULL, created_at INTEGER NOT NULL,
     retention_days INTEGER, log_bytes INTEGER NOT NULL DEFAULT 0,
-    snapshot_bytes INTEGER NOT NULL DEFAULT 0, garbage INTEGER NOT NULL DEFAULT 0);
+    snapshot_bytes INTEGER NOT NULL DEFAULT 0, garbage INTEGER NOT NULL DEFAULT 0,
+    state_vector BLOB);
 CREATE TABLE members (
     conv TEXT NOT NULL, peer TEXT NOT NULL, nickname TEXT NOT NULL, role TEXT NOT NULL,
     joined_at INTEGER NOT NULL, left_at INTEGER, removed INTEGER NOT NULL DEFAULT 0,
@@ -82,10 +83,12 @@ END;
 
 # From each older version straight to SCHEMA_VERSION, in one transaction.
 _ADD_REMOVED = "ALTER TABLE members ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;"
+_ADD_STATE_VECTOR = "ALTER TABLE conversations ADD COLUMN state_vector BLOB;"  # NULL: load to learn it
 _TO_CURRENT = f"UPDATE gigi_settings SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
 _MIGRATIONS = {
-    1: _ADD_REMOVED + _SIGNED_RECORDS + _TO_CURRENT,
-    2: _SIGNED_RECORDS + _TO_CURRENT,
+    1: _ADD_REMOVED + _SIGNED_RECORDS + _ADD_STATE_VECTOR + _TO_CURRENT,
+    2: _SIGNED_RECORDS + _ADD_STATE_VECTOR + _TO_CURRENT,
+    3: _ADD_STATE_VECTOR + _TO_CURRENT,
 }
 
 

@@ -47,6 +47,9 @@ class Record:
     waiting: bool = False  # the update left structs waiting for a dependency (see ``load_log``)
     signed: Sequence[tuple[str, str, str]] = ()
     """Signed records held now: (root, key, JSON record); see ``signed_records``."""
+    state_vector: bytes | None = None
+    """The document's state vector with ``update`` applied; ``None`` if it is not to be
+    told from the store (see ``stored_state_vector``)."""
 
 
 class Store:
@@ -112,8 +115,13 @@ class Store:
                 "UPDATE conversations SET "
                 "snapshot_bytes = CASE WHEN snapshot_bytes = 0 AND log_bytes = 0 THEN :n ELSE snapshot_bytes END, "
                 "log_bytes = CASE WHEN snapshot_bytes = 0 AND log_bytes = 0 THEN 0 ELSE log_bytes + :n END, "
-                "garbage = garbage + :deleted WHERE id = :conv",
-                {"n": len(record.update), "deleted": _deletions(record), "conv": record.conversation},
+                "garbage = garbage + :deleted, state_vector = :sv WHERE id = :conv",
+                {
+                    "n": len(record.update),
+                    "deleted": _deletions(record),
+                    "sv": record.state_vector,
+                    "conv": record.conversation,
+                },
             )
         vanished = index.record_changes(db, record.conversation, record.changes, record.expire_before)
         db.executemany(
@@ -265,6 +273,19 @@ class Store:
         if connection is None:
             raise StoreClosed(f"{self.path} is closed")
         return connection
+
+
+def stored_state_vector(db: sqlite3.Connection, conversation: str) -> bytes | None:
+    """A conversation's state vector as of its last committed update, to answer peers
+    without loading the document; ``None`` if the document must be loaded to tell: it
+    had structs waiting for a dependency then (only it knows which), the store was
+    written by an older version, or there is no such conversation.
+
+    It is written in the same transaction as the update it follows, so it never claims
+    more than the log holds: a peer told it sends us nothing we lack.
+    """
+    row = db.execute("SELECT state_vector FROM conversations WHERE id = ?", (conversation,)).fetchone()
+    return None if row is None or row[0] is None else bytes(row[0])
 
 
 def _deletions(record: Record) -> int:

@@ -116,8 +116,10 @@ class Network:
         rates: FaultRates,
         faults: FaultFactory,
         transport: Transport,
+        rest_after: float | None = None,
     ) -> None:
         self._nursery = nursery
+        self.rest_after = rest_after
         self.root = root
         self.settings = settings
         self.rates = rates
@@ -147,7 +149,9 @@ class Network:
             node.scope = scope
             try:
                 async with (
-                    open_replica(node.data_dir, nickname=node.name, signer=node.identity) as replica,
+                    open_replica(
+                        node.data_dir, nickname=node.name, signer=node.identity, rest_after=self.rest_after
+                    ) as replica,
                     trio.open_nursery() as nursery,
                 ):
                     engine = SyncEngine(replica, settings=self.settings)
@@ -301,12 +305,23 @@ async def open_network(
     rates: FaultRates,
     faults: FaultFactory,
     transport: Transport = Transport.MEMORY,
+    rest_after: float | None = None,
 ) -> AsyncIterator[Network]:
-    """Start ``size`` nodes under ``root``, fully linked; everything stops when the block ends."""
+    """Start ``size`` nodes under ``root``, fully linked; everything stops when the block ends.
+    ``rest_after``: see ``open_replica`` (``None``: documents stay in memory)."""
     if size < 2:
         raise ValueError("a network needs at least two nodes")
     async with trio.open_nursery() as nursery:
-        network = Network(nursery, root, size, settings=settings, rates=rates, faults=faults, transport=transport)
+        network = Network(
+            nursery,
+            root,
+            size,
+            settings=settings,
+            rates=rates,
+            faults=faults,
+            transport=transport,
+            rest_after=rest_after,
+        )
         for index in range(size):
             await network.start(index)
         yield network

@@ -163,6 +163,7 @@ async def run_scenario(
             rates=config.rates,
             faults=faults or seeded_faults(config),
             transport=Transport.TCP if config.tcp else Transport.MEMORY,
+            rest_after=config.rest_after,
         ) as network:
             runner = _Runner(network, config, result)
             started = time.perf_counter()

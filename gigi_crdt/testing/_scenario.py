@@ -87,6 +87,8 @@ class ScenarioConfig:
         tcp: link over real loopback TCP instead of memory streams.
         receipt_sample_every: ops between two samples of every receipt counter.
         membership: include join and leave operations.
+        rest_after: seconds a node's unused conversation document stays in memory
+            (``open_replica``); scaled down with the anti-entropy interval (30 s -> 0.3 s).
     """
 
     nodes: int = 5
@@ -103,6 +105,7 @@ class ScenarioConfig:
     tcp: bool = False
     receipt_sample_every: int = 50
     membership: bool = True
+    rest_after: float = 3.0
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -113,8 +116,8 @@ class ScenarioConfig:
             raise ValueError("a scenario needs at least one conversation")
         if not 0.0 <= self.lose_store <= 1.0:
             raise ValueError("lose_store must be within [0, 1]")
-        if self.anti_entropy <= 0 or self.converge_timeout <= 0:
-            raise ValueError("anti_entropy and converge_timeout must be positive")
+        if self.anti_entropy <= 0 or self.converge_timeout <= 0 or self.rest_after <= 0:
+            raise ValueError("anti_entropy, converge_timeout and rest_after must be positive")
 
     @property
     def conversations(self) -> int:
