@@ -193,7 +193,8 @@ def report(args: argparse.Namespace, rounds: list[Round]) -> None:
         old, new = median(False, field), median(True, field)
         scale = 1 / 2**20 if unit == "MiB" else 1
         fmt = "{:.3f}" if unit == "s" else "{:.1f}" if unit == "MiB" else "{:.0f}"
-        ratio = f"{old / new:.1f}x" if new else "-"
+        meaningful = 0.5 * 2**20 if unit == "MiB" else 1e-9  # RSS moves by pages, and by the allocator's whims
+        ratio = f"{old / new:.1f}x" if new >= meaningful else "-"
         rows.append([f"{label}{f' ({unit})' if unit else ''}", fmt.format(old * scale), fmt.format(new * scale), ratio])
     total = args.conversations * args.messages
     print_table(

@@ -193,6 +193,7 @@ class Replica:
         self._users: dict[str, int] = {}  # conversation -> tasks holding its document across a checkpoint
         self._resting: dict[str, RecentUpdates] = {}  # of resting documents, the last to rest last
         self._resting_bytes = 0
+        self._state_stored: set[str] = set()  # conversations whose last commit stored their state vector
         self._loading = trio.Lock()
         self._unchecked_bytes: dict[str, int] = {}
         self._listeners: list[UpdateListener] = []
@@ -642,7 +643,7 @@ class Replica:
         )
         await self._worker.write(self._store.rebuild_index, conversation, [record])
 
-    def rest_idle(self, idle_for: float) -> list[str]:
+    async def rest_idle(self, idle_for: float) -> list[str]:
         """Let the documents unused for ``idle_for`` seconds leave memory (they *rest*);
         returns their conversations. The next use loads one again, but not asking for its
         state vector or a catch-up a peer does not need (``state_vector``, ``diff``): a
@@ -651,23 +652,34 @@ class Replica:
         A document stays while anything of it is under way (a commit, a queued receipt)
         or held only in memory (``Conversation.unsettled``), and while a committed update
         has not been passed on yet: the sync engine reads members from memory for that.
+        Their state vectors are stored first, if their last commit did not.
         """
-        if self._committed:
+        idle = self._idle(idle_for)
+        if not idle:
             return []
+        await self._store_state_vectors(idle)
+        rested = {conv: doc for conv, doc in self._idle(idle_for).items() if idle.get(conv) is doc}
+        for conversation, doc in rested.items():
+            self._release(conversation, doc)
+            self._keep_recent(conversation, doc.recent_updates)
+        return list(rested)
+
+    def _idle(self, idle_for: float) -> dict[str, Conversation]:
+        """The documents ``rest_idle`` would let go."""
+        if self._committed:
+            return {}
         now = trio.current_time()
-        rested = []
-        for conversation, doc in list(self._conversations.items()):
-            idle = now - self._last_used.get(conversation, now) >= idle_for
+        idle = {}
+        for conversation, doc in self._conversations.items():
+            unused = now - self._last_used.get(conversation, now) >= idle_for
             busy = (
                 self._in_flight.get(conversation)
                 or self._users.get(conversation)
                 or conversation in self._unacknowledged
             )
-            if idle and not busy and not doc.unsettled:
-                self._release(conversation, doc)
-                self._keep_recent(conversation, doc.recent_updates)
-                rested.append(conversation)
-        return rested
+            if unused and not busy and not doc.unsettled:
+                idle[conversation] = doc
+        return idle
 
     def _keep_recent(self, conversation: str, recent: RecentUpdates) -> None:
         """Keep a resting document's recent updates for when it loads again (within
@@ -686,9 +698,27 @@ class Replica:
     async def _rest_idle_documents(self, rest_after: float) -> None:
         while True:
             await trio.sleep(rest_after / 4)  # so a document rests within 1.25 x rest_after
-            rested = self.rest_idle(rest_after)
+            rested = await self.rest_idle(rest_after)
             if rested:
                 log.debug("%d idle conversation documents left memory", len(rested))
+
+    async def _store_state_vectors(self, documents: Mapping[str, Conversation]) -> None:
+        """Store the state vectors of settled ``documents`` about to rest: their last commit
+        may have stored none (``_persist``; a store of version 3), and without one every
+        anti-entropy round would load them again. Queued like commits, so any later
+        commit of theirs stores its own after this."""
+        records = [
+            Record(conv, b"", Changes(), generation=self._generations.get(conv, 0), state_vector=doc.state_vector())
+            for conv, doc in documents.items()
+            if conv not in self._state_stored
+        ]
+        used = {record.conversation: self._last_used.get(record.conversation) for record in records}
+        try:
+            await self._worker.commit_all(records)
+        except GigiError as exc:  # only an optimisation: they load to answer instead
+            log.warning("state vectors of %d idle documents not stored: %s", len(records), exc)
+        else:  # but not those a commit since stored its own (or none) for
+            self._state_stored.update(conv for conv, when in used.items() if self._last_used.get(conv) == when)
 
     @contextlib.contextmanager
     def _in_use(self, conversation: str) -> Iterator[None]:
@@ -802,6 +832,10 @@ class Replica:
             # but not on disk (nor in the index). Commits are short; let this one finish.
             with trio.CancelScope(shield=True):
                 vanished = await self._worker.commit(record)
+            if record.state_vector is not None:
+                self._state_stored.add(conv)
+            elif written.update:
+                self._state_stored.discard(conv)
             if written.update:
                 committed = (conv, written.update, origin or None)
         except GigiError:

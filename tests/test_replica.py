@@ -928,13 +928,13 @@ async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store
         await alice.send(conversation, Text("one"))
         await sync(alice, bob, conversation)
         current = await alice.state_vector(conversation)
-        assert alice.rest_idle(0) == [conversation]
+        assert await alice.rest_idle(0) == [conversation]
         assert not alice.is_loaded(conversation)
         assert await alice.state_vector(conversation) == current
         assert await alice.diff(conversation, await bob.state_vector(conversation)) == EMPTY_UPDATE
         assert not alice.is_loaded(conversation)
         await alice.send(conversation, Text("two"))  # loads it again
-        assert alice.rest_idle(0) == [conversation]
+        assert await alice.rest_idle(0) == [conversation]
         await sync(alice, bob, conversation)  # bob lacks "two": answering him loads it
         assert alice.is_loaded(conversation)
         assert texts(await bob.history(conversation)) == ["one", "two"]
@@ -950,14 +950,14 @@ async def test_a_document_with_work_under_way_or_structs_waiting_does_not_rest(t
         heard = LocalWrites()
         bob.add_listener(heard)
         bob.acknowledge_nowait(conversation, await receive_unacknowledged(alice, bob, conversation, "one"))
-        assert bob.rest_idle(0) == []  # its delivered receipt is queued
+        assert await bob.rest_idle(0) == []  # its delivered receipt is queued
         await heard.written.wait()
-        assert bob.rest_idle(0) == [conversation]
+        assert await bob.rest_idle(0) == [conversation]
         first, second_only = await two_posts(alice, conversation)
         await bob.receive(conversation, second_only)
-        assert bob.rest_idle(0) == []  # only the document knows what waits
+        assert await bob.rest_idle(0) == []  # only the document knows what waits
         await bob.receive(conversation, first)
-        assert bob.rest_idle(0) == [conversation]
+        assert await bob.rest_idle(0) == [conversation]
         assert texts(await bob.history(conversation)) == ["one", "first", "second"]
 
 
@@ -990,9 +990,31 @@ async def test_a_peer_here_lately_still_gets_only_what_it_lacks_after_the_docume
         whole = Doc()
         whole.apply_update(await alice.diff(conversation, None))
         assert len(whole.get_update(behind)) > 2 * len(lacked)  # what a diff would send
-        assert alice.rest_idle(0) == [conversation]
+        assert await alice.rest_idle(0) == [conversation]
         again = await alice.diff(conversation, behind)
         assert alice.is_loaded(conversation)
         assert len(again) == len(lacked)  # the same updates (yrs may order the clients otherwise)
         await bob.receive(conversation, again, origin=alice.peer_id)
         assert texts(await bob.history(conversation, limit=1)) == ["missed"]
+
+
+async def test_a_document_whose_state_vector_was_not_stored_stores_it_when_it_rests(tmp_path: Path) -> None:
+    # As a store of version 3 left it: without a state vector every anti-entropy round
+    # would load the document again, however long it rests.
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        conversation = await alice.create_conversation(ConversationKind.DIRECT, others={"bob-peer-0002": "bob"})
+        await alice.send(conversation, Text("hello"))
+        state = await alice.state_vector(conversation)
+    raw = sqlite3.connect(tmp_path / "a" / DATABASE_NAME)
+    raw.execute("UPDATE conversations SET state_vector = NULL")
+    raw.commit()
+    raw.close()
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        assert await alice.state_vector(conversation) == state
+        assert alice.is_loaded(conversation)  # to learn it
+        assert await alice.rest_idle(0) == [conversation]
+        assert await alice.state_vector(conversation) == state
+        assert not alice.is_loaded(conversation)
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        assert await alice.state_vector(conversation) == state
+        assert not alice.is_loaded(conversation)

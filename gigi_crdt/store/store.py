@@ -49,7 +49,8 @@ class Record:
     """Signed records held now: (root, key, JSON record); see ``signed_records``."""
     state_vector: bytes | None = None
     """The document's state vector with ``update`` applied; ``None`` if it is not to be
-    told from the store (see ``stored_state_vector``)."""
+    told from the store (see ``stored_state_vector``). Without an update: the state
+    vector of everything committed before, to store (``None``: keep the stored one)."""
 
 
 class Store:
@@ -122,6 +123,10 @@ class Store:
                     "sv": record.state_vector,
                     "conv": record.conversation,
                 },
+            )
+        elif record.state_vector is not None:
+            db.execute(
+                "UPDATE conversations SET state_vector = ? WHERE id = ?", (record.state_vector, record.conversation)
             )
         vanished = index.record_changes(db, record.conversation, record.changes, record.expire_before)
         db.executemany(

@@ -8,7 +8,7 @@ senders the cost of an fsync is shared, with one sender it is paid at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -119,15 +119,24 @@ class StoreWorker:
     async def commit(self, record: Record) -> list[str]:
         """Return once ``record`` is durably stored, with the ids of the messages it took
         out of the index (``Store.commit``); raise ``StorageError`` if it cannot be."""
-        pending = _Pending(record)
+        (vanished,) = await self.commit_all([record])
+        return vanished
+
+    async def commit_all(self, records: Sequence[Record]) -> list[list[str]]:
+        """``commit`` for several records at once: queued together, they usually share
+        one transaction. Raises the first record's error, once every one is done."""
+        batch = [_Pending(record) for record in records]
         try:
-            await self._send.send(pending)
+            for pending in batch:
+                await self._send.send(pending)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StoreClosed(f"{self.store.path} is closed") from None
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.vanished
+        for pending in batch:
+            await pending.done.wait()
+        for pending in batch:
+            if pending.error is not None:
+                raise pending.error
+        return [pending.vanished for pending in batch]
 
     async def write(self, function: Callable[..., T], *args: object) -> T:
         """Run a writing ``Store`` method in the writer thread (serialised with commits)."""
