@@ -919,12 +919,19 @@ async def test_structs_that_wait_already_are_not_stored_again(tmp_path: Path) ->
         assert texts(await bob.history(conversation)) == ["first", "second"]
 
 
-async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def direct_pair(tmp_path: Path) -> AsyncIterator[tuple[Replica, Replica, str]]:
+    """alice's and bob's replicas and their synced direct conversation; documents rest
+    only when the test calls ``rest_idle``."""
     async with (
         open_replica(tmp_path / "a", nickname="alice", rest_after=None) as alice,
         open_replica(tmp_path / "b", nickname="bob", rest_after=None) as bob,
     ):
-        conversation = await direct(alice, bob)
+        yield alice, bob, await direct(alice, bob)
+
+
+async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store(tmp_path: Path) -> None:
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         await alice.send(conversation, Text("one"))
         await sync(alice, bob, conversation)
         current = await alice.state_vector(conversation)
@@ -942,11 +949,7 @@ async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store
 
 
 async def test_a_document_with_work_under_way_or_structs_waiting_does_not_rest(tmp_path: Path) -> None:
-    async with (
-        open_replica(tmp_path / "a", nickname="alice", rest_after=None) as alice,
-        open_replica(tmp_path / "b", nickname="bob", rest_after=None) as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         heard = LocalWrites()
         bob.add_listener(heard)
         bob.acknowledge_nowait(conversation, await receive_unacknowledged(alice, bob, conversation, "one"))
