@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gigi_crdt.sync.engine as engine_module
-from gigi_crdt import ConversationKind, Text, open_replica
+from gigi_crdt import ConversationKind, Replica, Text, open_replica
 from gigi_crdt.cli.harness import add_harness_command, config_from
 from gigi_crdt.cli.harness import main as harness_main
 from gigi_crdt.model import Changes
@@ -178,6 +178,26 @@ async def test_lossy_network_with_partitions_and_crashes_converges(seed: int, me
     assert result.ok, result.summary()
 
 
+async def test_documents_resting_and_loading_again_all_through_lossy_runs_converge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rested: list[str] = []
+    rest_idle = Replica.rest_idle
+
+    async def counted(self: Replica, idle_for: float) -> list[str]:
+        conversations = await rest_idle(self, idle_for)
+        rested.extend(conversations)
+        return conversations
+
+    monkeypatch.setattr(Replica, "rest_idle", counted)
+    rates = FaultRates(loss=0.1, dup=0.05, reorder=0.2)
+    for seed in range(4):
+        config = ScenarioConfig(seed=seed, rates=rates, partitions=2, crashes=1, rest_after=0.02, **SMALL)  # type: ignore[arg-type]
+        result = await run_scenario(config)
+        assert result.ok, result.summary()
+    assert len(rested) > 10  # and each was loaded again when next needed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(20))
 async def test_ten_nodes_many_ops(seed: int) -> None:
@@ -212,7 +232,7 @@ def test_cli_fails_on_violation(capsys: pytest.CaptureFixture[str]) -> None:
 def test_replay_command_describes_the_same_scenario(membership: bool, tcp: bool) -> None:
     rates = FaultRates(loss=0.1, dup=0.05, reorder=0.2, latency=0.002)
     small = SMALL | {"membership": membership}
-    config = ScenarioConfig(seed=7, rates=rates, partitions=2, crashes=1, tcp=tcp, **small)  # type: ignore[arg-type]
+    config = ScenarioConfig(seed=7, rates=rates, partitions=2, crashes=1, tcp=tcp, rest_after=0.05, **small)  # type: ignore[arg-type]
     parser = argparse.ArgumentParser()
     add_harness_command(parser.add_subparsers(dest="command"))
     replay = shlex.split(ScenarioResult(config).replay_command())

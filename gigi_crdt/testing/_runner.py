@@ -76,7 +76,7 @@ class ScenarioResult:
             f"--nodes {c.nodes} --ops {c.ops} --seed {c.seed} --groups {c.groups} --directs {c.directs} "
             f"--loss {r.loss:g} --dup {r.dup:g} --reorder {r.reorder:g} --latency {r.latency * 1000:g} "
             f"--partitions {c.partitions} --crashes {c.crashes} --lose-store {c.lose_store:g} "
-            f"--anti-entropy {c.anti_entropy:g} --timeout {c.converge_timeout:g}"
+            f"--anti-entropy {c.anti_entropy:g} --rest-after {c.rest_after:g} --timeout {c.converge_timeout:g}"
         )
         flags = ("" if c.membership else " --no-membership") + (" --tcp" if c.tcp else "")
         return f"gigi-crdt harness {args}{flags}"
