@@ -192,6 +192,7 @@ class Replica:
         self._last_used: dict[str, float] = {}  # conversation -> when its document was last used
         self._users: dict[str, int] = {}  # conversation -> tasks holding its document across a checkpoint
         self._resting: dict[str, RecentUpdates] = {}  # of resting documents, the last to rest last
+        self._resting_clients: dict[str, int] = {}  # the Yjs client id each resting document wrote under
         self._resting_bytes = 0
         self._state_stored: set[str] = set()  # conversations whose last commit stored their state vector
         self._loading = trio.Lock()
@@ -662,6 +663,7 @@ class Replica:
         for conversation, doc in rested.items():
             self._release(conversation, doc)
             self._keep_recent(conversation, doc.recent_updates)
+            self._resting_clients[conversation] = doc.client_id
         return list(rested)
 
     def _idle(self, idle_for: float) -> dict[str, Conversation]:
@@ -758,7 +760,11 @@ class Replica:
             await self._settled.setdefault(conversation, trio.Event()).wait()
         log = await self._worker.read(self._store.load_log, conversation)
         held = _parse_held(await self._worker.read(self._store.signed_records, conversation))
-        doc = await trio.to_thread.run_sync(Conversation.from_log, log, self.peer_id, self._clock, self._signer, held)
+        # It rested: everything it wrote is in the log, so it may write on under its client id.
+        client_id = self._resting_clients.pop(conversation, None)
+        doc = await trio.to_thread.run_sync(
+            Conversation.from_log, log, self.peer_id, self._clock, self._signer, held, client_id
+        )
         recent = self._take_recent(conversation)
         if recent is not None:  # it rested: nothing was committed since (that needs it loaded)
             doc.continue_recent(recent)

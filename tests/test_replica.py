@@ -941,6 +941,8 @@ async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store
         assert await alice.diff(conversation, await bob.state_vector(conversation)) == EMPTY_UPDATE
         assert not alice.is_loaded(conversation)
         await alice.send(conversation, Text("two"))  # loads it again
+        clients = decode_state_vector(await alice.state_vector(conversation)).keys()
+        assert clients == decode_state_vector(current).keys()  # written under the same Yjs client
         assert await alice.rest_idle(0) == [conversation]
         await sync(alice, bob, conversation)  # bob lacks "two": answering him loads it
         assert alice.is_loaded(conversation)

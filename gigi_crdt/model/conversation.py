@@ -294,11 +294,18 @@ class Conversation:
         clock: HybridClock,
         signer: Signer | None = None,
         held: Iterable[tuple[str, str, object]] = (),
+        client_id: int | None = None,
     ) -> Conversation:
         """A conversation rebuilt from its stored log (see ``gaps.load_document``), and from
         the signed records it held before (``take_unstored_records``: the document alone may
-        show older ones)."""
-        doc, past_gaps = load_document(log, _apply)
+        show older ones).
+
+        ``client_id``: write under the Yjs client id of an earlier copy whose every write is
+        in ``log`` (it left memory settled: ``Replica.rest_idle``), so that a conversation
+        loaded again and again does not grow every state vector by a client each time;
+        default a new one, as after a restart (the last writes may not have reached the log).
+        """
+        doc, past_gaps = load_document(log, _apply, client_id)
         conversation = cls(doc, local_peer, clock, signer)
         conversation._past_gaps = past_gaps
         conversation._hold_stored(held)

@@ -147,11 +147,14 @@ class Logged(NamedTuple):
     waiting: bool
 
 
-def load_document(log: Iterable[Logged], apply: Apply = _apply_plain) -> tuple[Doc[Any], PastGaps]:
+def load_document(
+    log: Iterable[Logged], apply: Apply = _apply_plain, client_id: int | None = None
+) -> tuple[Doc[Any], PastGaps]:
     """A new document holding a stored ``log`` (``apply`` applies one update), and what it
     holds back. The log is in the order its updates were applied: an update that left
-    nothing waiting integrated whole then, and does again now, so only the others are cut."""
-    doc: Doc[Any] = Doc()
+    nothing waiting integrated whole then, and does again now, so only the others are cut.
+    ``client_id``: the Yjs client id it writes under (default: a new one)."""
+    doc: Doc[Any] = Doc() if client_id is None else Doc(client_id=client_id)
     past_gaps = PastGaps(doc, apply)
     for update, waiting in log:
         past_gaps.integrate(update, gappy=waiting)
