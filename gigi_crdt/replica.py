@@ -16,6 +16,7 @@ import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
@@ -176,6 +177,16 @@ def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object
     return held
 
 
+@dataclass(frozen=True, slots=True)
+class _Resting:
+    """What stays in memory of a document that rested (``Replica.rest_idle``): nothing
+    changes it without loading the document again, which drops this."""
+
+    state_vector: bytes
+    members: dict[str, Member]
+    client_id: int  # the Yjs client id it wrote under
+
+
 class Replica:
     """All conversations of one peer. Get one from ``open_replica``."""
 
@@ -191,8 +202,8 @@ class Replica:
         self._conversations: dict[str, Conversation] = {}
         self._last_used: dict[str, float] = {}  # conversation -> when its document was last used
         self._users: dict[str, int] = {}  # conversation -> tasks holding its document across a checkpoint
-        self._resting: dict[str, RecentUpdates] = {}  # of resting documents, the last to rest last
-        self._resting_clients: dict[str, int] = {}  # the Yjs client id each resting document wrote under
+        self._resting: dict[str, _Resting] = {}  # what stays in memory of documents that rested
+        self._resting_recent: dict[str, RecentUpdates] = {}  # theirs, the last to rest last
         self._resting_bytes = 0
         self._state_stored: set[str] = set()  # conversations whose last commit stored their state vector
         self._loading = trio.Lock()
@@ -349,10 +360,17 @@ class Replica:
         """Our Yjs state vector for a conversation (sync step 1); read from the store
         while its document rests (``rest_idle``), without loading it."""
         if conversation not in self._conversations:
-            stored = await self._read(stored_state_vector, conversation)
+            stored = await self._stored_state_vector(conversation)
             if stored is not None:
                 return stored
         return (await self._document(conversation)).state_vector()
+
+    async def _stored_state_vector(self, conversation: str) -> bytes | None:
+        """The state vector of a document not in memory, if known without loading it."""
+        rest = self._resting.get(conversation)
+        if rest is not None:
+            return rest.state_vector
+        return await self._read(stored_state_vector, conversation)
 
     async def diff(self, conversation: str, state_vector: bytes | None) -> bytes:
         """What a peer with ``state_vector`` lacks (sync step 2): ``EMPTY_UPDATE`` if nothing.
@@ -369,7 +387,7 @@ class Replica:
         the store, without loading it: anti-entropy asks that of every shared conversation.
         """
         if state_vector is not None and conversation not in self._conversations:
-            stored = await self._read(stored_state_vector, conversation)
+            stored = await self._stored_state_vector(conversation)
             if stored is not None and covers(clocks_of(state_vector), clocks_of(stored)):
                 return EMPTY_UPDATE  # and nothing waits (``stored_state_vector``)
         doc = await self._document(conversation)
@@ -598,17 +616,20 @@ class Replica:
         return member is not None and member.has_left
 
     async def _member(self, conversation: str, peer_id: str) -> Member | None:
-        """``peer_id``'s member record, read from the document if it is in memory (asked
-        for every update a peer sends: no I/O then), else from the index."""
-        doc = self._conversations.get(conversation)
-        if doc is not None:
-            return doc.member(peer_id)
+        """``peer_id``'s member record, read from the document if it is in memory or rests
+        (asked for every update a peer sends: no I/O then), else from the index."""
+        members = self.loaded_members(conversation)
+        if members is not None:
+            return members.get(peer_id)
         return (await self.members(conversation)).get(peer_id)
 
     def loaded_members(self, conversation: str) -> dict[str, Member] | None:
-        """Members from the document if it is in memory (no I/O), else ``None``."""
+        """Members from the document if it is in memory or rests (no I/O), else ``None``."""
         doc = self._conversations.get(conversation)
-        return None if doc is None else doc.members()
+        if doc is not None:
+            return doc.members()
+        rest = self._resting.get(conversation)
+        return None if rest is None else rest.members
 
     def add_listener(self, listener: UpdateListener) -> None:
         """Hear of every update once it is on disk (the sync engine fans them out)."""
@@ -650,10 +671,10 @@ class Replica:
         state vector or a catch-up a peer does not need (``state_vector``, ``diff``): a
         node with many quiet conversations holds only the ones in use.
 
-        A document stays while anything of it is under way (a commit, a queued receipt)
-        or held only in memory (``Conversation.unsettled``), and while a committed update
-        has not been passed on yet: the sync engine reads members from memory for that.
-        Their state vectors are stored first, if their last commit did not.
+        A document stays while anything of it is under way (a commit, a queued receipt,
+        an update being received) or held only in memory (``Conversation.unsettled``).
+        Their state vectors are stored first, if their last commit did not; a resting
+        document's state vector and members stay in memory (``_Resting``).
         """
         idle = self._idle(idle_for)
         if not idle:
@@ -663,13 +684,11 @@ class Replica:
         for conversation, doc in rested.items():
             self._release(conversation, doc)
             self._keep_recent(conversation, doc.recent_updates)
-            self._resting_clients[conversation] = doc.client_id
+            self._resting[conversation] = _Resting(doc.state_vector(), doc.members(), doc.client_id)
         return list(rested)
 
     def _idle(self, idle_for: float) -> dict[str, Conversation]:
         """The documents ``rest_idle`` would let go."""
-        if self._committed:
-            return {}
         now = trio.current_time()
         idle = {}
         for conversation, doc in self._conversations.items():
@@ -686,13 +705,13 @@ class Replica:
     def _keep_recent(self, conversation: str, recent: RecentUpdates) -> None:
         """Keep a resting document's recent updates for when it loads again (within
         ``RESTING_RECENT_BYTES`` in all; past that, the ones that rest longest go)."""
-        self._resting[conversation] = recent
+        self._resting_recent[conversation] = recent
         self._resting_bytes += recent.size
         while self._resting_bytes > RESTING_RECENT_BYTES:
-            self._resting_bytes -= self._resting.pop(next(iter(self._resting))).size
+            self._resting_bytes -= self._resting_recent.pop(next(iter(self._resting_recent))).size
 
     def _take_recent(self, conversation: str) -> RecentUpdates | None:
-        recent = self._resting.pop(conversation, None)
+        recent = self._resting_recent.pop(conversation, None)
         if recent is not None:
             self._resting_bytes -= recent.size
         return recent
@@ -760,8 +779,9 @@ class Replica:
             await self._settled.setdefault(conversation, trio.Event()).wait()
         log = await self._worker.read(self._store.load_log, conversation)
         held = _parse_held(await self._worker.read(self._store.signed_records, conversation))
-        # It rested: everything it wrote is in the log, so it may write on under its client id.
-        client_id = self._resting_clients.pop(conversation, None)
+        # If it rested, everything it wrote is in the log: it may write on under its client id.
+        rest = self._resting.pop(conversation, None)
+        client_id = None if rest is None else rest.client_id
         doc = await trio.to_thread.run_sync(
             Conversation.from_log, log, self.peer_id, self._clock, self._signer, held, client_id
         )
