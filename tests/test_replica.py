@@ -937,8 +937,8 @@ async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store
         current = await alice.state_vector(conversation)
         assert await alice.rest_idle(0) == [conversation]
         assert not alice.is_loaded(conversation)
-        resting_members = alice.loaded_members(conversation)  # kept, for the engine's every frame
-        assert resting_members is not None and resting_members == await alice.members(conversation)
+        # Kept in memory: the engine asks for a member with every frame.
+        assert alice.loaded_members(conversation) == await alice.members(conversation)
         assert await alice.state_vector(conversation) == current
         assert await alice.diff(conversation, await bob.state_vector(conversation)) == EMPTY_UPDATE
         assert not alice.is_loaded(conversation)
