@@ -57,6 +57,17 @@ async def direct(alice: Replica, bob: Replica) -> str:
     return conversation
 
 
+@contextlib.asynccontextmanager
+async def direct_pair(tmp_path: Path) -> AsyncIterator[tuple[Replica, Replica, str]]:
+    """alice's and bob's replicas and their synced direct conversation; documents rest
+    only when the test calls ``rest_idle``."""
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", rest_after=None) as alice,
+        open_replica(tmp_path / "b", nickname="bob", rest_after=None) as bob,
+    ):
+        yield alice, bob, await direct(alice, bob)
+
+
 class LocalWrites(Recorder):
     """A ``Recorder`` that also tells when the replica stored a write of its own."""
 
@@ -91,11 +102,7 @@ async def test_messages_survive_reopening(tmp_path: Path) -> None:
 
 
 async def test_offline_peer_catches_up_in_order_and_receipts_flow_back(tmp_path: Path) -> None:
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         sent = [await alice.send(conversation, Text(f"offline {i}")) for i in range(1000)]
         assert await bob.unread_count(conversation) == 0
         await sync(alice, bob, conversation)
@@ -237,11 +244,7 @@ async def test_delivered_receipts_never_written_are_written_when_the_conversatio
 
 
 async def test_paging_search_edit_delete_react_through_the_index(tmp_path: Path) -> None:
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         ids = [
             await alice.send(conversation, Text(f"note {i} about kayaks" if i % 10 == 0 else f"n{i}"))
             for i in range(60)
@@ -285,11 +288,7 @@ async def test_compaction_keeps_history_and_drops_deleted_text(tmp_path: Path) -
 
 
 async def test_rebuilt_index_matches_the_original(tmp_path: Path) -> None:
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         for i in range(20):
             await (alice if i % 3 else bob).send(conversation, Text(f"m{i}"))
             await sync(alice, bob, conversation)
@@ -350,11 +349,7 @@ async def test_a_second_process_gets_store_in_use(tmp_path: Path) -> None:
 
 
 async def test_update_for_another_conversation_is_refused(tmp_path: Path) -> None:
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         with pytest.raises(SchemaError):
             await bob.receive("someOtherConversation", await alice.diff(conversation, None))
         assert [s.metadata.id for s in await bob.conversations()] == [conversation]
@@ -363,11 +358,7 @@ async def test_update_for_another_conversation_is_refused(tmp_path: Path) -> Non
 @pytest.mark.parametrize("fixture", ["panic-clock-overflow.hex", "hang-string-in-array-root.hex"])
 async def test_hostile_fixture_updates_do_not_crash_or_hang(tmp_path: Path, fixture: str) -> None:
     updates = hostile_updates(fixture)
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         await alice.send(conversation, Text("before"))
         await sync(alice, bob, conversation)
         with trio.fail_after(10):
@@ -433,11 +424,7 @@ async def two_posts(alice: Replica, conversation: str) -> tuple[bytes, bytes]:
 
 
 async def test_compaction_keeps_updates_still_waiting_for_a_dependency(tmp_path: Path) -> None:
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         first, second_only = await two_posts(alice, conversation)
         await bob.receive(conversation, second_only)  # cannot integrate yet: "first" is missing
         await bob.compact(conversation)
@@ -537,11 +524,7 @@ async def test_writes_racing_the_replicas_shutdown_fail_instead_of_hanging(tmp_p
 
 
 async def test_entries_the_index_missed_are_indexed_when_the_document_loads(tmp_path: Path) -> None:
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         await alice.send(conversation, Text("seen"))
         await sync(alice, bob, conversation)
         state = await bob.state_vector(conversation)
@@ -902,11 +885,7 @@ async def test_a_message_whose_redaction_waits_leaves_the_index_until_it_comes(t
 async def test_structs_that_wait_already_are_not_stored_again(tmp_path: Path) -> None:
     # Catch-ups carry what waits, round after round, until the gap fills: storing (and
     # passing on) each copy would grow every member's log every anti-entropy round.
-    async with (
-        open_replica(tmp_path / "a", nickname="alice") as alice,
-        open_replica(tmp_path / "b", nickname="bob") as bob,
-    ):
-        conversation = await direct(alice, bob)
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
         first, second = await two_posts(alice, conversation)
         heard = Recorder()
         bob.add_listener(heard)
@@ -917,17 +896,6 @@ async def test_structs_that_wait_already_are_not_stored_again(tmp_path: Path) ->
         assert sum(waiting for _, waiting in rows) == 1
         await bob.receive(conversation, first)
         assert texts(await bob.history(conversation)) == ["first", "second"]
-
-
-@contextlib.asynccontextmanager
-async def direct_pair(tmp_path: Path) -> AsyncIterator[tuple[Replica, Replica, str]]:
-    """alice's and bob's replicas and their synced direct conversation; documents rest
-    only when the test calls ``rest_idle``."""
-    async with (
-        open_replica(tmp_path / "a", nickname="alice", rest_after=None) as alice,
-        open_replica(tmp_path / "b", nickname="bob", rest_after=None) as bob,
-    ):
-        yield alice, bob, await direct(alice, bob)
 
 
 async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store(tmp_path: Path) -> None:
