@@ -459,7 +459,7 @@ class Replica:
     ) -> Changes:
         if update == EMPTY_UPDATE and not proving and conversation not in self._conversations:
             # A peer that had nothing for us (a catch-up's usual answer): leave it at rest.
-            if await self._read(index.metadata, conversation) is not None:
+            if conversation in self._resting or await self._read(index.metadata, conversation) is not None:
                 return Changes()
         summary = await check_remote_update(update)
         new = False
