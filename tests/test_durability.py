@@ -1,4 +1,4 @@
-"""Durability across SIGKILL, and exclusive use of a data directory.
+"""Durability across SIGKILL, exclusive use of a data directory, checkpoints beside the writer.
 
 A child process (``tests/sigkill_writer.py``) sends messages in a loop and prints each
 message id once ``send`` has returned. The parent kills it with SIGKILL at a random
@@ -24,9 +24,11 @@ import trio
 
 from gigi_crdt.errors import StoreCorrupt, StoreInUse
 from gigi_crdt.identity import Identity
-from gigi_crdt.model import ConversationKind, Text
+from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Text
 from gigi_crdt.replica import open_replica
+from gigi_crdt.store import Record, Store
 from gigi_crdt.store.database import _SCHEMA, DATABASE_NAME, SCHEMA_VERSION
+from gigi_crdt.store.worker import StoreWorker
 
 WRITER = Path(__file__).with_name("sigkill_writer.py")
 PEER_ID = "writer-peer-0001"  # must match sigkill_writer.PEER_ID
@@ -308,3 +310,63 @@ async def test_an_older_database_is_migrated_in_place(tmp_path: Path, version: i
     ]
     assert sorted(held) == sorted(expected)
     raw.close()
+
+
+def _creation_record() -> Record:
+    doc, created = Conversation.create(
+        kind=ConversationKind.GROUP,
+        title="g",
+        local_peer="alice-peer-0001",
+        nickname="alice",
+        clock=HybridClock(lambda: 1_700_000_000_000),
+    )
+    return Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))
+
+
+def _in_database_file(store: Store, conversation: str, copy: Path) -> bool:
+    """Whether the database file alone, without its write-ahead log, holds ``conversation``."""
+    copy.mkdir()
+    (copy / DATABASE_NAME).write_bytes(store.path.read_bytes())
+    raw = sqlite3.connect(copy / DATABASE_NAME)
+    try:
+        return raw.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation,)).fetchone() is not None
+    finally:
+        raw.close()
+
+
+def test_a_checkpoint_beside_the_writer_copies_commits_into_the_database_file(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "data")
+    try:
+        record = _creation_record()
+        store.commit([record])
+        # The writer left the commit in the log: checkpointing inside commits is kept rare.
+        assert not _in_database_file(store, record.conversation, tmp_path / "before")
+        store.checkpoint()
+        assert _in_database_file(store, record.conversation, tmp_path / "after")
+    finally:
+        store.close()
+
+
+async def test_the_store_worker_checkpoints_what_it_commits(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "data")
+    checkpointed = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    checkpoint = store.checkpoint
+
+    def checkpoint_and_tell() -> None:  # runs in the worker's checkpoint thread
+        checkpoint()
+        token.run_sync_soon(checkpointed.set)
+
+    store.checkpoint = checkpoint_and_tell  # type: ignore[method-assign]
+    try:
+        async with trio.open_nursery() as nursery:
+            worker = StoreWorker(store)
+            await nursery.start(worker.run)
+            record = _creation_record()
+            await worker.commit(record)
+            with trio.fail_after(CHILD_TIMEOUT):
+                await checkpointed.wait()
+            assert _in_database_file(store, record.conversation, tmp_path / "copy")
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()

@@ -2,7 +2,9 @@
 
 Writers queue a record and wait until it is on disk. One task takes everything queued
 so far and commits it in one SQLite transaction (group commit): with many concurrent
-senders the cost of an fsync is shared, with one sender it is paid at once.
+senders the cost of an fsync is shared, with one sender it is paid at once. Beside it,
+a thread of its own checkpoints the write-ahead log, so that commits do not (see
+``Store.checkpoint``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ T = TypeVar("T")
 
 MAX_BATCH = 512
 QUEUE_SIZE = 1024
+CHECKPOINT_INTERVAL = 0.2  # seconds from one background checkpoint to the next, while commits come
 
 
 @dataclass(slots=True)
@@ -48,11 +51,14 @@ class StoreWorker:
         self._failed_generations: set[int] = set()
         self._compacting: str | None = None
         self._compaction_wake = trio.Event()
+        self._checkpoint_thread = trio.CapacityLimiter(1)
+        self._committed = trio.Event()  # set by each write, cleared by the checkpoint after it
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Commit queued records and compact logs in the background, until cancelled."""
+        """Commit queued records, checkpoint and compact in the background, until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._compact_requested)
+            nursery.start_soon(self._checkpoint_committed)
             task_status.started()
             await self._commit_queued()
 
@@ -140,11 +146,28 @@ class StoreWorker:
 
     async def write(self, function: Callable[..., T], *args: object) -> T:
         """Run a writing ``Store`` method in the writer thread (serialised with commits)."""
-        return await trio.to_thread.run_sync(function, *args, limiter=self._write_thread)
+        result = await trio.to_thread.run_sync(function, *args, limiter=self._write_thread)
+        self._committed.set()
+        return result
 
     async def read(self, function: Callable[..., T], *args: object) -> T:
         """Run a reading ``Store`` method in the reader thread (never waits for an fsync)."""
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_thread)
+
+    async def _checkpoint_committed(self) -> None:
+        """Checkpoint what commits wrote (``Store.checkpoint``), in a thread of its own, at
+        most every ``CHECKPOINT_INTERVAL`` while commits come: the writer then almost never
+        runs one inside a commit."""
+        while True:
+            await self._committed.wait()
+            self._committed = trio.Event()
+            try:
+                await trio.to_thread.run_sync(self.store.checkpoint, limiter=self._checkpoint_thread)
+            except GigiError as exc:
+                # Nothing is lost: the log keeps every commit, and the writer checkpoints
+                # it itself once it grows (``WRITER_AUTOCHECKPOINT``).
+                log.warning("background checkpoint of %s failed: %s", self.store.path, exc)
+            await trio.sleep(CHECKPOINT_INTERVAL)
 
     # -- compaction ------------------------------------------------------------------
 
