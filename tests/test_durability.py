@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gigi_crdt.errors import StoreCorrupt, StoreInUse
+from gigi_crdt.errors import StoreCorrupt, StoreFull, StoreInUse
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Text
 from gigi_crdt.replica import open_replica
@@ -368,5 +368,36 @@ async def test_the_store_worker_checkpoints_what_it_commits(tmp_path: Path) -> N
                 await checkpointed.wait()
             assert _in_database_file(store, record.conversation, tmp_path / "copy")
             nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+async def test_failing_background_checkpoints_are_told_once_and_lose_no_commit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Real time (three checkpoint intervals): a mock clock would jump while threads work.
+    store = Store.open(tmp_path / "data")
+    send_attempt, attempts = trio.open_memory_channel[None](10)
+    token = trio.lowlevel.current_trio_token()
+
+    def failing_checkpoint() -> None:  # runs in the worker's checkpoint thread
+        token.run_sync_soon(send_attempt.send_nowait, None)
+        raise StoreFull(f"{store.path}: disk full")
+
+    store.checkpoint = failing_checkpoint  # type: ignore[method-assign]
+    try:
+        async with trio.open_nursery() as nursery:
+            worker = StoreWorker(store)
+            await nursery.start(worker.run)
+            records = [_creation_record() for _ in range(3)]
+            for record in records:
+                await worker.commit(record)
+                with trio.fail_after(CHILD_TIMEOUT):
+                    await attempts.receive()
+            nursery.cancel_scope.cancel()
+        assert [r.message for r in caplog.records if "checkpoints" in r.message] == [
+            f"background checkpoints of {store.path} fail: {store.path}: disk full"
+        ]
+        assert all(store.load_log(record.conversation) for record in records)
     finally:
         store.close()

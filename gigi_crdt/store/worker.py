@@ -158,6 +158,7 @@ class StoreWorker:
         """Checkpoint what commits wrote (``Store.checkpoint``), in a thread of its own, at
         most every ``CHECKPOINT_INTERVAL`` while commits come: the writer then almost never
         runs one inside a commit."""
+        failing = False
         while True:
             await self._committed.wait()
             self._committed = trio.Event()
@@ -165,8 +166,12 @@ class StoreWorker:
                 await trio.to_thread.run_sync(self.store.checkpoint, limiter=self._checkpoint_thread)
             except GigiError as exc:
                 # Nothing is lost: the log keeps every commit, and the writer checkpoints
-                # it itself once it grows (``WRITER_AUTOCHECKPOINT``).
-                log.warning("background checkpoint of %s failed: %s", self.store.path, exc)
+                # it itself once it grows (``WRITER_AUTOCHECKPOINT``). Told once a streak.
+                if not failing:
+                    log.warning("background checkpoints of %s fail: %s", self.store.path, exc)
+                failing = True
+            else:
+                failing = False
             await trio.sleep(CHECKPOINT_INTERVAL)
 
     # -- compaction ------------------------------------------------------------------
