@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from model_helpers import ALICE, fixed_clock
 
 from gigi_crdt.errors import StoreCorrupt, StoreFull, StoreInUse
 from gigi_crdt.identity import Identity
-from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Text
+from gigi_crdt.model import Conversation, ConversationKind, Text
 from gigi_crdt.replica import open_replica
 from gigi_crdt.store import Record, Store
 from gigi_crdt.store.database import _SCHEMA, DATABASE_NAME, SCHEMA_VERSION
@@ -316,9 +317,9 @@ def _creation_record() -> Record:
     doc, created = Conversation.create(
         kind=ConversationKind.GROUP,
         title="g",
-        local_peer="alice-peer-0001",
+        local_peer=ALICE,
         nickname="alice",
-        clock=HybridClock(lambda: 1_700_000_000_000),
+        clock=fixed_clock(),
     )
     return Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))
 
