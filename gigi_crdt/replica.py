@@ -54,6 +54,7 @@ from .protocol import HeadRecord
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
+from .store.compaction import whole_update
 from .store.store import MIN_COMPACTION_BYTES, stored_state_vector
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _GENERATIONS = itertools.count(1)  # each document loaded into memory gets a new one
 CHECK_IN_THREAD_BYTES = 64 * 1024
+HEAD_ROOTS = ("heads", "carried")  # where stored signed records are heads (``take_unstored_records``)
 RESTING_RECENT_BYTES = 8 * 1024 * 1024  # recent updates kept for resting documents, in all
 REST_AFTER = 300.0  # seconds a conversation document stays in memory unused (see ``rest_idle``)
 Ts = TypeVarTuple("Ts")
@@ -383,21 +385,54 @@ class Replica:
         different messages (say the one struct they wait for was lost with its author's
         store).
 
-        A peer that lacks nothing of a resting document (``rest_idle``) is answered from
-        the store, without loading it: anti-entropy asks that of every shared conversation.
+        A document not in memory is not loaded for a peer that lacks nothing of it
+        (anti-entropy asks that of every shared conversation) or all of it (a new member or
+        device): the store answers (``_stored_whole``).
         """
-        if state_vector is not None and conversation not in self._conversations:
-            stored = await self._stored_state_vector(conversation)
-            if stored is not None and covers(clocks_of(state_vector), clocks_of(stored)):
-                return EMPTY_UPDATE  # and nothing waits (``stored_state_vector``)
+        if conversation not in self._conversations:
+            if state_vector is None or not clocks_of(state_vector):
+                whole = await self._stored_whole(conversation)
+                if whole is not None:
+                    return whole
+            else:
+                stored = await self._stored_state_vector(conversation)
+                if stored is not None and covers(clocks_of(state_vector), clocks_of(stored)):
+                    return EMPTY_UPDATE  # and nothing waits (``stored_state_vector``)
         doc = await self._document(conversation)
         return doc.catch_up(state_vector) or EMPTY_UPDATE
+
+    async def _stored_whole(self, conversation: str) -> bytes | None:
+        """Everything stored of a conversation whose document is not in memory, as one
+        update (``compaction.whole_update``): what the document's catch-up would send a
+        peer holding nothing of it, without loading it (a second for 10^5 messages, and
+        the memory they take); a compacted log is sent as it is. ``None`` if the store
+        holds no such conversation, or the document was loaded meanwhile: a commit made
+        while the log was read may reach the peer before this answer, which lacks it."""
+        # A released document may still have commits in flight: read once they are on disk.
+        while self._in_flight.get(conversation):
+            await self._settled.setdefault(conversation, trio.Event()).wait()
+        generation = self._generations.get(conversation)
+        _, log, garbage = await self._worker.read(self._store.committed_log, conversation)
+        if not log or conversation in self._conversations or self._generations.get(conversation) != generation:
+            return None
+        return await trio.to_thread.run_sync(whole_update, log, garbage)
 
     async def heads_for(self, conversation: str, state_vector: bytes) -> tuple[HeadRecord, ...]:
         """The signed heads to send beside what a peer with ``state_vector`` lacks (``diff``):
         those our document does not show (``Conversation.unshown_heads``) of authors whose Yjs
         client, as the head names it, wrote something the peer lacks. Without them the peer
-        would refuse the structs they cover."""
+        would refuse the structs they cover.
+
+        A peer holding nothing of a document not in memory gets every head we hold (the
+        store does not tell which ones the document shows), as ``diff`` answers it from
+        the store.
+        """
+        if conversation not in self._conversations and not clocks_of(state_vector):
+            # Held in the document's place ("heads") or beside it ("carried": see ``take_unstored_records``).
+            rows = _parse_held(await self._worker.read(self._store.signed_records, conversation))
+            return tuple(
+                _plain(record) for root, _, record in rows if root in HEAD_ROOTS and isinstance(record, Mapping)
+            )
         doc = await self._document(conversation)
         heads = doc.unshown_heads()
         if not heads:
@@ -470,7 +505,7 @@ class Replica:
             self._hold(conversation, doc)
         before = doc.state_vector()
         try:
-            doc.check_clients(summary, heads)
+            doc.check_clients(summary, heads, conversation)
             changes = doc.apply_remote(update, summary)
             if doc.metadata().id != conversation:
                 raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")

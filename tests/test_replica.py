@@ -825,6 +825,13 @@ async def test_heads_sent_beside_a_catch_up_cover_structs_whose_head_the_documen
     # Carol's document still shows none of alice's heads that cover "one": the one that
     # came beside it is kept beside the document.
     async with open_replica(tmp_path / "c", nickname="carol", signer=carol_key) as carol:
+        # A new device of carol's, holding nothing, is answered from the store without
+        # loading the document, and gets that head beside it too.
+        whole, heads = await carol.diff(group, None), await carol.heads_for(group, b"\x00")
+        assert not carol.is_loaded(group)
+        async with open_replica(tmp_path / "c2", nickname="carol", signer=carol_key) as device:
+            await device.receive(group, whole, origin=carol.peer_id, heads=heads)
+            assert texts(await device.history(group)) == texts(await device.export(group)) == [one]
         assert texts(await carol.history(group)) == texts(await carol.export(group)) == [one]
 
 
@@ -918,6 +925,28 @@ async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store
         assert alice.is_loaded(conversation)
         assert texts(await bob.history(conversation)) == ["one", "two"]
         assert texts(await alice.export(conversation)) == ["one", "two"]
+
+
+async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_store(tmp_path: Path) -> None:
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
+        deleted = await alice.send(conversation, Text("a secret"))
+        await alice.send(conversation, Text("two"))
+        await alice.delete(conversation, deleted)
+        await sync(alice, bob, conversation)
+        assert len(await alice._worker.read(alice._store.load_log, conversation)) > 1  # made into one
+        assert await alice.rest_idle(0) == [conversation]
+        whole, also = await alice.diff(conversation, b"\x00"), await alice.diff(conversation, None)
+        assert not alice.is_loaded(conversation)
+        assert b"a secret" not in whole  # the log still holds it; a new member never gets it
+        await alice.export(conversation)  # loads it
+        documents = [Doc(), Doc(), Doc()]
+        for doc, update in zip(documents, [whole, also, await alice.diff(conversation, None)], strict=True):
+            doc.apply_update(update)
+        from_document = documents[-1]
+        for doc in documents[:2]:
+            assert doc.get_state() == from_document.get_state()
+            for root in ("meta", "members", "streams", "acks"):
+                assert doc.get(root, type=Map).to_py() == from_document.get(root, type=Map).to_py()
 
 
 async def test_a_document_with_work_under_way_or_structs_waiting_does_not_rest(tmp_path: Path) -> None:

@@ -1247,15 +1247,21 @@ class Conversation:
         self._unstored.add(("heads", self._local_peer))
         self._sealed_clock, self._tip = clock + 1, None
 
-    def check_clients(self, summary: UpdateSummary, heads: Iterable[Mapping[str, object]] = ()) -> None:
+    def check_clients(
+        self, summary: UpdateSummary, heads: Iterable[Mapping[str, object]] = (), conversation: str | None = None
+    ) -> None:
         """Raise ``UnsafeUpdate`` if the update ``summary`` describes writes under a Yjs client
         id past the clock its author signed for: under ours past what we wrote, or, in a
         signed conversation, under the one a member's newest head names (see ``signed``),
         unless the update carries a newer head of that member covering it or naming
         another client id (the member moved on: nobody writes under the old one again).
         ``heads`` came beside the update (see ``held_heads``); valid ones count as carried,
-        and the update's apply holds the newest of them, as it does those in the update."""
-        conversation = self._signed_id()
+        and the update's apply holds the newest of them, as it does those in the update.
+        ``conversation`` is the id the update is for, if known: a document that holds
+        nothing yet (the update brings it all) does not know it, and would drop the heads
+        beside a catch-up that needs them."""
+        if self._signed_id() is not None or conversation is None or not is_signed(conversation):
+            conversation = self._signed_id()
         if conversation is not None:
             # Kept for ``_hold_newest``, so that the heads are checked once, not again when held.
             self._checked_heads = self._carried_heads(

@@ -44,6 +44,17 @@ def build_snapshot(log: Sequence[Logged], collect_garbage: bool) -> bytes:
     return doc.get_update()
 
 
+def whole_update(log: Sequence[Logged], collect_garbage: bool) -> bytes:
+    """Everything a committed ``log`` holds, as one update for a peer that holds nothing:
+    what a snapshot would keep (deleted content collected if deletions left some, so that
+    a deleted message's text never reaches a new member) and what still waits beside it."""
+    if len(log) == 1 and not collect_garbage:
+        return log[0].update  # a snapshot already (or a lone update without deletions)
+    snapshot = build_snapshot(log, collect_garbage)
+    rest = still_waiting(snapshot, [update for update, waiting in log if waiting])
+    return merge_updates(snapshot, rest) if rest else snapshot
+
+
 def still_waiting(snapshot: bytes, waiting: Sequence[bytes]) -> bytes:
     """What of the updates in ``waiting`` still waits for a dependency once ``snapshot``
     is applied (``b""`` if nothing): kept beside the snapshot, marked, so a reload can
