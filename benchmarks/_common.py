@@ -5,13 +5,14 @@ Imported as a sibling module (the scripts run as ``python benchmarks/<script>.py
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gigi_crdt.identity import Identity
-from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Text
+from gigi_crdt.model import Changes, Conversation, ConversationKind, HybridClock, Text
 from gigi_crdt.store import Record, Store
 from gigi_crdt.store.compaction import build_snapshot
 
@@ -78,6 +79,12 @@ class TwoPeers:
             metadata=self.alice.metadata(),
             members=list(self.alice.members().values()),
         )
+
+    def closing_record(self) -> Record:
+        """What alice's replica keeps beside her log as it writes (``Replica._persist``): the
+        signed records she holds, and her state vector, which peers are answered from."""
+        signed = [(root, key, json.dumps(record)) for root, key, record in self.alice.take_unstored_records()]
+        return Record(self.alice.id, b"", Changes(), signed=signed, state_vector=self.alice.state_vector())
 
     def message_record(self, i: int) -> Record:
         """Message ``i`` as alice's replica persists it (her post, or bob's post received)."""
