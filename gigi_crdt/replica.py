@@ -497,6 +497,8 @@ class Replica:
             if conversation in self._resting or await self._read(index.metadata, conversation) is not None:
                 return Changes()
         summary = await check_remote_update(update)
+        if not proving and conversation not in self._conversations and await self._holds_all(conversation, summary):
+            return Changes()
         new = False
         try:
             doc = await self._document(conversation)
@@ -531,6 +533,23 @@ class Replica:
         if acknowledge:
             await self.acknowledge(conversation, changes)
         return changes
+
+    async def _holds_all(self, conversation: str, summary: UpdateSummary) -> bool:
+        """Whether a document not in memory holds everything the update ``summary``
+        describes, as its stored state vector tells: every struct, and no deletion of an
+        item past it. Then the update brings no deletion it lacks either: every write
+        carries its deletions with its structs, and whatever passes structs on carries
+        them too (see ``model.catchup``), so a document that counts a write's structs
+        holds its deletions, or has them waiting (its state vector is then not stored).
+        A peer's catch-up with its whole delete set (a relay room's join, say) so leaves
+        a resting document at rest."""
+        stored = await self._stored_state_vector(conversation)
+        if stored is None:
+            return False
+        have = clocks_of(stored)
+        if any(writes.clocks[1] > have.get(client, 0) for client, writes in summary.clients.items()):
+            return False
+        return not deletions_past(summary.deletes, have)
 
     async def _restore_records(self, conversation: str, doc: Conversation) -> None:
         """Write back signed records someone replaced with older or invalid ones (see

@@ -949,6 +949,24 @@ async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_
                 assert doc.get(root, type=Map).to_py() == from_document.get(root, type=Map).to_py()
 
 
+async def test_a_resting_document_stays_at_rest_for_an_update_that_brings_nothing_new(tmp_path: Path) -> None:
+    async with signed_pair(tmp_path, Identity.generate(), Identity.generate(), rest_after=None) as (alice, bob):
+        conversation = await direct(alice, bob)
+        for i in range(3):
+            await alice.send(conversation, Text(f"post {i}"))
+        await sync(alice, bob, conversation)
+        whole = await bob.diff(conversation, None)  # what a relay room's join sends, say
+        assert check_update(whole).deletes  # every head overwritten
+        assert await alice.rest_idle(0) == [conversation]
+        assert not await alice.receive(conversation, whole, origin=bob.peer_id)
+        assert not alice.is_loaded(conversation)
+        await bob.send(conversation, Text("new"))
+        lacked = await bob.diff(conversation, await alice.state_vector(conversation))
+        await alice.receive(conversation, lacked, origin=bob.peer_id)
+        assert alice.is_loaded(conversation)
+        assert texts(await alice.history(conversation, limit=1)) == ["new"]
+
+
 async def test_a_document_with_work_under_way_or_structs_waiting_does_not_rest(tmp_path: Path) -> None:
     async with direct_pair(tmp_path) as (alice, bob, conversation):
         heard = LocalWrites()
