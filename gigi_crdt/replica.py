@@ -415,6 +415,10 @@ class Replica:
         _, log, garbage = await self._worker.read(self._store.committed_log, conversation)
         if not log or conversation in self._conversations or self._generations.get(conversation) != generation:
             return None
+        if len(log) > 1 or garbage:
+            # Made as compaction makes a snapshot: let compaction store it, so that the
+            # next peer holding nothing gets it as it is, instead of making it again.
+            self._worker.request_compaction(conversation)
         return await trio.to_thread.run_sync(whole_update, log, garbage)
 
     async def heads_for(self, conversation: str, state_vector: bytes) -> tuple[HeadRecord, ...]:

@@ -927,7 +927,9 @@ async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store
         assert texts(await alice.export(conversation)) == ["one", "two"]
 
 
-async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_store(tmp_path: Path) -> None:
+async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with direct_pair(tmp_path) as (alice, bob, conversation):
         deleted = await alice.send(conversation, Text("a secret"))
         await alice.send(conversation, Text("two"))
@@ -935,8 +937,11 @@ async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_
         await sync(alice, bob, conversation)
         assert len(await alice._worker.read(alice._store.load_log, conversation)) > 1  # made into one
         assert await alice.rest_idle(0) == [conversation]
+        compactions: list[str] = []
+        monkeypatch.setattr(alice._worker, "request_compaction", compactions.append)
         whole, also = await alice.diff(conversation, b"\x00"), await alice.diff(conversation, None)
         assert not alice.is_loaded(conversation)
+        assert compactions == [conversation, conversation]  # so the next one is read as it is
         assert b"a secret" not in whole  # the log still holds it; a new member never gets it
         await alice.export(conversation)  # loads it
         documents = [Doc(), Doc(), Doc()]
