@@ -954,12 +954,20 @@ async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_
                 assert doc.get(root, type=Map).to_py() == from_document.get(root, type=Map).to_py()
 
 
-async def test_a_resting_document_stays_at_rest_for_an_update_that_brings_nothing_new(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def signed_direct_with_posts(tmp_path: Path, posts: int) -> AsyncIterator[tuple[Replica, Replica, str]]:
+    """alice's and bob's replicas (documents rest only when the test calls ``rest_idle``)
+    and their signed direct conversation, with ``posts`` messages of alice's, synced."""
     async with signed_pair(tmp_path, Identity.generate(), Identity.generate(), rest_after=None) as (alice, bob):
         conversation = await direct(alice, bob)
-        for i in range(3):
+        for i in range(posts):
             await alice.send(conversation, Text(f"post {i}"))
         await sync(alice, bob, conversation)
+        yield alice, bob, conversation
+
+
+async def test_a_resting_document_stays_at_rest_for_an_update_that_brings_nothing_new(tmp_path: Path) -> None:
+    async with signed_direct_with_posts(tmp_path, 3) as (alice, bob, conversation):
         whole = await bob.diff(conversation, None)  # what a relay room's join sends, say
         assert check_update(whole).deletes  # every head overwritten
         assert await alice.rest_idle(0) == [conversation]
@@ -1006,11 +1014,7 @@ async def test_documents_rest_once_unused_for_rest_after(tmp_path: Path, mock_cl
 async def test_a_peer_here_lately_still_gets_only_what_it_lacks_after_the_document_rested(tmp_path: Path) -> None:
     # A diff against a state vector carries the whole delete set (every head a signed
     # conversation overwrote): the recent updates must outlive the document's rest.
-    async with signed_pair(tmp_path, Identity.generate(), Identity.generate(), rest_after=None) as (alice, bob):
-        conversation = await direct(alice, bob)
-        for i in range(200):
-            await alice.send(conversation, Text(f"post {i}"))
-        await sync(alice, bob, conversation)
+    async with signed_direct_with_posts(tmp_path, 200) as (alice, bob, conversation):
         behind = await bob.state_vector(conversation)
         await alice.send(conversation, Text("missed"))
         lacked = await alice.diff(conversation, behind)
