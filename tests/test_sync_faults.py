@@ -259,6 +259,24 @@ async def test_slow_peer_costs_bounded_memory_and_is_resynced(tmp_path: Path) ->
         assert conversation in peer_link._resync  # the overflow was turned into a resync
         assert await ids(bob, conversation, 10) == []  # nothing got through meanwhile
 
+        # Asking again and again costs alice no diff while bob does not read: the resync
+        # makes one, from the state vector bob told last, once he reads again.
+        diffs: list[str] = []
+        make_diff = alice.replica.diff
+
+        async def counted_diff(conversation: str, state_vector: bytes | None) -> bytes:
+            diffs.append(conversation)
+            return await make_diff(conversation, state_vector)
+
+        alice.replica.diff = counted_diff  # type: ignore[method-assign]
+        with trio.fail_after(10):
+            for _ in range(50):
+                while not bob.engine._links[alice.peer_id].offer(SyncStep1(conversation, b"\x00")):
+                    await trio.testing.wait_all_tasks_blocked()  # bob's queue is small too
+            while peer_link.peer_state.get(conversation) != b"\x00":  # the last one was read
+                await trio.testing.wait_all_tasks_blocked()
+        assert diffs == []
+
         gated[0].gate.set()  # bob reads again
         views = await converged([alice, bob], conversation, 2000)
         assert views[1] == sent

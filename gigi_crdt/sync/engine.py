@@ -312,6 +312,11 @@ class SyncEngine:
                 log.info("%s asked for %s, which we do not share with it", self._name(link), step.conversation)
             return
         link.peer_state[step.conversation] = step.state_vector
+        if link.is_behind(step.conversation):
+            # The writer makes the catch-up once the peer reads again, from its last state
+            # vector: a peer that stopped reading costs no diff however often it asks.
+            link.mark_resync(step.conversation)
+            return
         if not link.offer(await self._catch_up(link, step.conversation, step.state_vector)):
             link.mark_resync(step.conversation)
 

@@ -102,6 +102,12 @@ class PeerLink:
         if conversation in self._resync or not self.offer(Update(conversation, update)):
             self.mark_resync(conversation)
 
+    def is_behind(self, conversation: str) -> bool:
+        """Whether the peer is behind on ``conversation``: the queue is full, or a resync
+        of it waits (anything queued for it now would be sent after that resync)."""
+        queue = self._send.statistics()
+        return conversation in self._resync or queue.current_buffer_used >= queue.max_buffer_size
+
     def mark_resync(self, conversation: str) -> None:
         """Send this conversation's delta from the peer's last state vector once the queue drains."""
         self._resync.add(conversation)
