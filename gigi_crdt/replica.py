@@ -501,8 +501,11 @@ class Replica:
             if conversation in self._resting or await self._read(index.metadata, conversation) is not None:
                 return Changes()
         summary = await check_remote_update(update)
-        if not proving and conversation not in self._conversations and await self._holds_all(conversation, summary):
-            return Changes()
+        heads = tuple(heads)
+        # Heads sent beside may verify entries the document holds (a head it lost): load it.
+        if not (proving or heads) and conversation not in self._conversations:
+            if await self._holds_all(conversation, summary):
+                return Changes()
         new = False
         try:
             doc = await self._document(conversation)

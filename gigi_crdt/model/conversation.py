@@ -1260,12 +1260,13 @@ class Conversation:
         ``conversation`` is the id the update is for, if known: a document that holds
         nothing yet (the update brings it all) does not know it, and would drop the heads
         beside a catch-up that needs them."""
-        if self._signed_id() is not None or conversation is None or not is_signed(conversation):
-            conversation = self._signed_id()
-        if conversation is not None:
+        signed_id = self._signed_id()
+        if signed_id is None and conversation is not None and is_signed(conversation):
+            signed_id = conversation  # a document that holds nothing yet
+        if signed_id is not None:
             # Kept for ``_hold_newest``, so that the heads are checked once, not again when held.
             self._checked_heads = self._carried_heads(
-                conversation, itertools.chain(map(decode_any, summary.records), heads)
+                signed_id, itertools.chain(map(decode_any, summary.records), heads)
             )
         bounds = {self.client_id: (self._local_peer, client_clock(self._doc.get_state(), self.client_id), 0)}
         for author, held in self.held_heads().items():
