@@ -773,7 +773,7 @@ def report_initial(built: Built, floor: FloorResult, gigi: list[GigiSync], ws: l
     r = min(gigi, key=lambda x: abs(x.total - g))  # the median run
     rows = [
         ["A: document load before answering (none: answered from the store)", secs(r.a_load), ""],
-        ["A: diff for an empty state vector (its stored log, merged)", secs(r.a_diff), ""],
+        ["A: diff for an empty state vector (from its stored log)", secs(r.a_diff), ""],
         ["dial -> first step-2 byte at B (handshake + diff + encode)", secs(r.first_big_byte), ""],
         ["first -> last byte at B (TCP transfer + frame parsing)", secs(r.last_byte - r.first_big_byte), ""],
         ["B: Replica.receive total", secs(r.b_receive), ""],
