@@ -408,9 +408,7 @@ class Replica:
         the memory they take); a compacted log is sent as it is. ``None`` if the store
         holds no such conversation, or the document was loaded meanwhile: a commit made
         while the log was read may reach the peer before this answer, which lacks it."""
-        # A released document may still have commits in flight: read once they are on disk.
-        while self._in_flight.get(conversation):
-            await self._settled.setdefault(conversation, trio.Event()).wait()
+        await self._settle(conversation)
         generation = self._generations.get(conversation)
         _, log, garbage = await self._worker.read(self._store.committed_log, conversation)
         if not log or conversation in self._conversations or self._generations.get(conversation) != generation:
@@ -834,10 +832,7 @@ class Replica:
 
     async def _load(self, conversation: str) -> Conversation:
         """Read a conversation's document from the store and hold it (``_document``)."""
-        # A released document may still have commits in flight: load only once they
-        # are on disk, or the reloaded copy would miss them and later write beside them.
-        while self._in_flight.get(conversation):
-            await self._settled.setdefault(conversation, trio.Event()).wait()
+        await self._settle(conversation)
         log = await self._worker.read(self._store.load_log, conversation)
         held = _parse_held(await self._worker.read(self._store.signed_records, conversation))
         # If it rested, everything it wrote is in the log: it may write on under its client id.
@@ -857,6 +852,14 @@ class Replica:
         if doc.is_member(self.peer_id):
             self._queue_receipts(conversation, doc.undelivered().keys())
         return doc
+
+    async def _settle(self, conversation: str) -> None:
+        """Wait until no commit of the conversation is in flight. A released document may
+        still have some: what reads its log from the store (to load it again, or to answer
+        a peer) must wait for them, or it would miss them (and a reloaded copy would later
+        write beside them)."""
+        while self._in_flight.get(conversation):
+            await self._settled.setdefault(conversation, trio.Event()).wait()
 
     async def _index_missed(self, conversation: str, doc: Conversation) -> None:
         """Fold into the index what the stored log holds but the index lacks.

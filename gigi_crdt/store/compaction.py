@@ -50,9 +50,15 @@ def whole_update(log: Sequence[Logged], collect_garbage: bool) -> bytes:
     a deleted message's text never reaches a new member) and what still waits beside it."""
     if len(log) == 1 and not collect_garbage:
         return log[0].update  # a snapshot already (or a lone update without deletions)
-    snapshot = build_snapshot(log, collect_garbage)
-    rest = still_waiting(snapshot, [update for update, waiting in log if waiting])
+    snapshot, rest = snapshot_and_rest(log, collect_garbage)
     return merge_updates(snapshot, rest) if rest else snapshot
+
+
+def snapshot_and_rest(log: Sequence[Logged], collect_garbage: bool) -> tuple[bytes, bytes]:
+    """``build_snapshot`` of a committed ``log``, and what of its updates that left structs
+    waiting still waits once the snapshot is applied (``still_waiting``)."""
+    snapshot = build_snapshot(log, collect_garbage)
+    return snapshot, still_waiting(snapshot, [update for update, waiting in log if waiting])
 
 
 def still_waiting(snapshot: bytes, waiting: Sequence[bytes]) -> bytes:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import trio
 
 from ..errors import GigiError, StorageError, StoreClosed
-from .compaction import build_snapshot, still_waiting
+from .compaction import snapshot_and_rest
 from .store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -190,14 +190,12 @@ class StoreWorker:
         log and building the snapshot happen beside it, so senders do not wait for it.
         """
         upto, updates, garbage = await self.read(self.store.committed_log, conversation)
-        waiting = [update for update, left_waiting in updates if left_waiting]
         collect = garbage if collect_garbage is None else collect_garbage
         if len(updates) == 1 and not collect:
             # A lone update (say, a catch-up that arrived whole) already is a snapshot.
             await self.write(self.store.adopt_snapshot, conversation, upto)
         elif updates:
-            snapshot = await trio.to_thread.run_sync(build_snapshot, updates, collect)
-            rest = await trio.to_thread.run_sync(still_waiting, snapshot, waiting)
+            snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
             await self.write(self.store.replace_log, conversation, upto, snapshot, collect, rest)
 
     async def _compact_requested(self) -> None:
