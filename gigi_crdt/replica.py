@@ -45,6 +45,7 @@ from .model import (
     new_id,
 )
 from .model.catchup import RecentUpdates, covers, deletions_past
+from .model.conversation import DAY_TICKS
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
@@ -65,6 +66,8 @@ CHECK_IN_THREAD_BYTES = 64 * 1024
 HEAD_ROOTS = ("heads", "carried")  # where stored signed records are heads (``take_unstored_records``)
 RESTING_RECENT_BYTES = 8 * 1024 * 1024  # recent updates kept for resting documents, in all
 REST_AFTER = 300.0  # seconds a conversation document stays in memory unused (see ``rest_idle``)
+RETENTION_EVERY = 3600.0  # seconds between checks for messages past retention (see ``apply_retention``)
+RETENTION_FIRST = 60.0  # seconds after opening before the first such check
 Ts = TypeVarTuple("Ts")
 
 
@@ -88,6 +91,7 @@ async def open_replica(
     signer: Signer | None = None,
     now_ms: Callable[[], int] = _wall_ms,
     rest_after: float | None = REST_AFTER,
+    retention_every: float | None = RETENTION_EVERY,
 ) -> AsyncIterator[Replica]:
     """Open the replica stored in ``data_dir`` (created if missing) for the duration of the block.
 
@@ -98,9 +102,14 @@ async def open_replica(
 
     A conversation document unused for ``rest_after`` seconds leaves memory (``rest_idle``;
     ``None``: documents stay loaded until the replica closes).
+
+    Every ``retention_every`` seconds (the first time a minute after opening, at most),
+    conversations with messages past their retention have it applied (``apply_retention``;
+    ``None``: only when the application calls it, or ``compact``).
     """
-    if rest_after is not None and rest_after <= 0:
-        raise ValueError(f"rest_after must be positive, not {rest_after}")
+    for name, value in (("rest_after", rest_after), ("retention_every", retention_every)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, not {value}")
     if signer is not None:
         if peer_id is not None and peer_id != signer.peer_id:
             raise ValueError(f"peer id {peer_id} is not the signer's ({signer.peer_id})")
@@ -121,6 +130,8 @@ async def open_replica(
                 nursery.start_soon(replica._write_acknowledgements)
                 if rest_after is not None:
                     nursery.start_soon(replica._rest_idle_documents, rest_after)
+                if retention_every is not None:
+                    nursery.start_soon(replica._apply_retention_periodically, retention_every)
                 try:
                     yield replica
                 finally:
@@ -510,7 +521,6 @@ class Replica:
         except UnknownConversation:
             doc, new = Conversation.from_updates([], self.peer_id, self._clock, self._signer), True
             self._hold(conversation, doc)
-        before = doc.state_vector()
         try:
             doc.check_clients(summary, heads, conversation)
             changes = doc.apply_remote(update, summary)
@@ -528,7 +538,7 @@ class Replica:
         # Structs left waiting may change nothing yet, but they are integrated when the gap
         # fills: they must be stored too, or a restart loses them while our state vector
         # tells peers we have them. Only once, though: catch-ups carry them round after round.
-        news = bool(changes) or state_vector != before or changes.waiting
+        news = bool(changes) or changes.merged or changes.waiting
         if applied is not None and changes:
             applied(changes)
         changes.vanished_messages = await self._persist(
@@ -546,8 +556,9 @@ class Replica:
         carries its deletions with its structs, and whatever passes structs on carries
         them too (see ``model.catchup``), so a document that counts a write's structs
         holds its deletions, or has them waiting (its state vector is then not stored).
-        A peer's catch-up with its whole delete set (a relay room's join, say) so leaves
-        a resting document at rest."""
+        The one write without structs, an expiry, every replica makes itself
+        (``apply_retention``). A peer's catch-up with its whole delete set (a relay
+        room's join, say) so leaves a resting document at rest."""
         stored = await self._stored_state_vector(conversation)
         if stored is None:
             return False
@@ -703,14 +714,42 @@ class Replica:
     async def compact(self, conversation: str) -> None:
         """Fold a conversation's update log into one garbage-collected snapshot, after
         applying its retention."""
-        meta = await self.metadata(conversation)
-        if meta.retention_days is not None:
-            doc = await self._document(conversation)
-            await self._persist(doc, doc.expire())
-            cutoff = doc.retention_cutoff()
-            assert cutoff is not None  # the metadata says there is a retention
-            await self._worker.write(self._store.purge_expired, conversation, cutoff)
+        await self._expire(conversation)
         await self._worker.compact(conversation, collect_garbage=True)
+
+    async def apply_retention(self) -> list[str]:
+        """Apply retention where the index holds a message past it: expired messages leave
+        the index, and the buckets whose every entry expired the document, then the disk
+        (the log is compacted, collecting them as garbage). Returns the conversations
+        checked. Peers do the same on their own; the deletions also go out to them like
+        any write."""
+        due = await self._read(index.past_retention, self._clock.now(), DAY_TICKS)
+        for conversation in due:
+            try:
+                if await self._expire(conversation):
+                    await self._worker.compact(conversation, collect_garbage=True)
+            except GigiError as exc:  # tried again at the next check; the others go on
+                log.warning("applying the retention of %s failed: %s", conversation, exc)
+        return due
+
+    async def _expire(self, conversation: str) -> bool:
+        """Apply the conversation's retention, if it has one, to its document and index;
+        True if buckets left the document."""
+        if (await self.metadata(conversation)).retention_days is None:
+            return False
+        doc = await self._document(conversation)
+        written = doc.expire()
+        await self._persist(doc, written)
+        cutoff = doc.retention_cutoff()
+        assert cutoff is not None  # the metadata says there is a retention
+        await self._worker.write(self._store.purge_expired, conversation, cutoff)
+        return bool(written.update)
+
+    async def _apply_retention_periodically(self, every: float) -> None:
+        await trio.sleep(min(RETENTION_FIRST, every))
+        while True:
+            await self.apply_retention()
+            await trio.sleep(every)
 
     async def rebuild_index(self, conversation: str) -> None:
         """Recreate a conversation's index rows from its document."""

@@ -390,6 +390,9 @@ def test_config_is_checked_when_made() -> None:
         NodeConfig(port=70000)
     with pytest.raises(InvalidPeerAddress, match="oops"):
         NodeConfig(peers=("oops",))
+    for name in ("rest_after", "retention_every"):
+        with pytest.raises(ConfigError, match=f"{name} must be positive"):
+            NodeConfig(**{name: 0})
     with pytest.raises(ConfigError, match="no network interface called 'no-such-if0'"):
         NodeConfig(interface="no-such-if0").listen_host()
 

@@ -35,7 +35,15 @@ from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES
 from gigi_crdt.model.ops import Posted, encode_op
 from gigi_crdt.model.yupdate import check_update
 from gigi_crdt.protocol.yproto import decode_state_vector
-from gigi_crdt.replica import ACKNOWLEDGE_DELAY, ACKNOWLEDGE_RETRY, EMPTY_UPDATE, REST_AFTER, RESTORE_INTERVAL
+from gigi_crdt.replica import (
+    ACKNOWLEDGE_DELAY,
+    ACKNOWLEDGE_RETRY,
+    EMPTY_UPDATE,
+    REST_AFTER,
+    RESTORE_INTERVAL,
+    RETENTION_EVERY,
+    RETENTION_FIRST,
+)
 from gigi_crdt.store import Record, Store
 from gigi_crdt.store.compaction import build_snapshot, still_waiting
 from gigi_crdt.store.database import DATABASE_NAME
@@ -341,6 +349,80 @@ async def test_retention_expires_old_messages_on_every_peer(tmp_path: Path) -> N
             assert texts(await carol.history(conversation, limit=500)) == ["recent"]
 
 
+async def test_a_peers_expiry_received_live_is_stored(tmp_path: Path) -> None:
+    # An expiry deletes buckets and writes nothing: the update that carries it moves no
+    # state vector and shows no message, yet the receiver must store it like any other,
+    # or a restart brings the expired messages back into its document (and to whoever
+    # catches up from it).
+    now = [1_700_000_000_000]
+    keys = Identity.generate(), Identity.generate()
+    async with open_replica(tmp_path / "a", nickname="alice", now_ms=lambda: now[0], signer=keys[0]) as alice:
+        async with open_replica(tmp_path / "b", nickname="bob", now_ms=lambda: now[0], signer=keys[1]) as bob:
+            conversation = await alice.create_conversation(
+                ConversationKind.GROUP, others={bob.peer_id: "bob"}, retention_days=7
+            )
+            for i in range(300):  # more than one bucket
+                await alice.send(conversation, Text(f"old-message-{i}"))
+            await sync(alice, bob, conversation)
+            now[0] += 10 * 24 * 60 * 60 * 1000
+            heard = Recorder()
+            alice.add_listener(heard)
+            await alice.compact(conversation)
+            (expiry,) = heard.local
+            await bob.receive(conversation, expiry, origin=alice.peer_id)
+            assert b"old-message-7" not in await bob.diff(conversation, None)
+        async with open_replica(tmp_path / "b", nickname="bob", now_ms=lambda: now[0], signer=keys[1]) as bob:
+            assert b"old-message-7" not in await bob.diff(conversation, None)
+
+
+async def test_retention_is_applied_where_the_index_holds_expired_messages(tmp_path: Path) -> None:
+    now = [1_700_000_000_000]
+    async with open_replica(
+        tmp_path / "a", nickname="alice", now_ms=lambda: now[0], rest_after=None, retention_every=None
+    ) as alice:
+        conversation = await alice.create_conversation(
+            ConversationKind.GROUP, others={"bob-peer-0002": "bob"}, retention_days=7
+        )
+        forever = await alice.create_conversation(ConversationKind.GROUP, others={"bob-peer-0002": "bob"})
+        for i in range(300):  # more than one bucket
+            await alice.send(conversation, Text(f"old-message-{i}"))
+        await alice.send(forever, Text("old and kept"))
+        assert await alice.apply_retention() == []  # nothing has expired yet
+        now[0] += 10 * 24 * 60 * 60 * 1000
+        await alice.send(conversation, Text("recent"))
+        assert await alice.apply_retention() == [conversation]
+        assert texts(await alice.history(conversation, limit=500)) == ["recent"]
+        assert texts(await alice.export(conversation)) == ["recent"]
+        assert texts(await alice.history(forever)) == ["old and kept"]
+        assert await alice.apply_retention() == []  # what was due is done
+    store = Store.open(tmp_path / "a")
+    try:  # the log was compacted, collecting the expired buckets as garbage
+        assert not any(b"old-message-7" in logged.update for logged in store.load_log(conversation))
+    finally:
+        store.close()
+
+
+async def test_retention_is_checked_a_minute_after_opening(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    now = [1_700_000_000_000]
+    async with open_replica(tmp_path / "a", nickname="alice", now_ms=lambda: now[0], rest_after=None) as alice:
+        conversation = await alice.create_conversation(
+            ConversationKind.GROUP, others={"bob-peer-0002": "bob"}, retention_days=7
+        )
+        for i in range(300):
+            await alice.send(conversation, Text(f"old-message-{i}"))
+        now[0] += 10 * 24 * 60 * 60 * 1000
+        writes = LocalWrites()
+        alice.add_listener(writes)
+        mock_clock.jump(RETENTION_FIRST - 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not writes.written.is_set()
+        mock_clock.jump(1)
+        mock_clock.rate = 1.0  # from here on, so that the deadline below can pass
+        with trio.fail_after(30):
+            await writes.written.wait()  # the expiry, stored
+        assert b"old-message-7" not in await alice.diff(conversation, None)
+
+
 async def test_a_second_process_gets_store_in_use(tmp_path: Path) -> None:
     async with open_replica(tmp_path / "a", nickname="alice"):
         with pytest.raises(StoreInUse, match="already in use"):
@@ -568,12 +650,18 @@ def member_records(document: bytes) -> dict[str, dict[str, object]]:
 
 @contextlib.asynccontextmanager
 async def signed_pair(
-    tmp_path: Path, alice_key: Identity, bob_key: Identity, rest_after: float | None = REST_AFTER
+    tmp_path: Path, alice_key: Identity, bob_key: Identity, timers: bool = True
 ) -> AsyncIterator[tuple[Replica, Replica]]:
-    """alice's and bob's replicas, with identities (their conversations are signed)."""
+    """alice's and bob's replicas, with identities (their conversations are signed);
+    without ``timers``, documents do not rest and retention is not checked."""
+    rest_after, retention_every = (REST_AFTER, RETENTION_EVERY) if timers else (None, None)
     async with (
-        open_replica(tmp_path / "a", nickname="alice", signer=alice_key, rest_after=rest_after) as alice,
-        open_replica(tmp_path / "b", nickname="bob", signer=bob_key, rest_after=rest_after) as bob,
+        open_replica(
+            tmp_path / "a", nickname="alice", signer=alice_key, rest_after=rest_after, retention_every=retention_every
+        ) as alice,
+        open_replica(
+            tmp_path / "b", nickname="bob", signer=bob_key, rest_after=rest_after, retention_every=retention_every
+        ) as bob,
     ):
         yield alice, bob
 
@@ -636,8 +724,9 @@ async def test_signed_records_are_written_back_at_most_once_per_interval(
     # Every member writes back what a replay hid: a member replaying over and over must
     # not make each of them write (and everyone pass on) an update per replay.
     alice_key, bob_key, carol = Identity.generate(), Identity.generate(), Identity.generate()
-    # No resting documents: their timer would let the autojump clock leap while a commit runs.
-    async with signed_pair(tmp_path, alice_key, bob_key, rest_after=None) as (alice, bob):
+    # No timers (resting documents, retention checks): they would let the autojump clock
+    # leap while a commit runs.
+    async with signed_pair(tmp_path, alice_key, bob_key, timers=False) as (alice, bob):
         group, carol_added = await carol_added_and_removed(alice, bob, carol.peer_id)
         writes = Recorder()
         alice.add_listener(writes)
@@ -958,7 +1047,7 @@ async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_
 async def signed_direct_with_posts(tmp_path: Path, posts: int) -> AsyncIterator[tuple[Replica, Replica, str]]:
     """alice's and bob's replicas (documents rest only when the test calls ``rest_idle``)
     and their signed direct conversation, with ``posts`` messages of alice's, synced."""
-    async with signed_pair(tmp_path, Identity.generate(), Identity.generate(), rest_after=None) as (alice, bob):
+    async with signed_pair(tmp_path, Identity.generate(), Identity.generate(), timers=False) as (alice, bob):
         conversation = await direct(alice, bob)
         for i in range(posts):
             await alice.send(conversation, Text(f"post {i}"))

@@ -128,6 +128,10 @@ class Changes:
     """(author, seq) of entries a remote update deleted with nothing in their place yet:
     a deletion's redaction deletes and inserts, and the insert may wait (``gaps``), for
     good if its author lost its store. The document shows no message there meanwhile."""
+    merged: bool = False
+    """A remote update changed the document: yrs integrated structs of it or applied some
+    of its deletions. It may show nowhere else here: a peer's expiry of buckets past
+    retention deletes without writing anything (set by ``Conversation.apply_remote``)."""
     vanished_messages: list[str] = field(default_factory=list)
     """The ids of the messages shown until now that ``vanished`` took out of the index
     (set by ``Replica.receive`` once the update is committed)."""
@@ -670,8 +674,9 @@ class Conversation:
         self._past_gaps.integrate(update, gappy=gappy)
         ends = struct_ends(update) if summary is None else {c: w.clocks[1] for c, w in summary.clients.items()}
         self._recent.add(update, ends, self._doc.get_state(), self._waiting)
+        merged = bool(self._outbox)  # yrs emits an update only for a transaction that changed something
         self._outbox.clear()  # never echo a remote update back
-        changes = self._drain(Changes())
+        changes = self._drain(Changes(merged=merged))
         found = self._take_appended()
         if self._shrunk:
             changes.vanished = self._take_vanished()

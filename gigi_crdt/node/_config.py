@@ -19,7 +19,7 @@ import ifaddr
 from ..discovery.dialer import LOST_GRACE
 from ..discovery.static import parse_peer_address
 from ..errors import ConfigError
-from ..replica import REST_AFTER
+from ..replica import REST_AFTER, RETENTION_EVERY
 from ..sync import LinkSettings
 from ..sync.tcp import MAX_BACKOFF, MIN_BACKOFF
 from ..transport.websocket import RelayAddress
@@ -61,6 +61,9 @@ class NodeConfig:
         lost_grace: how long a peer that mDNS reports lost is still dialled.
         rest_after: seconds a conversation's document stays in memory unused before it
             leaves (its messages stay on disk; it loads again when needed); ``None``: never.
+        retention_every: seconds between checks for messages past their conversation's
+            retention, which then leave the index, the document and the disk
+            (``Replica.apply_retention``); ``None``: only when the application asks.
     """
 
     host: str | None = None
@@ -76,14 +79,17 @@ class NodeConfig:
     max_backoff: float = MAX_BACKOFF
     lost_grace: float = LOST_GRACE
     rest_after: float | None = REST_AFTER
+    retention_every: float | None = RETENTION_EVERY
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is not in 0..65535")
         if self.max_connections_per_address < 1 or self.max_connections < 1:
             raise ConfigError("max_connections_per_address and max_connections must be at least 1")
-        if self.rest_after is not None and self.rest_after <= 0:
-            raise ConfigError(f"rest_after must be positive (or None), not {self.rest_after}")
+        for name in ("rest_after", "retention_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive (or None), not {value}")
         for peer in self.peers:
             parse_peer_address(peer)  # fail at configuration time, naming the bad entry
         for relay in self.relays:

@@ -56,7 +56,13 @@ async def open_node(
     identity = await trio.to_thread.run_sync(Identity.load_or_create, directory)
     credentials = await trio.to_thread.run_sync(TlsCredentials, identity)
     contacts = await trio.to_thread.run_sync(ContactBook.load, directory)
-    async with open_replica(directory, nickname=nickname, signer=identity, rest_after=config.rest_after) as replica:
+    async with open_replica(
+        directory,
+        nickname=nickname,
+        signer=identity,
+        rest_after=config.rest_after,
+        retention_every=config.retention_every,
+    ) as replica:
         engine = SyncEngine(replica, settings=config.links)
         replica.add_listener(engine)
         limiter = ConnectionLimiter(per_address=config.max_connections_per_address, total=config.max_connections)

@@ -303,6 +303,17 @@ def purge_expired(db: sqlite3.Connection, conv: str, before_ts: int) -> int:
     return db.execute("DELETE FROM messages WHERE conv = ? AND ts < ?", (conv, before_ts)).rowcount
 
 
+def past_retention(db: sqlite3.Connection, now: int, day_ticks: int) -> list[str]:
+    """The conversations whose index holds a message older than their retention allows at
+    timestamp ``now`` (``day_ticks``: a day in timestamp units)."""
+    rows = db.execute(
+        "SELECT id FROM conversations AS c WHERE retention_days IS NOT NULL AND EXISTS "
+        "(SELECT 1 FROM messages WHERE conv = c.id AND ts < ? - c.retention_days * ?)",
+        (now, day_ticks),
+    ).fetchall()
+    return [conv for (conv,) in rows]
+
+
 def clear(db: sqlite3.Connection, conv: str) -> None:
     """Forget everything the index holds about one conversation (before a rebuild)."""
     for table in ("messages", "reactions", "receipts", "members", "stream_cursors"):
