@@ -106,10 +106,12 @@ async def test_three_nodes_converge_on_a_group(tmp_path: Path) -> None:
             with trio.fail_after(10):
                 while len(node.online_peers()) < peers:
                     await wait_for(node, lambda e: isinstance(e, PeerOnline))
-        group = await alice.create_group("hiking", {bob.peer_id: "bob", carol.peer_id: "carol"})
+        group = await alice.create_group("hiking", {bob.peer_id: "bob", carol.peer_id: "carol"}, retention_days=30)
         await alice.send(group, Text("saturday?"))
         await received(bob, "saturday?")
         await received(carol, "saturday?")
+        for node in (alice, bob, carol):  # the creator's signed charter says so, on every peer
+            assert [s.metadata.retention_days for s in await node.conversations()] == [30]
         await bob.send(group, Text("yes"))
         await carol.send(group, Text("me too"))
         for node, others in ((alice, ("yes", "me too")), (bob, ("me too",)), (carol, ("yes",))):

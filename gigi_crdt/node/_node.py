@@ -193,16 +193,22 @@ class Node:
 
     # -- conversations -----------------------------------------------------------------
 
-    async def create_direct(self, peer_id: str, nickname: str) -> str:
-        """Start a direct conversation with one peer; returns its id."""
-        return await self._replica.create_conversation(ConversationKind.DIRECT, others={peer_id: nickname})
+    async def create_direct(self, peer_id: str, nickname: str, *, retention_days: int | None = None) -> str:
+        """Start a direct conversation with one peer; returns its id. With ``retention_days``,
+        every peer drops messages older than that (``NodeConfig.retention_every``)."""
+        return await self._replica.create_conversation(
+            ConversationKind.DIRECT, others={peer_id: nickname}, retention_days=retention_days
+        )
 
-    async def create_group(self, title: str, members: Mapping[str, str]) -> str:
+    async def create_group(self, title: str, members: Mapping[str, str], *, retention_days: int | None = None) -> str:
         """Start a group with ``members`` (peer id -> nickname), us as its admin; returns its id.
 
         The group is signed with our identity key: only we can ever change its member list
-        (see ``gigi_crdt.model.signed``)."""
-        return await self._replica.create_conversation(ConversationKind.GROUP, title=title, others=dict(members))
+        or its retention (see ``gigi_crdt.model.signed``, and ``create_direct`` for
+        ``retention_days``)."""
+        return await self._replica.create_conversation(
+            ConversationKind.GROUP, title=title, others=dict(members), retention_days=retention_days
+        )
 
     async def direct_with(self, peer_id: str) -> str | None:
         """Our direct conversation with ``peer_id``, if there is one."""
