@@ -748,7 +748,10 @@ class Replica:
     async def _apply_retention_periodically(self, every: float) -> None:
         await trio.sleep(min(RETENTION_FIRST, every))
         while True:
-            await self.apply_retention()
+            try:
+                await self.apply_retention()
+            except GigiError as exc:  # the store could not be read: a chore, tried again later
+                log.warning("checking for messages past their retention failed: %s", exc)
             await trio.sleep(every)
 
     async def rebuild_index(self, conversation: str) -> None:
