@@ -313,7 +313,8 @@ async def test_an_older_database_is_migrated_in_place(tmp_path: Path, version: i
     raw.close()
 
 
-def _creation_record() -> Record:
+def _created() -> tuple[Conversation, Record]:
+    """A new group of alice's, and the record that stores its creation."""
     doc, created = Conversation.create(
         kind=ConversationKind.GROUP,
         title="g",
@@ -321,7 +322,11 @@ def _creation_record() -> Record:
         nickname="alice",
         clock=fixed_clock(),
     )
-    return Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))
+    return doc, Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))
+
+
+def _creation_record() -> Record:
+    return _created()[1]
 
 
 def _in_database_file(store: Store, conversation: str, copy: Path) -> bool:
@@ -400,5 +405,31 @@ async def test_failing_background_checkpoints_are_told_once_and_lose_no_commit(
             f"background checkpoints of {store.path} fail: {store.path}: disk full"
         ]
         assert all(store.load_log(record.conversation) for record in records)
+    finally:
+        store.close()
+
+
+async def test_compactions_of_one_conversation_take_turns(tmp_path: Path) -> None:
+    # The background compaction and the retention's (or the application's) may be asked for
+    # at once. Each swaps the rows it read for its snapshot and writes the rows committed
+    # since after it: overlapping, the second would write the first's snapshot back after
+    # its own, and with it whatever deleted content the second had collected.
+    doc, creation = _created()
+    records = [creation]
+    for i in range(20):
+        posted = doc.post(Text(f"m{i}"), "alice")
+        records.append(Record(doc.id, posted.update, posted.changes))
+    store = Store.open(tmp_path / "data")
+    try:
+        async with trio.open_nursery() as nursery:
+            worker = StoreWorker(store)
+            await nursery.start(worker.run)
+            for record in [*records, _creation_record()]:  # another conversation's rows come after
+                await worker.commit(record)
+            async with trio.open_nursery() as both:
+                both.start_soon(worker.compact, doc.id)
+                both.start_soon(worker.compact, doc.id)
+            assert len(store.load_log(doc.id)) == 1
+            nursery.cancel_scope.cancel()
     finally:
         store.close()

@@ -51,6 +51,10 @@ class StoreWorker:
         self._failed_generations: set[int] = set()
         self._compacting: str | None = None
         self._compaction_wake = trio.Event()
+        # One compaction at a time: each swaps the rows it read for its snapshot and writes
+        # the rows committed since after it, so a second one overlapping would write the
+        # first one's snapshot back after its own (with whatever garbage it had collected).
+        self._compaction_turn = trio.Lock()
         self._checkpoint_thread = trio.CapacityLimiter(1)
         self._committed = trio.Event()  # set by each write, cleared by the checkpoint after it
 
@@ -189,14 +193,15 @@ class StoreWorker:
         deletions left some. Only the final swap runs in the writer thread; reading the
         log and building the snapshot happen beside it, so senders do not wait for it.
         """
-        upto, updates, garbage = await self.read(self.store.committed_log, conversation)
-        collect = garbage if collect_garbage is None else collect_garbage
-        if len(updates) == 1 and not collect:
-            # A lone update (say, a catch-up that arrived whole) already is a snapshot.
-            await self.write(self.store.adopt_snapshot, conversation, upto)
-        elif updates:
-            snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
-            await self.write(self.store.replace_log, conversation, upto, snapshot, collect, rest)
+        async with self._compaction_turn:
+            upto, updates, garbage = await self.read(self.store.committed_log, conversation)
+            collect = garbage if collect_garbage is None else collect_garbage
+            if len(updates) == 1 and not collect:
+                # A lone update (say, a catch-up that arrived whole) already is a snapshot.
+                await self.write(self.store.adopt_snapshot, conversation, upto)
+            elif updates:
+                snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
+                await self.write(self.store.replace_log, conversation, upto, snapshot, collect, rest)
 
     async def _compact_requested(self) -> None:
         while True:
