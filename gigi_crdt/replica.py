@@ -45,7 +45,6 @@ from .model import (
     new_id,
 )
 from .model.catchup import RecentUpdates, covers, deletions_past
-from .model.conversation import DAY_TICKS
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
@@ -262,7 +261,7 @@ class Replica:
 
     async def conversations(self) -> list[ConversationSummary]:
         """Every conversation with its last message and unread count, most recent first."""
-        return await self._read(index.summaries, self.peer_id)
+        return await self._read(index.summaries, self.peer_id, self._clock.now())
 
     async def conversation_ids(self) -> list[str]:
         """The ids of every conversation stored here."""
@@ -349,15 +348,15 @@ class Replica:
         """Up to ``limit`` messages before ``before`` (default: the latest), oldest first."""
         await self.metadata(conversation)
         key = None if before is None else before.sort_key
-        return await self._read(index.page, conversation, key, limit)
+        return await self._read(index.page, conversation, self._clock.now(), key, limit)
 
     async def unread_count(self, conversation: str) -> int:
         """Messages from others that we have not marked read."""
-        return await self._read(index.unread_count, conversation, self.peer_id)
+        return await self._read(index.unread_count, conversation, self.peer_id, self._clock.now())
 
     async def search(self, text: str, conversation: str | None = None, limit: int = 50) -> list[tuple[str, Message]]:
         """Full-text search, newest first, as (conversation id, message)."""
-        return await self._read(index.search, text, conversation, limit)
+        return await self._read(index.search, text, self._clock.now(), conversation, limit)
 
     async def receipts(self, conversation: str, message: Message) -> dict[ReceiptKind, list[str]]:
         """Which members have delivered and read ``message``."""
@@ -723,7 +722,7 @@ class Replica:
         (the log is compacted, collecting them as garbage). Returns the conversations
         checked. Peers do the same on their own; the deletions also go out to them like
         any write."""
-        due = await self._read(index.past_retention, self._clock.now(), DAY_TICKS)
+        due = await self._read(index.past_retention, self._clock.now())
         for conversation in due:
             try:
                 if await self._expire(conversation):

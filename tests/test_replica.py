@@ -402,6 +402,30 @@ async def test_retention_is_applied_where_the_index_holds_expired_messages(tmp_p
         store.close()
 
 
+async def test_reads_leave_out_what_is_past_retention_before_the_index_drops_it(tmp_path: Path) -> None:
+    now = [1_700_000_000_000]
+    async with (
+        open_replica(tmp_path / "a", nickname="alice", now_ms=lambda: now[0], retention_every=None) as alice,
+        open_replica(tmp_path / "b", nickname="bob", now_ms=lambda: now[0], retention_every=None) as bob,
+    ):
+        conversation = await alice.create_conversation(
+            ConversationKind.GROUP, others={bob.peer_id: "bob"}, retention_days=7
+        )
+        for i in range(3):
+            await alice.send(conversation, Text(f"old words {i}"))
+        now[0] += 5 * 24 * 60 * 60 * 1000
+        await alice.send(conversation, Text("new words"))
+        await sync(alice, bob, conversation)
+        assert await bob.unread_count(conversation) == 4
+        now[0] += 3 * 24 * 60 * 60 * 1000  # the first three are 8 days old now
+        assert texts(await bob.history(conversation)) == ["new words"]
+        assert [texts([m]) for _, m in await bob.search("words")] == [["new words"]]
+        assert await bob.unread_count(conversation) == 1
+        [summary] = await bob.conversations()
+        assert texts([summary.last_message]) == ["new words"]
+        assert summary.unread == 1
+
+
 async def test_retention_is_checked_a_minute_after_opening(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
     now = [1_700_000_000_000]
     async with open_replica(tmp_path / "a", nickname="alice", now_ms=lambda: now[0], rest_after=None) as alice:

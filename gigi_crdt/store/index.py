@@ -25,6 +25,7 @@ from ..model import (
     Text,
 )
 from ..model.content import content_fields, decode_content, searchable_text
+from ..model.conversation import DAY_TICKS
 from ..model.ops import Deleted, Edited, Posted, Reacted, Tombstone
 from ..model.view import SortKey
 
@@ -168,18 +169,28 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # json.dump
 _MESSAGE_COLUMNS = "id, author, nickname, ts, seq, kind, content, body, edited_at, deleted_at"
 
 
-def page(db: sqlite3.Connection, conv: str, before: SortKey | None = None, limit: int = 50) -> list[Message]:
-    """Up to ``limit`` messages preceding ``before`` (the newest if ``None``), oldest first."""
+def oldest_kept(db: sqlite3.Connection, conv: str, now: int) -> int | None:
+    """The oldest timestamp the conversation's retention keeps at timestamp ``now``
+    (``None``: it keeps everything). Reads leave out what is older: the index drops it
+    only at the next retention check (``Replica.apply_retention``)."""
+    row = db.execute("SELECT retention_days FROM conversations WHERE id = ?", (conv,)).fetchone()
+    return None if row is None or row[0] is None else now - row[0] * DAY_TICKS
+
+
+def page(db: sqlite3.Connection, conv: str, now: int, before: SortKey | None = None, limit: int = 50) -> list[Message]:
+    """Up to ``limit`` messages preceding ``before`` (the newest if ``None``), oldest first,
+    none past the retention at timestamp ``now``."""
+    oldest = oldest_kept(db, conv, now) or 0
     if before is None:
         rows = db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? ORDER BY ts DESC, id DESC LIMIT ?",
-            (conv, limit),
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND ts >= ? ORDER BY ts DESC, id DESC LIMIT ?",
+            (conv, oldest, limit),
         ).fetchall()
     else:
         rows = db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND (ts, id) < (?, ?) "
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND ts >= ? AND (ts, id) < (?, ?) "
             "ORDER BY ts DESC, id DESC LIMIT ?",
-            (conv, before[0], before[1], limit),
+            (conv, oldest, before[0], before[1], limit),
         ).fetchall()
     rows.reverse()
     return _messages(db, conv, rows)
@@ -200,27 +211,36 @@ def find_message(db: sqlite3.Connection, conv: str, message_id: str) -> Message 
     return found[0] if found else None
 
 
-def search(db: sqlite3.Connection, text: str, conv: str | None = None, limit: int = 50) -> list[tuple[str, Message]]:
-    """Messages whose words match ``text`` (as a phrase), newest first, as (conversation, message)."""
+def search(
+    db: sqlite3.Connection, text: str, now: int, conv: str | None = None, limit: int = 50
+) -> list[tuple[str, Message]]:
+    """Messages whose words match ``text`` (as a phrase), newest first, as (conversation,
+    message), none past its conversation's retention at timestamp ``now``."""
     phrase = '"' + text.replace('"', '""') + '"'
     rows = db.execute(
         f"SELECT m.conv, {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))} "
-        "FROM message_text JOIN messages m ON m.rowid = message_text.rowid "
-        "WHERE message_text MATCH ? AND (? IS NULL OR m.conv = ?) ORDER BY m.ts DESC LIMIT ?",
-        (phrase, conv, conv, limit),
+        "FROM message_text JOIN messages m ON m.rowid = message_text.rowid JOIN conversations c ON c.id = m.conv "
+        "WHERE message_text MATCH ? AND (? IS NULL OR m.conv = ?) "
+        "AND (c.retention_days IS NULL OR m.ts >= ? - c.retention_days * ?) ORDER BY m.ts DESC LIMIT ?",
+        (phrase, conv, conv, now, DAY_TICKS, limit),
     ).fetchall()
     return [(row[0], _messages(db, row[0], [row[1:]])[0]) for row in rows]
 
 
-def unread_count(db: sqlite3.Connection, conv: str, reader: str) -> int:
-    """Live messages by others past ``reader``'s read receipts: one index range per author."""
+def unread_count(db: sqlite3.Connection, conv: str, reader: str, now: int) -> int:
+    """Live messages by others past ``reader``'s read receipts, none past the retention at
+    timestamp ``now``: one index range per author."""
     authors = db.execute("SELECT peer FROM members WHERE conv = ? AND peer != ?", (conv, reader)).fetchall()
+    oldest = oldest_kept(db, conv, now)
+    # Only a conversation with a retention pays for reading each row's timestamp.
+    kept, oldest_param = ("", ()) if oldest is None else (" AND ts >= ?", (oldest,))
     total = 0
     for (author,) in authors:
         total += db.execute(
             "SELECT count(*) FROM messages WHERE conv = ? AND author = ? AND deleted_at IS NULL AND seq > "
-            "coalesce((SELECT seq FROM receipts WHERE conv = ? AND member = ? AND kind = 'read' AND author = ?), -1)",
-            (conv, author, conv, reader, author),
+            "coalesce((SELECT seq FROM receipts WHERE conv = ? AND member = ? AND kind = 'read' AND author = ?), -1)"
+            + kept,
+            (conv, author, conv, reader, author, *oldest_param),
         ).fetchone()[0]
     return int(total)
 
@@ -286,14 +306,15 @@ def conversation_ids(db: sqlite3.Connection) -> list[str]:
     return [row[0] for row in db.execute("SELECT id FROM conversations ORDER BY created_at")]
 
 
-def summaries(db: sqlite3.Connection, reader: str) -> list[ConversationSummary]:
-    """Every conversation with its last message and unread count, most recent first."""
+def summaries(db: sqlite3.Connection, reader: str, now: int) -> list[ConversationSummary]:
+    """Every conversation with its last message and unread count (none past its retention
+    at timestamp ``now``), most recent first."""
     result = []
     for conv in conversation_ids(db):
         meta = metadata(db, conv)
         assert meta is not None  # listed just above, inside one read
-        last = page(db, conv, limit=1)
-        result.append(ConversationSummary(meta, last[0] if last else None, unread_count(db, conv, reader)))
+        last = page(db, conv, now, limit=1)
+        result.append(ConversationSummary(meta, last[0] if last else None, unread_count(db, conv, reader, now)))
     result.sort(key=lambda s: s.last_message.sort_key if s.last_message else (s.metadata.created_at, ""), reverse=True)
     return result
 
@@ -303,13 +324,13 @@ def purge_expired(db: sqlite3.Connection, conv: str, before_ts: int) -> int:
     return db.execute("DELETE FROM messages WHERE conv = ? AND ts < ?", (conv, before_ts)).rowcount
 
 
-def past_retention(db: sqlite3.Connection, now: int, day_ticks: int) -> list[str]:
+def past_retention(db: sqlite3.Connection, now: int) -> list[str]:
     """The conversations whose index holds a message older than their retention allows at
-    timestamp ``now`` (``day_ticks``: a day in timestamp units)."""
+    timestamp ``now``."""
     rows = db.execute(
         "SELECT id FROM conversations AS c WHERE retention_days IS NOT NULL AND EXISTS "
         "(SELECT 1 FROM messages WHERE conv = c.id AND ts < ? - c.retention_days * ?)",
-        (now, day_ticks),
+        (now, DAY_TICKS),
     ).fetchall()
     return [conv for (conv,) in rows]
 
