@@ -98,6 +98,20 @@ def test_edit_delete_react() -> None:
     assert fresh.history() == bob.history()
 
 
+def test_posts_written_after_a_load_are_found_for_edits_and_deletions() -> None:
+    # Where our posts stand is read from the document on first need, not on every load:
+    # the posts written before that must be found then, and those written after too.
+    alice, _ = pair()
+    first = alice.post(Text("one"), "alice")
+    reloaded = Conversation.from_updates([alice.diff()], ALICE, fixed_clock())
+    second = reloaded.post(Text("two"), "alice")  # before anything read our posts' places
+    reloaded.edit(second.message_id or "", Text("two, edited"))
+    third = reloaded.post(Text("three"), "alice")  # after
+    reloaded.delete(third.message_id or "")
+    reloaded.delete(first.message_id or "")
+    assert texts(reloaded) == [None, "two, edited", None]
+
+
 def test_only_the_author_edits_or_deletes() -> None:
     alice, bob = pair()
     message_id = alice.post(Text("mine"), "alice").message_id
