@@ -174,13 +174,21 @@ def oldest_kept(db: sqlite3.Connection, conv: str, now: int) -> int | None:
     (``None``: it keeps everything). Reads leave out what is older: the index drops it
     only at the next retention check (``Replica.apply_retention``)."""
     row = db.execute("SELECT retention_days FROM conversations WHERE id = ?", (conv,)).fetchone()
-    return None if row is None or row[0] is None else now - row[0] * DAY_TICKS
+    return _oldest(None if row is None else row[0], now)
+
+
+def _oldest(retention_days: int | None, now: int) -> int | None:
+    return None if retention_days is None else now - retention_days * DAY_TICKS
 
 
 def page(db: sqlite3.Connection, conv: str, now: int, before: SortKey | None = None, limit: int = 50) -> list[Message]:
     """Up to ``limit`` messages preceding ``before`` (the newest if ``None``), oldest first,
     none past the retention at timestamp ``now``."""
-    oldest = oldest_kept(db, conv, now) or 0
+    return _page(db, conv, oldest_kept(db, conv, now), before, limit)
+
+
+def _page(db: sqlite3.Connection, conv: str, oldest: int | None, before: SortKey | None, limit: int) -> list[Message]:
+    oldest = oldest or 0
     if before is None:
         rows = db.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND ts >= ? ORDER BY ts DESC, id DESC LIMIT ?",
@@ -230,8 +238,11 @@ def search(
 def unread_count(db: sqlite3.Connection, conv: str, reader: str, now: int) -> int:
     """Live messages by others past ``reader``'s read receipts, none past the retention at
     timestamp ``now``: one index range per author."""
+    return _unread_count(db, conv, reader, oldest_kept(db, conv, now))
+
+
+def _unread_count(db: sqlite3.Connection, conv: str, reader: str, oldest: int | None) -> int:
     authors = db.execute("SELECT peer FROM members WHERE conv = ? AND peer != ?", (conv, reader)).fetchall()
-    oldest = oldest_kept(db, conv, now)
     # Only a conversation with a retention pays for reading each row's timestamp.
     kept, oldest_param = ("", ()) if oldest is None else (" AND ts >= ?", (oldest,))
     total = 0
@@ -313,8 +324,9 @@ def summaries(db: sqlite3.Connection, reader: str, now: int) -> list[Conversatio
     for conv in conversation_ids(db):
         meta = metadata(db, conv)
         assert meta is not None  # listed just above, inside one read
-        last = page(db, conv, now, limit=1)
-        result.append(ConversationSummary(meta, last[0] if last else None, unread_count(db, conv, reader, now)))
+        oldest = _oldest(meta.retention_days, now)  # known from the metadata: not read again
+        last = _page(db, conv, oldest, None, 1)
+        result.append(ConversationSummary(meta, last[0] if last else None, _unread_count(db, conv, reader, oldest)))
     result.sort(key=lambda s: s.last_message.sort_key if s.last_message else (s.metadata.created_at, ""), reverse=True)
     return result
 
