@@ -170,6 +170,7 @@ class Conversation:
         self._acks: Map[Any] = doc.get("acks", type=Map)
         self._heads: Map[Any] = doc.get("heads", type=Map)
         self._outbox: list[bytes] = []
+        self._state: bytes | None = None  # the state vector, until the next change
         self._acked: list[tuple[str, Any]] = []
         self._appended: list[tuple[str, int, list[Any] | None]] = []
         self._meta_changed = False
@@ -182,6 +183,7 @@ class Conversation:
         self._vanished: set[tuple[str, str]] = set()  # held, but the document shows no record there
         self._unstored: set[tuple[str, str]] = set()  # held since ``take_unstored_records``
         self._metadata_cache: Metadata | None = None
+        self._signed_cache: tuple[str | None] | None = None  # (id,) once read
         self._cursors = self._stream_lengths()
         # Signed conversations: per author, what of its stream is verified (see ``chain``).
         # Entries the document held when it was loaded from our store were verified before
@@ -221,9 +223,8 @@ class Conversation:
         # front (state vectors, delete sets, paths), which more than doubled the cost of a live
         # message; the raw events compute only the fields read here. Keep the subscriptions:
         # dropping one unsubscribes.
-        outbox = self._outbox
         self._subscriptions = (
-            doc._doc.observe(lambda event: outbox.append(event.update)),
+            doc._doc.observe(_weakly(self._on_update)),
             self._acks.integrated.observe(_weakly(self._on_acks)),
             self._members.integrated.observe(_weakly(self._on_meta)),
             self._meta.integrated.observe(_weakly(self._on_meta)),
@@ -266,6 +267,7 @@ class Conversation:
             charter = conversation._sign(lambda signer: sign_charter(signer, meta, now))
         with conversation._local_transaction():
             conversation._meta.update(encode_metadata(meta))
+            conversation._forget_metadata()  # read empty before; observers tell only at the commit
             if charter is not None:
                 conversation._meta[CHARTER] = charter
             conversation._members[local_peer] = conversation._record(
@@ -396,8 +398,15 @@ class Conversation:
 
     def _signed_id(self) -> str | None:
         """The conversation's id if it is signed (see ``signed``), else None."""
-        conversation = self._meta.get("id")
-        return conversation if isinstance(conversation, str) and is_signed(conversation) else None
+        # Read on every write, twice: through pycrdt a map read costs three transactions.
+        if self._signed_cache is None:
+            conversation = self._meta.get("id")
+            self._signed_cache = (conversation if isinstance(conversation, str) and is_signed(conversation) else None,)
+        return self._signed_cache[0]
+
+    def _forget_metadata(self) -> None:
+        """Drop what was read of members and metadata: the document may show others now."""
+        self._member_cache = self._metadata_cache = self._signed_cache = None
 
     def _hold_signed(self, conversation: str) -> None:
         """Hold, per member and for the charter, the newest valid signed record seen.
@@ -442,7 +451,7 @@ class Conversation:
             held = self._held.get((root, key))
             if held is not None and held.record == raw:
                 self._unstored.discard((root, key))  # stored already
-        self._member_cache = self._metadata_cache = None
+        self._forget_metadata()
         self._member_map()  # now the document's own records are compared with what was held
 
     def _carry_stored(self, conversation: str, author: str, raw: object) -> None:
@@ -592,7 +601,11 @@ class Conversation:
 
     def state_vector(self) -> bytes:
         """The Yjs state vector, for sync step 1."""
-        return self._doc.get_state()
+        # Kept: every write and every apply wants it once or twice more (yrs encodes it anew
+        # each time, for every client the document knows).
+        if self._state is None:
+            self._state = self._doc.get_state()
+        return self._state
 
     def note_waiting(self, update: bytes) -> bool:
         """Keep what ``update`` (applied already) left waiting for a dependency: structs,
@@ -670,10 +683,10 @@ class Conversation:
             self._remember_written()
             self._writing = False
         had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
-        gappy = summary is None or has_gaps(summary, clocks_of(self._doc.get_state()))
+        gappy = summary is None or has_gaps(summary, clocks_of(self.state_vector()))
         self._past_gaps.integrate(update, gappy=gappy)
         ends = struct_ends(update) if summary is None else {c: w.clocks[1] for c, w in summary.clients.items()}
-        self._recent.add(update, ends, self._doc.get_state(), self._waiting)
+        self._recent.add(update, ends, self.state_vector(), self._waiting)
         merged = bool(self._outbox)  # yrs emits an update only for a transaction that changed something
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes(merged=merged))
@@ -850,7 +863,7 @@ class Conversation:
         """Re-read members and metadata, which yrs may also have changed without an event;
         True if they differ from what was last reported."""
         members, metadata = self._member_cache, self._metadata_cache
-        self._member_cache = self._metadata_cache = None
+        self._forget_metadata()
         try:
             moved = members is not None and self._member_map() != members
             return moved or (metadata is not None and self.metadata() != metadata)
@@ -1273,7 +1286,7 @@ class Conversation:
             self._checked_heads = self._carried_heads(
                 signed_id, itertools.chain(map(decode_any, summary.records), heads)
             )
-        bounds = {self.client_id: (self._local_peer, client_clock(self._doc.get_state(), self.client_id), 0)}
+        bounds = {self.client_id: (self._local_peer, client_clock(self.state_vector(), self.client_id), 0)}
         for author, held in self.held_heads().items():
             if held.value.client != self.client_id:
                 bounds[held.value.client] = (author, held.value.clock, held.value.at)
@@ -1371,7 +1384,7 @@ class Conversation:
         update = merge_updates(*self._outbox) if len(self._outbox) > 1 else b"".join(self._outbox)
         self._outbox.clear()
         if update:
-            state = self._doc.get_state()
+            state = self.state_vector()
             # A write of ours holds structs of our client alone, up to its clock now (none if
             # it only deleted: the update then starts with a count of zero clients). Reading
             # them out of the update cost a seventh of a send.
@@ -1391,6 +1404,11 @@ class Conversation:
         self._meta_changed = False
         return changes
 
+    def _on_update(self, event: Any) -> None:
+        # yrs tells every transaction that changed the document, at its commit.
+        self._outbox.append(event.update)
+        self._state = None
+
     def _on_acks(self, event: Any) -> None:
         if self._writing:
             return  # our own receipts: ``_advance`` already noted them, parsed
@@ -1405,8 +1423,7 @@ class Conversation:
 
     def _on_meta(self, event: Any) -> None:
         self._meta_changed = True
-        self._metadata_cache = None
-        self._member_cache = None
+        self._forget_metadata()
 
     def _require_member(self) -> None:
         if not self.is_member(self._local_peer):
