@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import secrets
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from functools import partial
@@ -16,6 +18,7 @@ import trio
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from hostile import hostile_updates
 from node_helpers import LOCAL
+from pycrdt import Array, Doc
 from relay_helpers import TOKEN, plain_client, post_as, posts, relay_process, wait_until
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
@@ -25,6 +28,7 @@ from gigi_crdt.model.view import Message
 from gigi_crdt.node import Node
 from gigi_crdt.protocol.yproto import SyncKind, encode_sync
 from gigi_crdt.relay import serve_relay
+from gigi_crdt.relay._rooms import GARBAGE_DELAY, _RoomStore, _Writer
 from gigi_crdt.sync import Activity, MessageDeleted, MessageReceived, OfflineMessagesReceived, PeerOnline
 from gigi_crdt.sync.room import RoomLink
 from gigi_crdt.transport.websocket import RelayAddress, open_room
@@ -290,3 +294,101 @@ async def test_a_message_a_deletion_from_the_room_takes_away_is_announced(tmp_pa
             assert "the script ended" in await link.run(room)
         assert events == [MessageDeleted(conversation, message)]
         assert await bob.history(conversation) == []
+
+
+def stored_updates(database: Path, room: str) -> list[bytes]:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return [row[0] for row in db.execute("SELECT yupdate FROM yupdates WHERE path = ?", (room,))]
+
+
+class WatchedRoomStore(_RoomStore):
+    """A relay room's store that tells when its log was compacted."""
+
+    def __init__(self, database: Path) -> None:
+        super().__init__(database, "room")
+        self.compacted = trio.Event()
+
+    async def replace_with(self, snapshot: bytes) -> None:
+        await super().replace_with(snapshot)
+        self.compacted.set()
+
+
+@contextlib.asynccontextmanager
+async def room_log(
+    database: Path, garbage_delay: float = GARBAGE_DELAY, loaded: bool = False
+) -> AsyncIterator[tuple[Doc, WatchedRoomStore]]:
+    """A relay room's document as its writer stores it (``_Writer``, without pycrdt-websocket's
+    room around it); everything is written once the block ends."""
+    async with trio.open_nursery() as stores:
+        store = WatchedRoomStore(database)
+        await stores.start(store.start)
+        doc: Doc = Doc()
+        if loaded:
+            await store.apply_updates(doc)
+        writer = _Writer(store, doc, garbage_delay, loaded=loaded)
+        stores.start_soon(writer.run)
+        try:
+            yield doc, store
+        finally:
+            writer.close()
+
+
+async def reloaded(database: Path) -> list[object]:
+    doc: Doc = Doc()
+    async with trio.open_nursery() as stores:
+        store = _RoomStore(database, "room")
+        await stores.start(store.start)
+        await store.apply_updates(doc)
+        await store.stop()
+    return doc.get("texts", type=Array).to_py() or []
+
+
+async def test_what_a_room_deletes_leaves_the_relays_disk(tmp_path: Path) -> None:
+    # A member's deletion, or a retention's expiry, must not stay on the relay for good
+    # (nor reach a new device from it): the room's log is compacted soon after.
+    database = tmp_path / "relay.sqlite3"
+    async with room_log(database, garbage_delay=0) as (doc, store):
+        texts = doc.get("texts", type=Array)
+        texts.extend(["kept", "a secret"])
+        del texts[1]
+        with trio.fail_after(10):  # compacted while the relay runs, not only as it stops
+            await store.compacted.wait()
+        (snapshot,) = stored_updates(database, "room")
+        assert b"kept" in snapshot
+        assert b"a secret" not in snapshot
+    assert await reloaded(database) == ["kept"]
+
+
+async def test_a_rooms_log_is_compacted_as_it_grows(tmp_path: Path) -> None:
+    database = tmp_path / "relay.sqlite3"
+    sent = [f"{i:04} " + "x" * 8000 for i in range(300)]  # 2.4 MB in 300 updates, none deleting
+    async with room_log(database) as (doc, _):
+        texts = doc.get("texts", type=Array)
+        for text in sent:
+            texts.append(text)
+            await trio.lowlevel.checkpoint()  # let the writer keep up rather than fall behind
+    assert len(stored_updates(database, "room")) < 300 - 100  # each MiB written became one snapshot
+    assert await reloaded(database) == sent
+
+
+async def test_a_room_log_written_before_compaction_is_compacted_once_loaded(tmp_path: Path) -> None:
+    # A relay killed before the compaction due, or one older than compaction, left
+    # deleted content in the log: whatever opens the room compacts it in time.
+    database = tmp_path / "relay.sqlite3"
+    doc: Doc = Doc()
+    async with trio.open_nursery() as stores:
+        store = _RoomStore(database, "room")
+        await stores.start(store.start)
+        texts = doc.get("texts", type=Array)
+        for change in (lambda: texts.extend(["kept", "a secret"]), lambda: texts.pop()):
+            before = doc.get_state()
+            change()
+            await store.write(doc.get_update(before))
+        await store.stop()
+    assert any(b"a secret" in update for update in stored_updates(database, "room"))
+    async with room_log(database, garbage_delay=0, loaded=True) as (_, store):
+        with trio.fail_after(10):
+            await store.compacted.wait()
+        (snapshot,) = stored_updates(database, "room")
+        assert b"a secret" not in snapshot
+    assert await reloaded(database) == ["kept"]

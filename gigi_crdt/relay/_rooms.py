@@ -9,12 +9,23 @@ its queue before the relay exits.
 
 Rooms are never dropped from memory while the relay runs (``auto_clean_rooms=False``): a
 room reopened while its last writes are still queued would load an incomplete document.
+
+A room's log is compacted by its writer: replaced by one snapshot of the document, which
+yrs has garbage-collected (deleted content is gone from it). That happens once the log
+has grown by the size of the last snapshot (so the rewriting costs a bounded multiple of
+what is written), and within ``GARBAGE_DELAY`` of a deletion: what members delete or let
+expire (retention) must not stay on the relay's disk, nor reach a new device from it.
+pycrdt-store's own squashing is not used: it needs compression callbacks to apply
+anything (without them it replaces the history with an empty document).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +38,11 @@ log = logging.getLogger(__name__)
 
 WRITE_QUEUE_SIZE = 1024
 """Updates of one room waiting to be written; past this the room's whole state is written next."""
+MIN_COMPACTION_BYTES = 1024 * 1024
+"""A room's log is compacted once it has grown by this much, or by its last snapshot's size if larger."""
+GARBAGE_DELAY = 600.0
+"""Seconds from a room's first deletion since its last compaction to the compaction that drops it."""
+NO_DELETIONS = b"\x00"  # the delete set of a transaction that deleted nothing (no clients)
 
 
 def _log_and_go_on(exception: Exception, logger: logging.Logger) -> bool:
@@ -44,32 +60,83 @@ class _RoomStore(SQLiteYStore):
         super().__init__(path=room, log=log)
         self.db_path = str(database)  # pycrdt-store reads it from a class attribute by default
 
+    async def replace_with(self, snapshot: bytes) -> None:
+        """Replace the room's stored updates (and its checkpoint, an old copy of them) with
+        ``snapshot``, in one transaction, as ``write`` writes under the store's lock."""
+        async with self.lock:
+            async with self._db:
+                cursor = await self._db.cursor()
+                await cursor.execute("DELETE FROM yupdates WHERE path = ?", (self.path,))
+                await cursor.execute("DELETE FROM ycheckpoints WHERE path = ?", (self.path,))
+                await cursor.execute(
+                    "INSERT INTO yupdates VALUES (?, ?, ?, ?)",
+                    (self.path, snapshot, await self.get_metadata(), time.time()),
+                )
+
 
 class _Writer:
-    """Writes every change of a room's document to its store, in order."""
+    """Writes every change of a room's document to its store, in order, and compacts it."""
 
-    def __init__(self, store: _RoomStore, doc: Doc[Any]) -> None:
+    def __init__(self, store: _RoomStore, doc: Doc[Any], garbage_delay: float, *, loaded: bool) -> None:
         self._store = store
         self._doc = doc
-        self._queue, self._queued = trio.open_memory_channel[bytes](WRITE_QUEUE_SIZE)
+        self._queue, self._queued = trio.open_memory_channel[tuple[bytes, bool]](WRITE_QUEUE_SIZE)
         self._behind = False
+        self._garbage_delay = garbage_delay
+        # Trio time of the first deletion written since compacting. A log loaded from disk may
+        # hold deletions no compaction followed (a relay killed, or older than compaction).
+        self._garbage_since: float | None = trio.current_time() if loaded else None
+        self._written = 0  # bytes written since compacting
+        self._snapshot_size = 0
         self._subscription: Subscription = doc.observe(self._on_change)
 
     def _on_change(self, event: TransactionEvent) -> None:
         try:
-            self._queue.send_nowait(event.update)
+            deletes = event.delete_set != NO_DELETIONS  # type: ignore[attr-defined]  # pycrdt's stub omits it
+            self._queue.send_nowait((event.update, deletes))
         except trio.WouldBlock:
             self._behind = True  # the next write is the whole document instead
 
     async def run(self) -> None:
         """Write until ``close`` and everything queued before it is on disk, then stop the store."""
         async with self._queued:
-            async for update in self._queued:
-                if self._behind:
-                    self._behind = False
-                    update = self._doc.get_update()
-                await self._store.write(update)
+            while True:
+                deadline = math.inf if self._garbage_since is None else self._garbage_since + self._garbage_delay
+                with trio.move_on_at(deadline):
+                    try:
+                        update, deletes = await self._queued.receive()
+                    except trio.EndOfChannel:
+                        break
+                    await self._write(update, deletes)
+                if trio.current_time() >= deadline or self._written >= max(MIN_COMPACTION_BYTES, self._snapshot_size):
+                    await self._compact()
+            if self._garbage_since is not None:  # a restart would forget it
+                await self._compact()
         await self._store.stop()
+
+    async def _write(self, update: bytes, deletes: bool) -> None:
+        if self._behind:
+            self._behind = False
+            update, deletes = self._doc.get_update(), True  # what was dropped may have deleted
+        with trio.CancelScope(shield=True):  # the deadline must not cut a write in half
+            await self._store.write(update)
+        self._written += len(update)
+        if deletes and self._garbage_since is None:
+            self._garbage_since = trio.current_time()
+
+    async def _compact(self) -> None:
+        # The document holds everything queued too: rewriting those after the snapshot
+        # changes nothing (an update applies once).
+        snapshot = self._doc.get_update()
+        try:
+            with trio.CancelScope(shield=True):
+                await self._store.replace_with(snapshot)
+        except (sqlite3.Error, OSError) as exc:  # the log is still whole: try again later
+            log.warning("compacting room %s failed: %s", self._store.path, exc)
+            self._written = 0
+            self._garbage_since = None if self._garbage_since is None else trio.current_time()
+            return
+        self._written, self._snapshot_size, self._garbage_since = 0, len(snapshot), None
 
     def close(self) -> None:
         """No more changes will come: let ``run`` finish what is queued."""
@@ -106,9 +173,12 @@ class PersistentRooms(WebsocketServer):
         store = _RoomStore(self._database, name)
         await self._nursery.start(store.start)
         doc: Doc[Any] = Doc()
+        loaded = False
         with contextlib.suppress(YDocNotFound):  # a room nobody wrote to yet
             await store.apply_updates(doc)
-        writer = _Writer(store, doc)  # observes only from here: what was loaded is not rewritten
+            loaded = True
+        # The writer observes only from here: what was loaded is not written again.
+        writer = _Writer(store, doc, GARBAGE_DELAY, loaded=loaded)
         self._writers.append(writer)
         self._nursery.start_soon(writer.run)
         return YRoom(ydoc=doc, exception_handler=_log_and_go_on, log=log)
