@@ -28,7 +28,7 @@ from gigi_crdt.model.view import Message
 from gigi_crdt.node import Node
 from gigi_crdt.protocol.yproto import SyncKind, encode_sync
 from gigi_crdt.relay import serve_relay
-from gigi_crdt.relay._rooms import GARBAGE_DELAY, _RoomStore, _Writer
+from gigi_crdt.relay._rooms import GARBAGE_DELAY, WRITE_QUEUE_SIZE, _RoomStore, _Writer
 from gigi_crdt.sync import Activity, MessageDeleted, MessageReceived, OfflineMessagesReceived, PeerOnline
 from gigi_crdt.sync.room import RoomLink
 from gigi_crdt.transport.websocket import RelayAddress, open_room
@@ -304,23 +304,27 @@ def stored_updates(database: Path, room: str) -> list[bytes]:
 class WatchedRoomStore(_RoomStore):
     """A relay room's store that tells when its log was compacted."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, failures: int = 0) -> None:
         super().__init__(database, "room")
         self.compacted = trio.Event()
+        self.failures = failures  # compactions to fail first
 
     async def replace_with(self, snapshot: bytes) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("disk I/O error")
         await super().replace_with(snapshot)
         self.compacted.set()
 
 
 @contextlib.asynccontextmanager
 async def room_log(
-    database: Path, garbage_delay: float = GARBAGE_DELAY, loaded: bool = False
+    database: Path, garbage_delay: float = GARBAGE_DELAY, loaded: bool = False, failures: int = 0
 ) -> AsyncIterator[tuple[Doc, WatchedRoomStore]]:
     """A relay room's document as its writer stores it (``_Writer``, without pycrdt-websocket's
     room around it); everything is written once the block ends."""
     async with trio.open_nursery() as stores:
-        store = WatchedRoomStore(database)
+        store = WatchedRoomStore(database, failures)
         await stores.start(store.start)
         doc: Doc = Doc()
         if loaded:
@@ -343,11 +347,13 @@ async def reloaded(database: Path) -> list[object]:
     return doc.get("texts", type=Array).to_py() or []
 
 
-async def test_what_a_room_deletes_leaves_the_relays_disk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("failures", [0, 2])
+async def test_what_a_room_deletes_leaves_the_relays_disk(tmp_path: Path, failures: int) -> None:
     # A member's deletion, or a retention's expiry, must not stay on the relay for good
-    # (nor reach a new device from it): the room's log is compacted soon after.
+    # (nor reach a new device from it): the room's log is compacted soon after, and again
+    # if a compaction fails.
     database = tmp_path / "relay.sqlite3"
-    async with room_log(database, garbage_delay=0) as (doc, store):
+    async with room_log(database, garbage_delay=0, failures=failures) as (doc, store):
         texts = doc.get("texts", type=Array)
         texts.extend(["kept", "a secret"])
         del texts[1]
@@ -392,3 +398,14 @@ async def test_a_room_log_written_before_compaction_is_compacted_once_loaded(tmp
         (snapshot,) = stored_updates(database, "room")
         assert b"a secret" not in snapshot
     assert await reloaded(database) == ["kept"]
+
+
+async def test_a_room_whose_writer_fell_behind_is_written_whole(tmp_path: Path) -> None:
+    database = tmp_path / "relay.sqlite3"
+    sent = [f"change {i}" for i in range(WRITE_QUEUE_SIZE + 100)]
+    async with room_log(database) as (doc, _):
+        texts = doc.get("texts", type=Array)
+        for text in sent:  # no checkpoint: the writer cannot take any before the queue is full
+            texts.append(text)
+    assert len(stored_updates(database, "room")) == 1  # one snapshot, not the queue on top of it
+    assert await reloaded(database) == sent

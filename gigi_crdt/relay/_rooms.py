@@ -37,7 +37,7 @@ from pycrdt.websocket import WebsocketServer, YRoom
 log = logging.getLogger(__name__)
 
 WRITE_QUEUE_SIZE = 1024
-"""Updates of one room waiting to be written; past this the room's whole state is written next."""
+"""Updates of one room waiting to be written; past this the room's log is compacted next."""
 MIN_COMPACTION_BYTES = 1024 * 1024
 """A room's log is compacted once it has grown by this much, or by its last snapshot's size if larger."""
 GARBAGE_DELAY = 600.0
@@ -63,6 +63,8 @@ class _RoomStore(SQLiteYStore):
     async def replace_with(self, snapshot: bytes) -> None:
         """Replace the room's stored updates (and its checkpoint, an old copy of them) with
         ``snapshot``, in one transaction, as ``write`` writes under the store's lock."""
+        assert self.db_initialized is not None, "started first"
+        await self.db_initialized.wait()
         async with self.lock:
             async with self._db:
                 cursor = await self._db.cursor()
@@ -95,7 +97,7 @@ class _Writer:
             deletes = event.delete_set != NO_DELETIONS  # type: ignore[attr-defined]  # pycrdt's stub omits it
             self._queue.send_nowait((event.update, deletes))
         except trio.WouldBlock:
-            self._behind = True  # the next write is the whole document instead
+            self._behind = True  # the next write is a compaction instead
 
     async def run(self) -> None:
         """Write until ``close`` and everything queued before it is on disk, then stop the store."""
@@ -107,17 +109,27 @@ class _Writer:
                         update, deletes = await self._queued.receive()
                     except trio.EndOfChannel:
                         break
-                    await self._write(update, deletes)
+                    if self._behind:  # changes were dropped: the document holds them all
+                        self._behind = False
+                        self._drop_queued()
+                        await self._compact()
+                    else:
+                        await self._write(update, deletes)
                 if trio.current_time() >= deadline or self._written >= max(MIN_COMPACTION_BYTES, self._snapshot_size):
                     await self._compact()
             if self._garbage_since is not None:  # a restart would forget it
                 await self._compact()
         await self._store.stop()
 
+    def _drop_queued(self) -> None:
+        """Forget the changes queued: a snapshot taken now holds them."""
+        while True:
+            try:
+                self._queued.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+
     async def _write(self, update: bytes, deletes: bool) -> None:
-        if self._behind:
-            self._behind = False
-            update, deletes = self._doc.get_update(), True  # what was dropped may have deleted
         with trio.CancelScope(shield=True):  # the deadline must not cut a write in half
             await self._store.write(update)
         self._written += len(update)
@@ -131,10 +143,11 @@ class _Writer:
         try:
             with trio.CancelScope(shield=True):
                 await self._store.replace_with(snapshot)
-        except (sqlite3.Error, OSError) as exc:  # the log is still whole: try again later
+        except (sqlite3.Error, OSError) as exc:
+            # Tried again after the delay, or as the relay stops: the log still holds what
+            # it held, but maybe not the changes a writer that fell behind dropped.
             log.warning("compacting room %s failed: %s", self._store.path, exc)
-            self._written = 0
-            self._garbage_since = None if self._garbage_since is None else trio.current_time()
+            self._written, self._garbage_since = 0, trio.current_time()
             return
         self._written, self._snapshot_size, self._garbage_since = 0, len(snapshot), None
 
