@@ -409,3 +409,16 @@ async def test_a_room_whose_writer_fell_behind_is_written_whole(tmp_path: Path) 
             texts.append(text)
     assert len(stored_updates(database, "room")) == 1  # one snapshot, not the queue on top of it
     assert await reloaded(database) == sent
+
+
+async def test_a_room_is_not_checkpointed_beside_its_compaction(tmp_path: Path) -> None:
+    # pycrdt-store's checkpoint rebuilds the whole document every 100 writes.
+    database = tmp_path / "relay.sqlite3"
+    async with room_log(database) as (doc, _):
+        texts = doc.get("texts", type=Array)
+        for i in range(150):
+            texts.append(f"change {i}")
+            await trio.lowlevel.checkpoint()
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        assert db.execute("SELECT COUNT(*) FROM ycheckpoints").fetchone() == (0,)
+    assert len(stored_updates(database, "room")) == 150
