@@ -21,7 +21,6 @@ anything (without them it replaces the history with an empty document).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sqlite3
@@ -31,7 +30,7 @@ from typing import Any
 
 import trio
 from pycrdt import Doc, Subscription, TransactionEvent
-from pycrdt.store import SQLiteYStore, YDocNotFound
+from pycrdt.store import SQLiteYStore
 from pycrdt.websocket import WebsocketServer, YRoom
 
 log = logging.getLogger(__name__)
@@ -64,6 +63,21 @@ class _RoomStore(SQLiteYStore):
         # compaction bounds the log instead.
         self.checkpoint_interval = None
 
+    async def load(self, doc: Doc[Any]) -> int:
+        """Apply the room's stored updates to ``doc``; returns how many there were (none
+        for a room nobody wrote to yet). Not ``read``: it reports any failure as an
+        absent document, which would serve the room empty."""
+        assert self.db_initialized is not None, "started first"
+        await self.db_initialized.wait()
+        async with self.lock:
+            async with self._db:
+                cursor = await self._db.cursor()
+                await cursor.execute("SELECT yupdate FROM yupdates WHERE path = ? ORDER BY timestamp", (self.path,))
+                rows = await cursor.fetchall()
+        for (update,) in rows:
+            doc.apply_update(update)
+        return len(rows)
+
     async def replace_with(self, snapshot: bytes) -> None:
         """Replace the room's stored updates (and its checkpoint, an old copy of them) with
         ``snapshot``, in one transaction, as ``write`` writes under the store's lock."""
@@ -83,15 +97,17 @@ class _RoomStore(SQLiteYStore):
 class _Writer:
     """Writes every change of a room's document to its store, in order, and compacts it."""
 
-    def __init__(self, store: _RoomStore, doc: Doc[Any], garbage_delay: float, *, loaded: bool) -> None:
+    def __init__(self, store: _RoomStore, doc: Doc[Any], garbage_delay: float, *, stored: int) -> None:
+        """``stored``: how many stored updates ``doc`` was loaded from (``_RoomStore.load``)."""
         self._store = store
         self._doc = doc
         self._queue, self._queued = trio.open_memory_channel[tuple[bytes, bool]](WRITE_QUEUE_SIZE)
         self._behind = False
         self._garbage_delay = garbage_delay
-        # Trio time of the first deletion written since compacting. A log loaded from disk may
-        # hold deletions no compaction followed (a relay killed, or older than compaction).
-        self._garbage_since: float | None = trio.current_time() if loaded else None
+        # Trio time of the first deletion written since compacting. A stored log of more than
+        # one update may hold deletions no compaction followed (a relay killed, or older
+        # than compaction); a lone snapshot holds no deleted content.
+        self._garbage_since: float | None = trio.current_time() if stored > 1 else None
         self._written = 0  # bytes written since compacting
         self._snapshot_size = 0
         self._subscription: Subscription = doc.observe(self._on_change)
@@ -190,12 +206,9 @@ class PersistentRooms(WebsocketServer):
         store = _RoomStore(self._database, name)
         await self._nursery.start(store.start)
         doc: Doc[Any] = Doc()
-        loaded = False
-        with contextlib.suppress(YDocNotFound):  # a room nobody wrote to yet
-            await store.apply_updates(doc)
-            loaded = True
+        stored = await store.load(doc)
         # The writer observes only from here: what was loaded is not written again.
-        writer = _Writer(store, doc, GARBAGE_DELAY, loaded=loaded)
+        writer = _Writer(store, doc, GARBAGE_DELAY, stored=stored)
         self._writers.append(writer)
         self._nursery.start_soon(writer.run)
         return YRoom(ydoc=doc, exception_handler=_log_and_go_on, log=log)
