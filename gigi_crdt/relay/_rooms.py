@@ -21,10 +21,12 @@ anything (without them it replaces the history with an empty document).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -67,31 +69,32 @@ class _RoomStore(SQLiteYStore):
         """Apply the room's stored updates to ``doc``; returns how many there were (none
         for a room nobody wrote to yet). Not ``read``: it reports any failure as an
         absent document, which would serve the room empty."""
-        assert self.db_initialized is not None, "started first"
-        await self.db_initialized.wait()
-        async with self.lock:
-            async with self._db:
-                cursor = await self._db.cursor()
-                await cursor.execute("SELECT yupdate FROM yupdates WHERE path = ? ORDER BY timestamp", (self.path,))
-                rows = await cursor.fetchall()
+        async with self._transaction() as cursor:
+            await cursor.execute("SELECT yupdate FROM yupdates WHERE path = ? ORDER BY timestamp", (self.path,))
+            rows = await cursor.fetchall()
         for (update,) in rows:
             doc.apply_update(update)
         return len(rows)
 
     async def replace_with(self, snapshot: bytes) -> None:
         """Replace the room's stored updates (and its checkpoint, an old copy of them) with
-        ``snapshot``, in one transaction, as ``write`` writes under the store's lock."""
+        ``snapshot``, in one transaction."""
+        async with self._transaction() as cursor:
+            await cursor.execute("DELETE FROM yupdates WHERE path = ?", (self.path,))
+            await cursor.execute("DELETE FROM ycheckpoints WHERE path = ?", (self.path,))
+            await cursor.execute(
+                "INSERT INTO yupdates VALUES (?, ?, ?, ?)",
+                (self.path, snapshot, await self.get_metadata(), time.time()),
+            )
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Any]:
+        """A cursor in a transaction of the store's connection, under its lock, as ``write`` uses it."""
         assert self.db_initialized is not None, "started first"
         await self.db_initialized.wait()
         async with self.lock:
             async with self._db:
-                cursor = await self._db.cursor()
-                await cursor.execute("DELETE FROM yupdates WHERE path = ?", (self.path,))
-                await cursor.execute("DELETE FROM ycheckpoints WHERE path = ?", (self.path,))
-                await cursor.execute(
-                    "INSERT INTO yupdates VALUES (?, ?, ?, ?)",
-                    (self.path, snapshot, await self.get_metadata(), time.time()),
-                )
+                yield await self._db.cursor()
 
 
 class _Writer:
