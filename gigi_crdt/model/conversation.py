@@ -100,6 +100,12 @@ CHECKED_HEADS_KEPT = 1024  # valid heads remembered by signature, so that each i
 SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
 
 
+def retention_cutoff(retention_days: int | None, now: int) -> int | None:
+    """The timestamp below which a retention of ``retention_days`` has expired messages at
+    timestamp ``now`` (``None``: kept forever)."""
+    return None if retention_days is None else now - retention_days * DAY_TICKS
+
+
 def new_id() -> str:
     """A fresh random id for a message: 96 bits, URL-safe, 16 characters."""
     return secrets.token_urlsafe(12)
@@ -536,7 +542,7 @@ class Conversation:
             days = self.metadata().retention_days
         except SchemaError:
             return None
-        return None if days is None else self._clock.now() - days * DAY_TICKS
+        return retention_cutoff(days, self._clock.now())
 
     def expire(self) -> Written:
         """Drop whole buckets whose every entry is past retention, on any author's stream.
@@ -1389,7 +1395,7 @@ class Conversation:
             # it only deleted: the update then starts with a count of zero clients). Reading
             # them out of the update cost a seventh of a send.
             client = self._doc.client_id
-            ends = {client: clocks_of(state)[client]} if update[0] else {}
+            ends = {client: client_clock(state, client)} if update[0] else {}
             self._recent.add(update, ends, state, self._waiting)
         return update
 

@@ -25,7 +25,7 @@ from ..model import (
     Text,
 )
 from ..model.content import content_fields, decode_content, searchable_text
-from ..model.conversation import DAY_TICKS
+from ..model.conversation import DAY_TICKS, retention_cutoff
 from ..model.ops import Deleted, Edited, Posted, Reacted, Tombstone
 from ..model.view import SortKey
 
@@ -174,11 +174,7 @@ def oldest_kept(db: sqlite3.Connection, conv: str, now: int) -> int | None:
     (``None``: it keeps everything). Reads leave out what is older: the index drops it
     only at the next retention check (``Replica.apply_retention``)."""
     row = db.execute("SELECT retention_days FROM conversations WHERE id = ?", (conv,)).fetchone()
-    return _oldest(None if row is None else row[0], now)
-
-
-def _oldest(retention_days: int | None, now: int) -> int | None:
-    return None if retention_days is None else now - retention_days * DAY_TICKS
+    return retention_cutoff(None if row is None else row[0], now)
 
 
 def page(db: sqlite3.Connection, conv: str, now: int, before: SortKey | None = None, limit: int = 50) -> list[Message]:
@@ -324,7 +320,7 @@ def summaries(db: sqlite3.Connection, reader: str, now: int) -> list[Conversatio
     for conv in conversation_ids(db):
         meta = metadata(db, conv)
         assert meta is not None  # listed just above, inside one read
-        oldest = _oldest(meta.retention_days, now)  # known from the metadata: not read again
+        oldest = retention_cutoff(meta.retention_days, now)  # known from the metadata: not read again
         last = _page(db, conv, oldest, None, 1)
         result.append(ConversationSummary(meta, last[0] if last else None, _unread_count(db, conv, reader, oldest)))
     result.sort(key=lambda s: s.last_message.sort_key if s.last_message else (s.metadata.created_at, ""), reverse=True)
