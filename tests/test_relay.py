@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import secrets
 import shutil
 import sqlite3
@@ -28,7 +29,7 @@ from gigi_crdt.model.view import Message
 from gigi_crdt.node import Node
 from gigi_crdt.protocol.yproto import SyncKind, encode_sync
 from gigi_crdt.relay import serve_relay
-from gigi_crdt.relay._rooms import GARBAGE_DELAY, WRITE_QUEUE_SIZE, _RoomStore, _Writer
+from gigi_crdt.relay._rooms import GARBAGE_DELAY, WRITE_QUEUE_SIZE, PersistentRooms, _RoomStore, _Writer
 from gigi_crdt.sync import Activity, MessageDeleted, MessageReceived, OfflineMessagesReceived, PeerOnline
 from gigi_crdt.sync.room import RoomLink
 from gigi_crdt.transport.websocket import RelayAddress, open_room
@@ -301,6 +302,12 @@ def stored_updates(database: Path, room: str) -> list[bytes]:
         return [row[0] for row in db.execute("SELECT yupdate FROM yupdates WHERE path = ?", (room,))]
 
 
+def stored_rows(database: Path, room: str) -> list[tuple[int, float]]:
+    """Row ids and times of a room's stored updates (a rewritten row gets new ones)."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return db.execute("SELECT rowid, timestamp FROM yupdates WHERE path = ?", (room,)).fetchall()
+
+
 class WatchedRoomStore(_RoomStore):
     """A relay room's store that tells when its log was compacted."""
 
@@ -375,13 +382,12 @@ async def test_a_rooms_log_is_compacted_as_it_grows(tmp_path: Path) -> None:
     assert await reloaded(database) == sent
 
 
-async def test_a_room_log_written_before_compaction_is_compacted_once_loaded(tmp_path: Path) -> None:
-    # A relay killed before the compaction due, or one older than compaction, left
-    # deleted content in the log: whatever opens the room compacts it in time.
-    database = tmp_path / "relay.sqlite3"
+async def store_uncompacted(database: Path, room: str = "room") -> None:
+    """Store a room's log as a relay killed before compacting it (or one older than
+    compaction) left it: a message, then its deletion, in two updates."""
     doc: Doc = Doc()
     async with trio.open_nursery() as stores:
-        store = _RoomStore(database, "room")
+        store = _RoomStore(database, room)
         await stores.start(store.start)
         texts = doc.get("texts", type=Array)
         for change in (lambda: texts.extend(["kept", "a secret"]), lambda: texts.pop()):
@@ -389,7 +395,14 @@ async def test_a_room_log_written_before_compaction_is_compacted_once_loaded(tmp
             change()
             await store.write(doc.get_update(before))
         await store.stop()
-    assert any(b"a secret" in update for update in stored_updates(database, "room"))
+    assert any(b"a secret" in update for update in stored_updates(database, room))
+
+
+async def test_a_room_log_written_before_compaction_is_compacted_once_loaded(tmp_path: Path) -> None:
+    # A relay killed before the compaction due, or one older than compaction, left
+    # deleted content in the log: whatever opens the room compacts it in time.
+    database = tmp_path / "relay.sqlite3"
+    await store_uncompacted(database)
     async with room_log(database, garbage_delay=0) as (_, store):
         with trio.fail_after(10):
             await store.compacted.wait()
@@ -423,3 +436,90 @@ async def test_a_room_is_not_checkpointed_beside_its_compaction(tmp_path: Path) 
     with contextlib.closing(sqlite3.connect(database)) as db:
         assert db.execute("SELECT COUNT(*) FROM ycheckpoints").fetchone() == (0,)
     assert len(stored_updates(database, "room")) == 150
+
+
+async def test_a_relay_compacts_stored_rooms_nobody_opens(tmp_path: Path) -> None:
+    # A room nobody joins again would keep a deletion's text on the relay's disk for good.
+    database = tmp_path / "relay.sqlite3"
+    await store_uncompacted(database, "quiet")
+    await store_uncompacted(database)
+    async with room_log(database, garbage_delay=0) as (_, store):
+        with trio.fail_after(10):
+            await store.compacted.wait()
+    snapshot = stored_rows(database, "room")
+    async with trio.open_nursery() as stores:
+        rooms = PersistentRooms(database, stores)
+        await rooms.compact_stored_rooms()
+        rooms.close()
+    (quiet,) = stored_updates(database, "quiet")
+    assert b"kept" in quiet
+    assert b"a secret" not in quiet
+    assert stored_rows(database, "room") == snapshot  # a lone snapshot is not written again
+
+
+async def test_a_stored_room_that_cannot_be_compacted_is_left_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = tmp_path / "relay.sqlite3"
+    await store_uncompacted(database, "quiet")
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute("INSERT INTO yupdates SELECT 'broken', yupdate, metadata, timestamp FROM yupdates")
+        db.execute("INSERT INTO yupdates VALUES ('broken', X'0102', NULL, 0)")  # not an update
+    broken = stored_rows(database, "broken")
+    async with trio.open_nursery() as stores:
+        rooms = PersistentRooms(database, stores)
+        await rooms.compact_stored_rooms()
+        rooms.close()
+    assert stored_rows(database, "broken") == broken
+    assert "compacting room broken failed" in caplog.text
+    assert len(stored_updates(database, "quiet")) == 1  # the next room is compacted all the same
+
+
+async def test_a_relay_leaves_a_room_open_already_to_its_writer(tmp_path: Path) -> None:
+    database = tmp_path / "relay.sqlite3"
+    await store_uncompacted(database)
+    async with trio.open_nursery() as stores:
+        rooms = PersistentRooms(database, stores)
+        async with rooms:
+            room = await rooms.get_room("room")
+            await rooms.compact_stored_rooms()
+            # Not loaded a second time beside the open room: its writer compacts it.
+            assert len(stored_updates(database, "room")) == 2
+            assert room.ydoc.get("texts", type=Array).to_py() == ["kept"]
+        rooms.close()
+    (snapshot,) = stored_updates(database, "room")  # as the relay stopped, with a deletion pending
+    assert b"a secret" not in snapshot
+
+
+async def test_a_relay_compacts_stored_rooms_as_it_starts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = tmp_path / "relay"
+    data_dir.mkdir()
+    await store_uncompacted(data_dir / "relay.sqlite3")
+    swept = LogWaiter("compacted the stored logs of 1 rooms")
+    caplog.set_level(logging.INFO, logger="gigi_crdt.relay")
+    logging.getLogger("gigi_crdt.relay").addHandler(swept)
+    try:
+        async with trio.open_nursery() as nursery:
+            stop = trio.Event()
+            await nursery.start(partial(serve_relay, data_dir, TOKEN, shutdown=stop))
+            with trio.fail_after(10):
+                await swept.seen.wait()
+            (snapshot,) = stored_updates(data_dir / "relay.sqlite3", "room")  # before anyone joined
+            assert b"a secret" not in snapshot
+            stop.set()
+    finally:
+        logging.getLogger("gigi_crdt.relay").removeHandler(swept)
+    assert await reloaded(data_dir / "relay.sqlite3") == ["kept"]
+
+
+class LogWaiter(logging.Handler):
+    """Tells when a record with ``text`` is logged (by a task of this trio run)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.INFO)
+        self.text = text
+        self.seen = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()

@@ -15,6 +15,9 @@ yrs has garbage-collected (deleted content is gone from it). That happens once t
 has grown by the size of the last snapshot (so the rewriting costs a bounded multiple of
 what is written), and within ``GARBAGE_DELAY`` of a deletion: what members delete or let
 expire (retention) must not stay on the relay's disk, nor reach a new device from it.
+A log of more than one update, left by a relay that was killed or is older than
+compaction, may hold deletions no compaction followed: the relay compacts such logs as
+it starts (``compact_stored_rooms``), rooms nobody joins included.
 pycrdt-store's own squashing is not used: it needs compression callbacks to apply
 anything (without them it replaces the history with an empty document).
 """
@@ -193,6 +196,7 @@ class PersistentRooms(WebsocketServer):
         self._nursery = nursery
         self._opening = trio.Lock()
         self._writers: list[_Writer] = []
+        self._sweep = trio.CancelScope()  # ``compact_stored_rooms``, until ``close``
 
     async def get_room(self, name: str) -> YRoom:
         """The room called ``name``, loaded from the database the first time it is asked for."""
@@ -216,7 +220,50 @@ class PersistentRooms(WebsocketServer):
         self._nursery.start_soon(writer.run)
         return YRoom(ydoc=doc, exception_handler=_log_and_go_on, log=log)
 
+    async def compact_stored_rooms(self) -> None:
+        """Compact the stored log of every room not yet opened whose log holds more than
+        one update (a lone snapshot holds no deleted content), one room at a time. A room
+        opened first is left to its writer, which compacts such a log in time too."""
+        with self._sweep:
+            compacted = 0
+            for name in await trio.to_thread.run_sync(_rooms_with_logs, self._database):
+                # Under the lock that opening a room takes: a room is never loaded twice at once.
+                async with self._opening:
+                    if name not in self.rooms:
+                        compacted += await self._compact_closed_room(name)
+            log.info("compacted the stored logs of %d rooms", compacted)
+
+    async def _compact_closed_room(self, name: str) -> bool:
+        store = _RoomStore(self._database, name)
+        await self._nursery.start(store.start)
+        try:
+            doc: Doc[Any] = Doc()
+            await store.load(doc)
+            await store.replace_with(doc.get_update())
+            return True
+        except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: pycrdt refused a stored update
+            log.warning("compacting room %s failed, its log stays as it is: %s", name, exc)
+            return False
+        finally:
+            with trio.CancelScope(shield=True):  # else its task would keep the nursery open
+                await store.stop()
+
     def close(self) -> None:
-        """Stop taking changes; the writers finish what is queued and stop their stores."""
+        """Stop taking changes and compacting stored rooms; the writers finish what is
+        queued and stop their stores."""
+        self._sweep.cancel()
         for writer in self._writers:
             writer.close()
+
+
+def _rooms_with_logs(database: Path) -> list[str]:
+    """The rooms whose stored log holds more than one update."""
+    if not database.exists():
+        return []  # a new relay: no room stored yet
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT path FROM yupdates GROUP BY path HAVING count(*) > 1").fetchall()
+    except sqlite3.Error as exc:
+        log.warning("cannot list the stored rooms to compact: %s", exc)
+        return []
+    return [name for (name,) in rows]

@@ -58,6 +58,7 @@ async def serve_relay(
     stop = shutdown if shutdown is not None else trio.Event()
     async with trio.open_nursery() as stores:
         rooms = PersistentRooms(data_dir / DATABASE_NAME, stores)
+        stores.start_soon(rooms.compact_stored_rooms)
         async with rooms:
             # hypercorn's Framework type is a union of TypedDict-based protocols; ours is plain dicts.
             app = cast(Framework, TokenGate(cast(Any, ASGIServer(rooms)), token))
