@@ -16,7 +16,7 @@ import trio.testing
 
 from gigi_crdt import Message, Text
 from gigi_crdt.cli import chat_commands as cmd
-from gigi_crdt.cli.chat_view import Numbering, message_line, progress_bar, receipt_mark
+from gigi_crdt.cli.chat_view import Numbering, bytes_bar, message_line, progress_bar, receipt_mark
 from gigi_crdt.cli.terminal import CLEAR_LINE, UP, LineEditor, Terminal
 
 # -- the command parser (pure) ---------------------------------------------------------------
@@ -151,6 +151,7 @@ def test_progress_bar() -> None:
     assert progress_bar(0, 4, width=8) == "[........] 0/4"
     assert progress_bar(3, 4, width=8) == "[######..] 3/4"
     assert progress_bar(4, 4, width=8) == "[########] 4/4"
+    assert bytes_bar(4_200_000, 16_800_000, width=8) == "[##......] 4.2/16.8 MB"
 
 
 def test_message_lines_and_numbers() -> None:

@@ -374,6 +374,26 @@ def test_partial_frames_are_never_half_read() -> None:
     assert conn.next_event() == hello_event()
 
 
+def test_a_frame_under_way_tells_how_much_of_it_is_in() -> None:
+    hello, ping = vector("hello.hex"), vector("ping.hex")
+    conn = Connection()
+    seen = []
+    for byte in hello + ping[:5]:
+        conn.receive_data(bytes([byte]))
+        seen.append(conn.frame_under_way())
+    header = struct.calcsize(">I")
+    assert seen[: header - 1] == [None] * (header - 1)  # no length known yet
+    assert seen[header - 1 : len(hello)] == [(n, len(hello)) for n in range(header, len(hello) + 1)]
+    assert seen[len(hello) :] == [(len(hello), len(hello))] * 5  # complete until read
+    assert conn.next_event() == hello_event()
+    assert conn.frame_under_way() == (5, len(ping))  # the next one
+    bad = Connection(Limits(max_frame_bytes=100))
+    bad.receive_data(struct.pack(">I", 101))
+    assert bad.frame_under_way() is None  # next_event says what is wrong with it
+    with pytest.raises(RemoteProtocolError):
+        bad.next_event()
+
+
 def test_errors_are_sticky() -> None:
     conn = Connection()
     conn.receive_data(vector("ping.hex"))

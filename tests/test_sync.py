@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from pathlib import Path
@@ -12,7 +13,7 @@ import trio
 import trio.testing
 from forgery import forge_member_records
 from pycrdt import Doc
-from sync_helpers import Node, Recorder, converged, drain, joined, link, nodes, wait_for
+from sync_helpers import FAST, Node, Recorder, converged, drain, joined, link, nodes, wait_for
 
 from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
@@ -29,6 +30,7 @@ from gigi_crdt.sync import (
     PresenceChanged,
     ReceiptUpdated,
     SyncProgress,
+    TransferProgress,
     connect_tcp,
     keep_connected,
     serve_tcp,
@@ -73,6 +75,35 @@ async def test_offline_peer_catches_up_with_one_offline_batch_in_order(tmp_path:
             assert [m.id for m in batch.messages] == sent
             assert [m.id for m in await bob.replica.history(conversation, limit=2000)] == sent
             nursery.cancel_scope.cancel()
+
+
+async def test_a_large_catch_up_is_reported_as_it_arrives(tmp_path: Path) -> None:
+    settings = dataclasses.replace(FAST, progress_bytes=80_000)
+    async with nodes(tmp_path, "alice", "bob", settings=settings) as (alice, bob):
+        for _ in range(2):
+            conversation = await group_of([alice, bob])
+            for i in range(300):  # about 100 KB: several reads of the link
+                await alice.replica.send(conversation, Text(f"{i:04} " + "x" * 300))
+        told: list[TransferProgress] = []
+        async with trio.open_nursery() as nursery:
+            link(nursery, alice, bob)
+            with trio.fail_after(20):
+                async for event in bob.engine.events():
+                    if isinstance(event, TransferProgress):
+                        told.append(event)
+                    if isinstance(event, SyncProgress) and event.done == event.total:
+                        break  # the events of what the frame brought come after its progress
+            nursery.cancel_scope.cancel()
+    assert {e.peer_id for e in told} == {alice.peer_id}
+    assert all(e.total > 300 * 300 for e in told)  # the two step 2s only: no smaller frame is told of
+    ends = [i for i, e in enumerate(told) if e.received == e.total]
+    assert len(ends) == 2
+    assert ends[-1] == len(told) - 1
+    for frame in (told[: ends[0] + 1], told[ends[0] + 1 :]):
+        received = [e.received for e in frame]
+        assert len(frame) > 1
+        assert received == sorted(set(received))
+        assert {e.total for e in frame} == {received[-1]}
 
 
 async def test_reconnect_sends_only_the_delta(tmp_path: Path) -> None:

@@ -18,14 +18,17 @@ from ..sync import (
     ReactionChanged,
     ReceiptUpdated,
     SyncProgress,
+    TransferProgress,
 )
 from . import chat_commands as cmd
 from .chat_view import (
     DELIVERED,
     READ,
     Numbering,
+    bytes_bar,
     content_text,
     conversation_label,
+    megabytes,
     message_line,
     progress_bar,
     receipt_mark,
@@ -51,7 +54,8 @@ class ChatSession:
         self._known: set[str] = set()  # conversations this session has seen
         self._listed: list[str] = []
         self._nicknames: dict[str, str] = {}
-        self._syncing: dict[str, tuple[int, int]] = {}
+        self._syncing: dict[str, tuple[int, int]] = {}  # peer -> conversations caught up, of
+        self._receiving: dict[str, tuple[int, int]] = {}  # peer -> bytes of a large frame in, of
         self._typing = False
 
     # -- start -------------------------------------------------------------------------
@@ -291,8 +295,13 @@ class ChatSession:
             case PeerOffline(peer_id, _):
                 if peer_id in self._nicknames:
                     await self.term.show(f"* {self._nicknames[peer_id]} went offline")
+                stopped = [self._syncing.pop(peer_id, None), self._receiving.pop(peer_id, None)]
+                if any(stopped):
+                    await self._show_status()  # what it was sending stopped with it
             case SyncProgress(peer_id, done, total):
                 await self._progress(peer_id, done, total)
+            case TransferProgress(peer_id, received, total):
+                await self._transfer(peer_id, received, total)
             case EventsDropped(count):
                 await self.term.show(f"! {count} updates were not shown (too many at once); /history re-reads")
             case ContactKeyChanged(nickname, known_peer_id, peer_id):
@@ -352,7 +361,18 @@ class ChatSession:
         if done == total:
             del self._syncing[peer_id]
             await self.term.show(f"* in sync with {self._nickname(peer_id)} ({total} conversation(s))")
+        await self._show_status()
+
+    async def _transfer(self, peer_id: str, received: int, total: int) -> None:
+        self._receiving[peer_id] = (received, total)
+        if received == total:
+            del self._receiving[peer_id]
+            await self.term.show(f"* received {megabytes(total)} from {self._nickname(peer_id)}; merging it")
+        await self._show_status()
+
+    async def _show_status(self) -> None:
         bars = [f"syncing with {self._nickname(p)} {progress_bar(d, t)}" for p, (d, t) in self._syncing.items()]
+        bars += [f"receiving from {self._nickname(p)} {bytes_bar(r, t)}" for p, (r, t) in self._receiving.items()]
         await self.term.set_status("; ".join(bars))
 
     async def _member_name(self, conversation: str, peer_id: str) -> str:

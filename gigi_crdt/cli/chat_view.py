@@ -53,8 +53,22 @@ def message_line(number: int, message: Message, *, label: str = "", mark: str = 
 
 def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
     """``[#######.............] 3/9``"""
+    return f"{_bar(done, total, width)} {done}/{total}"
+
+
+def bytes_bar(received: int, total: int, width: int = BAR_WIDTH) -> str:
+    """``[#######.............] 5.8/16.6 MB``"""
+    return f"{_bar(received, total, width)} {received / 1e6:.1f}/{megabytes(total)}"
+
+
+def megabytes(size: int) -> str:
+    """``16.6 MB``"""
+    return f"{size / 1e6:.1f} MB"
+
+
+def _bar(done: int, total: int, width: int) -> str:
     filled = width * done // total if total else width
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+    return f"[{'#' * filled}{'.' * (width - filled)}]"
 
 
 def conversation_label(meta: Metadata, members: Mapping[str, Member], me: str) -> str:

@@ -109,6 +109,19 @@ class Connection:
             self.their_state = State.FAILED
             raise
 
+    def frame_under_way(self) -> tuple[int, int] | None:
+        """``(received, length)`` in bytes, header included, of the frame at the front of
+        what was fed, once its header is in (``received == length``: complete, not read yet);
+        ``None`` before that or if the header is bad (``next_event`` says what is wrong).
+        For showing a large frame's progress as it arrives."""
+        if len(self._buffer) < HEADER.size or self._error is not None:
+            return None
+        try:
+            length = HEADER.size + frame_length(bytes(self._buffer[: HEADER.size]), self.limits)
+        except RemoteProtocolError:
+            return None
+        return min(len(self._buffer), length), length
+
     def _next_event(self) -> Event | ConnectionClosed | NeedData:
         if len(self._buffer) < HEADER.size:
             return self._at_end_of_data()

@@ -12,6 +12,7 @@ from .activity import PresenceChanged as PresenceChanged
 from .activity import ReactionChanged as ReactionChanged
 from .activity import ReceiptUpdated as ReceiptUpdated
 from .activity import SyncProgress as SyncProgress
+from .activity import TransferProgress as TransferProgress
 from .engine import LinkOutcome as LinkOutcome
 from .engine import SyncEngine as SyncEngine
 from .link import LinkSettings as LinkSettings

@@ -99,6 +99,20 @@ class SyncProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """A large frame from a peer is arriving (a catch-up of a big conversation, say):
+    ``received`` of its ``total`` bytes are in.
+
+    Told for frames of at least ``LinkSettings.progress_bytes``, at most once per percent,
+    and once more when all of it is in. The update is then checked, merged and stored
+    (seconds for 10^5 messages) before the events for what it brought follow."""
+
+    peer_id: str
+    received: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
 class EventsDropped:
     """The application fell behind and ``count`` events were not kept; re-read the state."""
 
@@ -116,6 +130,7 @@ Activity: TypeAlias = (
     | PeerOffline
     | PresenceChanged
     | SyncProgress
+    | TransferProgress
     | EventsDropped
 )
 

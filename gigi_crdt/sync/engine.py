@@ -45,6 +45,7 @@ from .activity import (
     PeerOnline,
     PresenceChanged,
     SyncProgress,
+    TransferProgress,
     describe_changes,
     describe_vanished,
 )
@@ -82,6 +83,7 @@ class _Session:
     asked_outsider: dict[str, float] = field(default_factory=dict)  # conversation -> when
     proof_awaited: set[str] = field(default_factory=set)  # asked a stranger: its step 2 may prove it a member
     asked_missing: dict[str, float] = field(default_factory=dict)  # conversation -> when
+    arriving_percent: int = -1  # last told of the large frame under way (-1: none told yet)
 
 
 class SyncEngine:
@@ -197,7 +199,8 @@ class SyncEngine:
 
         try:
             with session.handshake:
-                return await read_events(stream, link.connection, handle, self.settings.idle_timeout)
+                arriving = functools.partial(self._arriving, session)
+                return await read_events(stream, link.connection, handle, self.settings.idle_timeout, arriving)
             return self._refuse(link, CloseCode.TIMEOUT, "no handshake in time")
         except RemoteProtocolError as exc:
             return self._refuse(link, exc.code, exc.reason)
@@ -213,6 +216,18 @@ class SyncEngine:
             return self._refuse(link, CloseCode.INTERNAL_ERROR, str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             return f"connection lost: {exc or type(exc).__name__}"
+
+    def _arriving(self, session: _Session, received: int, total: int) -> None:
+        """Tell the application how much of a large frame is in (``TransferProgress``)."""
+        peer = session.link.peer
+        if peer is None or total < self.settings.progress_bytes:
+            return
+        percent = received * 100 // total
+        if percent > session.arriving_percent:
+            self._publish(TransferProgress(peer.peer_id, received, total))
+            session.arriving_percent = percent
+        if received == total:
+            session.arriving_percent = -1  # the next large frame starts from nothing
 
     def _refuse(self, link: PeerLink, code: CloseCode, reason: str) -> str:
         log.warning("closing link to %s: %s (%s)", self._name(link), reason, code.name)

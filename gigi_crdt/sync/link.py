@@ -54,6 +54,8 @@ class LinkSettings:
             sends more is read more slowly (never disconnected for it).
         byte_burst: bytes read at full speed before the throttle starts: one frame of the
             largest size the protocol allows.
+        progress_bytes: frames at least this large are reported as they arrive
+            (``TransferProgress``): a catch-up of a big conversation on a slow link.
     """
 
     handshake_timeout: float = 10.0
@@ -65,9 +67,10 @@ class LinkSettings:
     frame_burst: int = 10_000
     max_bytes_per_second: float = 64 * 1024 * 1024
     byte_burst: int = 64 * 1024 * 1024
+    progress_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_frames_per_second", "frame_burst", "max_bytes_per_second", "byte_burst"):
+        for name in ("max_frames_per_second", "frame_burst", "max_bytes_per_second", "byte_burst", "progress_bytes"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
 
@@ -144,9 +147,15 @@ class PeerLink:
 
 
 async def read_events(
-    stream: trio.abc.Stream, connection: Connection, handle: Callable[[Event], Awaitable[None]], idle_timeout: float
+    stream: trio.abc.Stream,
+    connection: Connection,
+    handle: Callable[[Event], Awaitable[None]],
+    idle_timeout: float,
+    arriving: Callable[[int, int], None] | None = None,
 ) -> str:
-    """The reader loop: feed bytes to the protocol and hand each event over; returns why it ended."""
+    """The reader loop: feed bytes to the protocol and hand each event over; returns why it
+    ended. ``arriving`` hears, after each read, how much of the frame under way is in
+    (``Connection.frame_under_way``)."""
     while True:
         event = connection.next_event()
         if isinstance(event, NeedData):
@@ -155,6 +164,9 @@ async def read_events(
             if idle.cancelled_caught:
                 raise RemoteProtocolError(f"no traffic for {idle_timeout:g} s", CloseCode.TIMEOUT)
             connection.receive_data(data)
+            under_way = connection.frame_under_way()
+            if arriving is not None and under_way is not None:
+                arriving(*under_way)
             continue
         if isinstance(event, ConnectionClosed):
             return "closed by the peer" if event.clean else "the stream ended"
