@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import secrets
 import shutil
 import sqlite3
 import subprocess
+import warnings
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -457,22 +459,53 @@ async def test_a_relay_compacts_stored_rooms_nobody_opens(tmp_path: Path) -> Non
     assert stored_rows(database, "room") == snapshot  # a lone snapshot is not written again
 
 
-async def test_a_stored_room_that_cannot_be_compacted_is_left_as_it_is(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_stored_update_that_cannot_be_read_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A damaged row must not make its room unusable (nor, before, leave the room's store
+    # running after the failed join, so that the relay never finished stopping).
     database = tmp_path / "relay.sqlite3"
-    await store_uncompacted(database, "quiet")
+    await store_uncompacted(database)
     with contextlib.closing(sqlite3.connect(database)) as db, db:
-        db.execute("INSERT INTO yupdates SELECT 'broken', yupdate, metadata, timestamp FROM yupdates")
-        db.execute("INSERT INTO yupdates VALUES ('broken', X'0102', NULL, 0)")  # not an update
-    broken = stored_rows(database, "broken")
+        db.execute("INSERT INTO yupdates VALUES ('room', X'0102', NULL, 0)")  # not an update
     async with trio.open_nursery() as stores:
         rooms = PersistentRooms(database, stores)
-        await rooms.compact_stored_rooms()
+        async with rooms:
+            room = await rooms.get_room("room")
+            assert room.ydoc.get("texts", type=Array).to_py() == ["kept"]
         rooms.close()
-    assert stored_rows(database, "broken") == broken
-    assert "compacting room broken failed" in caplog.text
-    assert len(stored_updates(database, "quiet")) == 1  # the next room is compacted all the same
+    assert "room room: stored update 1 of 3 is unreadable, skipped" in caplog.text
+    assert await reloaded(database) == ["kept"]  # compacted as the relay stopped, without it
+    assert len(stored_updates(database, "room")) == 1
+
+
+async def test_a_room_whose_load_is_cut_short_leaves_nothing_running(tmp_path: Path) -> None:
+    database = tmp_path / "relay.sqlite3"
+    await store_uncompacted(database)
+    with trio.fail_after(10):  # its store's task would keep the relay from ever stopping
+        async with trio.open_nursery() as stores:
+            rooms = PersistentRooms(database, stores)
+            async with rooms:
+                with contextlib.closing(sqlite3.connect(database)) as db:
+                    db.execute("BEGIN EXCLUSIVE")  # the room's load waits for this
+                    with trio.move_on_after(0.2) as join:
+                        await rooms.get_room("room")
+                    db.rollback()
+                assert join.cancelled_caught
+                assert "room" not in rooms.rooms
+            rooms.close()
+
+
+async def test_a_stopped_relay_leaves_no_room_stream_open(tmp_path: Path) -> None:
+    # pycrdt-websocket's rooms keep a stream open after they stop (anyio warns when collected).
+    async with trio.open_nursery() as stores:
+        rooms = PersistentRooms(tmp_path / "relay.sqlite3", stores)
+        async with rooms:
+            await rooms.get_room("room")
+        rooms.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del rooms
+        gc.collect()
+    assert [w.message for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 async def test_a_relay_leaves_a_room_open_already_to_its_writer(tmp_path: Path) -> None:

@@ -71,12 +71,22 @@ class _RoomStore(SQLiteYStore):
     async def load(self, doc: Doc[Any]) -> int:
         """Apply the room's stored updates to ``doc``; returns how many there were (none
         for a room nobody wrote to yet). Not ``read``: it reports any failure as an
-        absent document, which would serve the room empty."""
+        absent document, which would serve the room empty.
+
+        A stored update pycrdt cannot read (a damaged disk, a bad copy) is skipped with a
+        warning: the rest of the room still loads, the next compaction leaves it out, and
+        the members, who each hold the whole document, send the room what it lacks when
+        they join."""
         async with self._transaction() as cursor:
             await cursor.execute("SELECT yupdate FROM yupdates WHERE path = ? ORDER BY timestamp", (self.path,))
             rows = await cursor.fetchall()
-        for (update,) in rows:
-            doc.apply_update(update)
+        for number, (update,) in enumerate(rows, 1):
+            try:
+                doc.apply_update(update)
+            except ValueError as exc:  # pycrdt's word for an update it cannot decode
+                log.warning(
+                    "room %s: stored update %d of %d is unreadable, skipped: %s", self.path, number, len(rows), exc
+                )
         return len(rows)
 
     async def replace_with(self, snapshot: bytes) -> None:
@@ -183,6 +193,17 @@ class _Writer:
         self._queue.close()
 
 
+class _Room(YRoom):
+    """pycrdt-websocket's room (0.16), whose update stream nothing closes: it stays open
+    after the server stops the room, and anyio warns of it when the room is collected."""
+
+    def release(self) -> None:
+        """Close what the room left open; only once it has stopped."""
+        stream = getattr(self, "_update_send_stream", None)  # made when the room starts
+        if stream is not None:
+            stream.close()
+
+
 class PersistentRooms(WebsocketServer):
     """A ``WebsocketServer`` whose rooms are loaded from and saved to one SQLite database.
 
@@ -213,12 +234,17 @@ class PersistentRooms(WebsocketServer):
         store = _RoomStore(self._database, name)
         await self._nursery.start(store.start)
         doc: Doc[Any] = Doc()
-        stored = await store.load(doc)
+        try:
+            stored = await store.load(doc)
+        except BaseException:  # the database failed us: the join fails, nothing is left running
+            with trio.CancelScope(shield=True):
+                await store.stop()
+            raise
         # The writer observes only from here: what was loaded is not written again.
         writer = _Writer(store, doc, GARBAGE_DELAY, stored=stored)
         self._writers.append(writer)
         self._nursery.start_soon(writer.run)
-        return YRoom(ydoc=doc, exception_handler=_log_and_go_on, log=log)
+        return _Room(ydoc=doc, exception_handler=_log_and_go_on, log=log)
 
     async def compact_stored_rooms(self) -> None:
         """Compact the stored log of every room not yet opened whose log holds more than
@@ -241,7 +267,7 @@ class PersistentRooms(WebsocketServer):
             await store.load(doc)
             await store.replace_with(doc.get_update())
             return True
-        except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: pycrdt refused a stored update
+        except (sqlite3.Error, OSError) as exc:
             log.warning("compacting room %s failed, its log stays as it is: %s", name, exc)
             return False
         finally:
@@ -254,6 +280,9 @@ class PersistentRooms(WebsocketServer):
         self._sweep.cancel()
         for writer in self._writers:
             writer.close()
+        for room in self.rooms.values():
+            if isinstance(room, _Room):
+                room.release()
 
 
 def _rooms_with_logs(database: Path) -> list[str]:
