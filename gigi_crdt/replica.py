@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
+from pycrdt import merge_updates
 
 from .errors import (
     GigiError,
@@ -45,6 +46,7 @@ from .model import (
     new_id,
 )
 from .model.catchup import RecentUpdates, covers, deletions_past
+from .model.gaps import Logged
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
@@ -413,21 +415,37 @@ class Replica:
 
     async def _stored_whole(self, conversation: str) -> bytes | None:
         """Everything stored of a conversation whose document is not in memory, as one
-        update (``compaction.whole_update``): what the document's catch-up would send a
-        peer holding nothing of it, without loading it (a second for 10^5 messages, and
-        the memory they take); a compacted log is sent as it is. ``None`` if the store
-        holds no such conversation, or the document was loaded meanwhile: a commit made
-        while the log was read may reach the peer before this answer, which lacks it."""
+        update: what the document's catch-up would send a peer holding nothing of it,
+        without loading it (a second for 10^5 messages, and the memory they take). A log
+        of one update without garbage is sent as it is; any other is compacted first, and
+        the snapshot compaction stores is the answer (made once: for this peer and the
+        next ones). ``None`` if the store holds no such conversation, or the document was
+        loaded meanwhile: a commit made while the log was read may reach the peer before
+        this answer, which lacks it."""
         await self._settle(conversation)
         generation = self._generations.get(conversation)
-        _, log, garbage = await self._worker.read(self._store.committed_log, conversation)
-        if not log or conversation in self._conversations or self._generations.get(conversation) != generation:
+        _, stored, garbage = await self._worker.read(self._store.committed_log, conversation)
+        whole = None
+        if len(stored) == 1 and not garbage:
+            whole = stored[0].update
+        elif stored:
+            whole = await self._compacted_whole(conversation, stored, garbage)
+        if conversation in self._conversations or self._generations.get(conversation) != generation:
             return None
-        if len(log) > 1 or garbage:
-            # Made as compaction makes a snapshot: let compaction store it, so that the
-            # next peer holding nothing gets it as it is, instead of making it again.
-            self._worker.request_compaction(conversation)
-        return await trio.to_thread.run_sync(whole_update, log, garbage)
+        return whole
+
+    async def _compacted_whole(self, conversation: str, stored: list[Logged], garbage: bool) -> bytes | None:
+        try:
+            built = await self._worker.compact(conversation)
+        except StoreClosed:
+            raise
+        except StorageError as exc:  # a full or read-only disk: the peer is answered all the same
+            log.warning("compacting %s to answer a peer failed: %s", conversation, exc)
+            return await trio.to_thread.run_sync(whole_update, stored, garbage)
+        if built is None:
+            return None
+        snapshot, rest = built
+        return await trio.to_thread.run_sync(merge_updates, snapshot, rest) if rest else snapshot
 
     async def heads_for(self, conversation: str, state_vector: bytes) -> tuple[HeadRecord, ...]:
         """The signed heads to send beside what a peer with ``state_vector`` lacks (``diff``):

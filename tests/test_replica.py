@@ -32,6 +32,7 @@ from gigi_crdt import (
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Changes, Conversation, HybridClock, UnsafeUpdate
 from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES
+from gigi_crdt.model.gaps import Logged
 from gigi_crdt.model.ops import Posted, encode_op
 from gigi_crdt.model.yupdate import check_update
 from gigi_crdt.protocol.yproto import decode_state_vector
@@ -44,7 +45,7 @@ from gigi_crdt.replica import (
     RETENTION_EVERY,
     RETENTION_FIRST,
 )
-from gigi_crdt.store import Record, Store
+from gigi_crdt.store import Record, Store, compaction, worker
 from gigi_crdt.store.compaction import build_snapshot, still_waiting
 from gigi_crdt.store.database import DATABASE_NAME
 
@@ -1050,12 +1051,20 @@ async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_
         await sync(alice, bob, conversation)
         assert len(await alice._worker.read(alice._store.load_log, conversation)) > 1  # made into one
         assert await alice.rest_idle(0) == [conversation]
-        compactions: list[str] = []
-        monkeypatch.setattr(alice._worker, "request_compaction", compactions.append)
+        builds: list[bool] = []
+        build = compaction.snapshot_and_rest
+
+        def counted(updates: list[Logged], collect: bool) -> tuple[bytes, bytes]:
+            builds.append(collect)
+            return build(updates, collect)
+
+        for module in (compaction, worker):  # compaction's and the answer's, if made apart
+            monkeypatch.setattr(module, "snapshot_and_rest", counted)
         whole, also = await alice.diff(conversation, b"\x00"), await alice.diff(conversation, None)
         assert not alice.is_loaded(conversation)
-        assert compactions == [conversation, conversation]  # so the next one is read as it is
-        assert b"a secret" not in whole  # the log still holds it; a new member never gets it
+        assert builds == [True]  # compacted, with the deletion's garbage, once: the next peer gets it as it is
+        assert len(await alice._worker.read(alice._store.load_log, conversation)) == 1
+        assert b"a secret" not in whole  # nor on the disk any more: a new member never gets it
         await alice.export(conversation)  # loads it
         documents = [Doc(), Doc(), Doc()]
         for doc, update in zip(documents, [whole, also, await alice.diff(conversation, None)], strict=True):
@@ -1065,6 +1074,33 @@ async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_
             assert doc.get_state() == from_document.get_state()
             for root in ("meta", "members", "streams", "acks"):
                 assert doc.get(root, type=Map).to_py() == from_document.get(root, type=Map).to_py()
+
+
+async def test_a_peer_holding_nothing_is_answered_when_compacting_for_it_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
+        deleted = await alice.send(conversation, Text("a secret"))
+        await alice.send(conversation, Text("two"))
+        await alice.delete(conversation, deleted)
+        await sync(alice, bob, conversation)
+        assert await alice.rest_idle(0) == [conversation]
+        rows = len(await alice._worker.read(alice._store.load_log, conversation))
+        other = sqlite3.connect(tmp_path / "a" / DATABASE_NAME, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer: alice's store cannot write now
+        try:
+            whole = await alice.diff(conversation, None)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert "compacting" in caplog.text
+        assert len(await alice._worker.read(alice._store.load_log, conversation)) == rows  # as it was
+        assert b"a secret" not in whole
+        await alice.export(conversation)  # loads the document
+        answered, from_document = Doc(), Doc()
+        answered.apply_update(whole)
+        from_document.apply_update(await alice.diff(conversation, None))
+        assert answered.get_state() == from_document.get_state()
 
 
 @contextlib.asynccontextmanager

@@ -186,8 +186,10 @@ class StoreWorker:
             self._compaction_wanted.add(conversation)
             self._compaction_wake.set()
 
-    async def compact(self, conversation: str, *, collect_garbage: bool | None = None) -> None:
-        """Fold everything committed so far for ``conversation`` into one snapshot.
+    async def compact(self, conversation: str, *, collect_garbage: bool | None = None) -> tuple[bytes, bytes] | None:
+        """Fold everything committed so far for ``conversation`` into one snapshot, and
+        return it with what still waits beside it (``snapshot_and_rest``): together, all
+        that the log held. None if the log is empty.
 
         Garbage (deleted content) is collected if ``collect_garbage``, or by default when
         deletions left some. Only the final swap runs in the writer thread; reading the
@@ -196,12 +198,15 @@ class StoreWorker:
         async with self._compaction_turn:
             upto, updates, garbage = await self.read(self.store.committed_log, conversation)
             collect = garbage if collect_garbage is None else collect_garbage
+            if not updates:
+                return None
             if len(updates) == 1 and not collect:
                 # A lone update (say, a catch-up that arrived whole) already is a snapshot.
                 await self.write(self.store.adopt_snapshot, conversation, upto)
-            elif updates:
-                snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
-                await self.write(self.store.replace_log, conversation, upto, snapshot, collect, rest)
+                return updates[0].update, b""
+            snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
+            await self.write(self.store.replace_log, conversation, upto, snapshot, collect, rest)
+            return snapshot, rest
 
     async def _compact_requested(self) -> None:
         while True:
