@@ -1041,16 +1041,24 @@ async def test_a_resting_document_answers_peers_that_lack_nothing_from_the_store
         assert texts(await alice.export(conversation)) == ["one", "two"]
 
 
+async def rest_with_garbage(alice: Replica, bob: Replica, conversation: str) -> int:
+    """Write a message and delete it, sync, and let alice's document rest; returns how
+    many rows alice's log has (more than one, and garbage in them)."""
+    deleted = await alice.send(conversation, Text("a secret"))
+    await alice.send(conversation, Text("two"))
+    await alice.delete(conversation, deleted)
+    await sync(alice, bob, conversation)
+    assert await alice.rest_idle(0) == [conversation]
+    rows = len(await alice._worker.read(alice._store.load_log, conversation))
+    assert rows > 1
+    return rows
+
+
 async def test_a_document_not_in_memory_answers_a_peer_holding_nothing_from_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with direct_pair(tmp_path) as (alice, bob, conversation):
-        deleted = await alice.send(conversation, Text("a secret"))
-        await alice.send(conversation, Text("two"))
-        await alice.delete(conversation, deleted)
-        await sync(alice, bob, conversation)
-        assert len(await alice._worker.read(alice._store.load_log, conversation)) > 1  # made into one
-        assert await alice.rest_idle(0) == [conversation]
+        await rest_with_garbage(alice, bob, conversation)
         builds: list[bool] = []
         build = compaction.snapshot_and_rest
 
@@ -1080,12 +1088,7 @@ async def test_a_peer_holding_nothing_is_answered_when_compacting_for_it_fails(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with direct_pair(tmp_path) as (alice, bob, conversation):
-        deleted = await alice.send(conversation, Text("a secret"))
-        await alice.send(conversation, Text("two"))
-        await alice.delete(conversation, deleted)
-        await sync(alice, bob, conversation)
-        assert await alice.rest_idle(0) == [conversation]
-        rows = len(await alice._worker.read(alice._store.load_log, conversation))
+        rows = await rest_with_garbage(alice, bob, conversation)
         other = sqlite3.connect(tmp_path / "a" / DATABASE_NAME, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another writer: alice's store cannot write now
         try:
