@@ -11,6 +11,7 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator
 from functools import partial
@@ -457,6 +458,39 @@ async def test_a_relay_compacts_stored_rooms_nobody_opens(tmp_path: Path) -> Non
     assert b"kept" in quiet
     assert b"a secret" not in quiet
     assert stored_rows(database, "room") == snapshot  # a lone snapshot is not written again
+
+
+KILLED_MID_WRITE = """
+import os, sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size = 1")  # pages go to the file before the commit: the journal is hot
+db.execute("BEGIN")
+db.executemany("INSERT INTO yupdates VALUES ('other', ?, NULL, 0)", [(os.urandom(5000),) for _ in range(400)])
+print("writing", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_relay_killed_mid_write_compacts_its_rooms_as_it_starts_again(tmp_path: Path) -> None:
+    database = tmp_path / "relay.sqlite3"
+    await store_uncompacted(database)
+    writer = await trio.lowlevel.open_process(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(database)], stdout=subprocess.PIPE
+    )
+    assert writer.stdout is not None
+    with trio.fail_after(10):
+        assert await writer.stdout.receive_some() == b"writing\n"
+    writer.kill()
+    await writer.wait()
+    await writer.stdout.aclose()
+    assert (tmp_path / "relay.sqlite3-journal").exists()  # a reader must roll it back first
+    async with trio.open_nursery() as stores:
+        rooms = PersistentRooms(database, stores)
+        await rooms.compact_stored_rooms()
+        rooms.close()
+    (snapshot,) = stored_updates(database, "room")
+    assert b"a secret" not in snapshot
+    assert stored_updates(database, "other") == []  # the killed write is rolled back
 
 
 async def test_a_stored_update_that_cannot_be_read_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

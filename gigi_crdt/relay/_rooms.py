@@ -249,7 +249,8 @@ class PersistentRooms(WebsocketServer):
     async def compact_stored_rooms(self) -> None:
         """Compact the stored log of every room not yet opened whose log holds more than
         one update (a lone snapshot holds no deleted content), one room at a time. A room
-        opened first is left to its writer, which compacts such a log in time too."""
+        opened first is left to its writer, which compacts such a log in time too. Run it
+        once, beside the server; ``close`` stops it."""
         with self._sweep:
             compacted = 0
             for name in await trio.to_thread.run_sync(_rooms_with_logs, self._database):
@@ -290,7 +291,9 @@ def _rooms_with_logs(database: Path) -> list[str]:
     if not database.exists():
         return []  # a new relay: no room stored yet
     try:
-        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        # Not read-only: a relay killed mid-write leaves a hot journal, which only a
+        # connection that may write rolls back (a read-only one is refused).
+        with contextlib.closing(sqlite3.connect(database)) as db:
             rows = db.execute("SELECT path FROM yupdates GROUP BY path HAVING count(*) > 1").fetchall()
     except sqlite3.Error as exc:
         log.warning("cannot list the stored rooms to compact: %s", exc)
