@@ -56,7 +56,7 @@ from .protocol import HeadRecord
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
-from .store.compaction import whole_update
+from .store.compaction import is_snapshot, whole_update
 from .store.store import MIN_COMPACTION_BYTES, stored_state_vector
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,7 @@ class Replica:
         generation = self._generations.get(conversation)
         _, stored, garbage = await self._worker.read(self._store.committed_log, conversation)
         whole = None
-        if len(stored) == 1 and not garbage:
+        if is_snapshot(stored, garbage):
             whole = stored[0].update
         elif stored:
             whole = await self._compacted_whole(conversation, stored, garbage)

@@ -44,12 +44,18 @@ def build_snapshot(log: Sequence[Logged], collect_garbage: bool) -> bytes:
     return doc.get_update()
 
 
+def is_snapshot(log: Sequence[Logged], collect_garbage: bool) -> bool:
+    """Whether ``log`` already is what compaction would make of it: a lone update (say, a
+    catch-up that arrived whole), with no garbage to collect."""
+    return len(log) == 1 and not collect_garbage
+
+
 def whole_update(log: Sequence[Logged], collect_garbage: bool) -> bytes:
     """Everything a committed ``log`` holds, as one update for a peer that holds nothing:
     what a snapshot would keep (deleted content collected if deletions left some, so that
     a deleted message's text never reaches a new member) and what still waits beside it."""
-    if len(log) == 1 and not collect_garbage:
-        return log[0].update  # a snapshot already (or a lone update without deletions)
+    if is_snapshot(log, collect_garbage):
+        return log[0].update
     snapshot, rest = snapshot_and_rest(log, collect_garbage)
     return merge_updates(snapshot, rest) if rest else snapshot
 

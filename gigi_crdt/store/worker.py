@@ -17,7 +17,7 @@ from typing import TypeVar
 import trio
 
 from ..errors import GigiError, StorageError, StoreClosed
-from .compaction import snapshot_and_rest
+from .compaction import is_snapshot, snapshot_and_rest
 from .store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,7 @@ class StoreWorker:
             collect = garbage if collect_garbage is None else collect_garbage
             if not updates:
                 return None
-            if len(updates) == 1 and not collect:
-                # A lone update (say, a catch-up that arrived whole) already is a snapshot.
+            if is_snapshot(updates, collect):
                 await self.write(self.store.adopt_snapshot, conversation, upto)
                 return updates[0].update, b""
             snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
