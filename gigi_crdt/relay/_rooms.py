@@ -230,16 +230,21 @@ class PersistentRooms(WebsocketServer):
             await self.start_room(room)
         return room
 
-    async def _open_room(self, name: str) -> YRoom:
+    async def _load_room(self, name: str) -> tuple[_RoomStore, Doc[Any], int]:
+        """A started store of room ``name``, the room's document loaded from it, and how
+        many stored updates it was loaded from. If loading fails, nothing is left running."""
         store = _RoomStore(self._database, name)
         await self._nursery.start(store.start)
         doc: Doc[Any] = Doc()
         try:
-            stored = await store.load(doc)
-        except BaseException:  # the database failed us: the join fails, nothing is left running
-            with trio.CancelScope(shield=True):
+            return store, doc, await store.load(doc)
+        except BaseException:
+            with trio.CancelScope(shield=True):  # else its task would keep the nursery open
                 await store.stop()
             raise
+
+    async def _open_room(self, name: str) -> YRoom:
+        store, doc, stored = await self._load_room(name)
         # The writer observes only from here: what was loaded is not written again.
         writer = _Writer(store, doc, GARBAGE_DELAY, stored=stored)
         self._writers.append(writer)
@@ -261,19 +266,17 @@ class PersistentRooms(WebsocketServer):
             log.info("compacted the stored logs of %d rooms", compacted)
 
     async def _compact_closed_room(self, name: str) -> bool:
-        store = _RoomStore(self._database, name)
-        await self._nursery.start(store.start)
         try:
-            doc: Doc[Any] = Doc()
-            await store.load(doc)
-            await store.replace_with(doc.get_update())
-            return True
+            store, doc, _ = await self._load_room(name)
+            try:
+                await store.replace_with(doc.get_update())
+            finally:
+                with trio.CancelScope(shield=True):
+                    await store.stop()
         except (sqlite3.Error, OSError) as exc:
             log.warning("compacting room %s failed, its log stays as it is: %s", name, exc)
             return False
-        finally:
-            with trio.CancelScope(shield=True):  # else its task would keep the nursery open
-                await store.stop()
+        return True
 
     def close(self) -> None:
         """Stop taking changes and compacting stored rooms; the writers finish what is
