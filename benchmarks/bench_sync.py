@@ -477,6 +477,7 @@ class GigiSync:
     b_apply: float
     messages_indexed: int
     frame_bytes: int
+    loop_stall: float  # worst lateness of the event loop A and B share, dial -> synced
 
 
 @dataclass
@@ -556,6 +557,7 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
             b_apply=apply_time,
             messages_indexed=count,
             frame_bytes=log[-1][1],
+            loop_stall=lag.worst(start, at),
         ),
         Session(a, b, port, link, conv, lag, b_stack.aclose),
     )
@@ -778,10 +780,11 @@ def report_initial(built: Built, floor: FloorResult, gigi: list[GigiSync], ws: l
         ["first -> last byte at B (TCP transfer + frame parsing)", secs(r.last_byte - r.first_big_byte), ""],
         ["B: Replica.receive total", secs(r.b_receive), ""],
         ["  B: schema check of the update (before pycrdt sees it)", secs(r.b_check), ""],
-        ["  B: apply_remote (Yjs apply + change extraction)", secs(r.b_apply), ""],
+        ["  B: apply_remote (Yjs apply + change extraction; in a worker thread)", secs(r.b_apply), ""],
         ["  B: persist + index + FTS (receive - check - apply)", secs(r.b_receive - r.b_check - r.b_apply), ""],
         ["last byte -> SyncProgress event at B", secs(r.total - r.last_byte), ""],
         ["total", secs(r.total), ""],
+        ["worst event-loop stall meanwhile (A and B share the loop)", secs(r.loop_stall), ""],
     ]
     print_table(
         f"   Where gigi's time goes (median run; bytes A->B {r.bytes_to_b:,}, B->A {r.bytes_to_a:,}; "

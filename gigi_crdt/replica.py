@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _GENERATIONS = itertools.count(1)  # each document loaded into memory gets a new one
-CHECK_IN_THREAD_BYTES = 64 * 1024
+IN_THREAD_BYTES = 64 * 1024  # remote updates larger than this are checked and merged in a worker thread
 HEAD_ROOTS = ("heads", "carried")  # where stored signed records are heads (``take_unstored_records``)
 RESTING_RECENT_BYTES = 8 * 1024 * 1024  # recent updates kept for resting documents, in all
 REST_AFTER = 300.0  # seconds a conversation document stays in memory unused (see ``rest_idle``)
@@ -154,7 +154,7 @@ ACKNOWLEDGE_RETRY = 2.0  # seconds before receipts whose write failed are tried 
 async def check_remote_update(update: bytes) -> UpdateSummary:
     """``check_update``, in a worker thread when the update is large: it is pure Python,
     about as slow as applying the update, and other peers' links must not wait."""
-    if len(update) > CHECK_IN_THREAD_BYTES:
+    if len(update) > IN_THREAD_BYTES:
         return await trio.to_thread.run_sync(check_update, update)
     return check_update(update)
 
@@ -191,6 +191,28 @@ def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object
     return held
 
 
+def _check_and_apply(
+    doc: Conversation, conversation: str, update: bytes, summary: UpdateSummary, heads: tuple[Mapping[str, object], ...]
+) -> Changes:
+    """Check the clients an update of ``conversation`` writes as and the heads beside it,
+    then apply it to ``doc``. Raises ``GigiError`` (``UnsafeUpdate``, ``SchemaError``...)
+    with ``doc`` maybe half-applied."""
+    doc.check_clients(summary, heads, conversation)
+    changes = doc.apply_remote(update, summary)
+    if doc.metadata().id != conversation:
+        raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class _Merging:
+    """A document a worker thread is merging a remote update into (``Replica._merge``):
+    nothing else may touch it until ``done``."""
+
+    done: trio.Event
+    members: dict[str, Member]  # as they were before the update (``Replica.loaded_members``)
+
+
 @dataclass(frozen=True, slots=True)
 class _Resting:
     """What stays in memory of a document that rested (``Replica.rest_idle``): nothing
@@ -216,6 +238,7 @@ class Replica:
         self._conversations: dict[str, Conversation] = {}
         self._last_used: dict[str, float] = {}  # conversation -> when its document was last used
         self._users: dict[str, int] = {}  # conversation -> tasks holding its document across a checkpoint
+        self._merging: dict[str, _Merging] = {}  # documents a worker thread is merging an update into
         self._resting: dict[str, _Resting] = {}  # what stays in memory of documents that rested
         self._resting_recent: dict[str, RecentUpdates] = {}  # theirs, the last to rest last
         self._resting_bytes = 0
@@ -539,10 +562,7 @@ class Replica:
             doc, new = Conversation.from_updates([], self.peer_id, self._clock, self._signer), True
             self._hold(conversation, doc)
         try:
-            doc.check_clients(summary, heads, conversation)
-            changes = doc.apply_remote(update, summary)
-            if doc.metadata().id != conversation:
-                raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
+            changes = await self._merge(conversation, doc, update, summary, heads)
             if (new or proving) and not (doc.is_member(self.peer_id) and (origin is None or doc.is_member(origin))):
                 raise NotAllowed(f"{origin} sent an update of {conversation} that does not list us both as members")
         except GigiError:
@@ -565,6 +585,34 @@ class Replica:
         if acknowledge:
             await self.acknowledge(conversation, changes)
         return changes
+
+    async def _merge(
+        self,
+        conversation: str,
+        doc: Conversation,
+        update: bytes,
+        summary: UpdateSummary,
+        heads: tuple[Mapping[str, object], ...],
+    ) -> Changes:
+        """``_check_and_apply`` the update to ``doc``; in a worker thread if it is large. A
+        10^5-message catch-up spends seconds in Python reading and verifying the new
+        entries (the Yjs apply itself lets go of the interpreter): on the event loop, every
+        other peer and conversation would wait that long. Until the thread is done, the
+        document is nobody else's: ``_document`` and ``_merged`` wait for it."""
+        if len(update) <= IN_THREAD_BYTES:
+            return _check_and_apply(doc, conversation, update, summary, heads)
+        merging = self._merging[conversation] = _Merging(trio.Event(), doc.members())
+        try:
+            return await trio.to_thread.run_sync(_check_and_apply, doc, conversation, update, summary, heads)
+        finally:
+            del self._merging[conversation]
+            merging.done.set()
+
+    async def _merged(self, conversation: str) -> None:
+        """Wait until no worker thread is merging into the conversation's document (a task
+        that holds a document across a checkpoint must call this before touching it again)."""
+        while (merging := self._merging.get(conversation)) is not None:
+            await merging.done.wait()
 
     async def _holds_all(self, conversation: str, summary: UpdateSummary) -> bool:
         """Whether a document not in memory holds everything the update ``summary``
@@ -590,6 +638,9 @@ class Replica:
         conversation: every member does it, so a member replaying records over and over
         must not make each of them write (and everyone pass on) an update per replay.
         What waits is written back by the first update received after the interval."""
+        await self._merged(conversation)
+        if self._conversations.get(conversation) is not doc:
+            return  # released (a write failed): its next load restores them
         if not doc.has_stale_records() or not doc.is_member(self.peer_id):
             return
         now = trio.current_time()
@@ -711,7 +762,11 @@ class Replica:
         return (await self.members(conversation)).get(peer_id)
 
     def loaded_members(self, conversation: str) -> dict[str, Member] | None:
-        """Members from the document if it is in memory or rests (no I/O), else ``None``."""
+        """Members from the document if it is in memory or rests (no I/O), else ``None``.
+        While an update is being merged into it, they are those from before the update."""
+        merging = self._merging.get(conversation)
+        if merging is not None:
+            return merging.members
         doc = self._conversations.get(conversation)
         if doc is not None:
             return doc.members()
@@ -756,9 +811,9 @@ class Replica:
             return False
         doc = await self._document(conversation)
         written = doc.expire()
-        await self._persist(doc, written)
         cutoff = doc.retention_cutoff()
         assert cutoff is not None  # the metadata says there is a retention
+        await self._persist(doc, written)
         await self._worker.write(self._store.purge_expired, conversation, cutoff)
         return bool(written.update)
 
@@ -877,17 +932,21 @@ class Replica:
     # -- internals -----------------------------------------------------------------
 
     async def _document(self, conversation: str) -> Conversation:
-        doc = self._conversations.get(conversation)
-        if doc is not None:
-            self._last_used[conversation] = trio.current_time()
-            return doc
-        async with self._loading:
+        """The conversation's document, loaded if need be, once no thread merges into it
+        (``_merge``); no checkpoint if it is in memory and free. Use it before the next
+        checkpoint, or call ``_merged`` again first."""
+        while True:
+            await self._merged(conversation)
             doc = self._conversations.get(conversation)
             if doc is None:
-                with self._in_use(conversation):
-                    doc = await self._load(conversation)
-        self._last_used[conversation] = trio.current_time()
-        return doc
+                async with self._loading:
+                    doc = self._conversations.get(conversation)
+                    if doc is None:
+                        with self._in_use(conversation):
+                            doc = await self._load(conversation)
+            if conversation not in self._merging:  # a receive may have started one while it loaded
+                self._last_used[conversation] = trio.current_time()
+                return doc
 
     async def _load(self, conversation: str) -> Conversation:
         """Read a conversation's document from the store and hold it (``_document``)."""
@@ -907,9 +966,9 @@ class Replica:
             if waiting:
                 doc.note_waiting(update)
         self._hold(conversation, doc)
-        await self._index_missed(conversation, doc)
         if doc.is_member(self.peer_id):
             self._queue_receipts(conversation, doc.undelivered().keys())
+        await self._index_missed(conversation, doc)
         return doc
 
     async def _settle(self, conversation: str) -> None:
@@ -927,9 +986,11 @@ class Replica:
         log before its entries could be read (they waited for a dependency that arrived
         in a document since dropped), and the index must not depend on that never happening.
         """
-        missed = doc.changes_since(await self._read(index.stream_cursors, conversation))
+        cursors = await self._read(index.stream_cursors, conversation)
+        await self._merged(conversation)
         if self._conversations.get(conversation) is not doc:
             return  # released while we read (a write failed): whoever loads it again indexes it
+        missed = doc.changes_since(cursors)
         if missed:
             log.info("indexing %d entries of %s that the index lacked", len(missed.entries), conversation)
             await self._persist(doc, Written(b"", missed), conversation)

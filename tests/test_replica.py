@@ -6,8 +6,10 @@ import contextlib
 import itertools
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -29,6 +31,7 @@ from gigi_crdt import (
     UnknownConversation,
     open_replica,
 )
+from gigi_crdt import replica as replica_module
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Changes, Conversation, HybridClock, UnsafeUpdate
 from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES
@@ -1207,3 +1210,45 @@ async def test_a_document_whose_state_vector_was_not_stored_stores_it_when_it_re
     async with open_replica(tmp_path / "a", nickname="alice") as alice:
         assert await alice.state_vector(conversation) == state
         assert not alice.is_loaded(conversation)
+
+
+async def test_a_large_update_merges_in_a_thread_while_other_conversations_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with direct_pair(tmp_path) as (alice, bob, first):
+        second = await direct(alice, bob)
+        for number in range(5):
+            await alice.send(first, Text(f"caught up {number}"))
+        catch_up = await alice.diff(first, await bob.state_vector(first))
+        await alice.send(second, Text("meanwhile"))
+        live = await alice.diff(second, await bob.state_vector(second))
+        assert len(catch_up) > len(live)
+        monkeypatch.setattr(replica_module, "IN_THREAD_BYTES", len(live))  # only the catch-up is large
+        # Holds the catch-up's worker thread before it merges, as a large update would.
+        released = threading.Event()
+        touched_while_held: list[bool] = []
+        check_and_apply = replica_module._check_and_apply
+
+        def held(doc: Conversation, conversation: str, update: bytes, *rest: Any) -> Changes:
+            if update == catch_up:
+                assert threading.current_thread() is not threading.main_thread()
+                state = doc.state_vector()
+                released.wait()
+                touched_while_held.append(doc.state_vector() != state)
+            return check_and_apply(doc, conversation, update, *rest)
+
+        monkeypatch.setattr(replica_module, "_check_and_apply", held)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bob.receive, first, catch_up)
+                await trio.testing.wait_all_tasks_blocked()
+                changes = await bob.receive(second, live)  # not behind the catch-up
+                assert [entry.op.content for entry in changes.entries] == [Text("meanwhile")]
+                nursery.start_soon(bob.send, first, Text("bob's reply"))  # waits for the merge
+                await trio.testing.wait_all_tasks_blocked()
+                released.set()
+        finally:
+            released.set()
+        assert touched_while_held == [False]  # the document was the thread's until it had merged
+        assert texts(await bob.history(first)) == [*(f"caught up {n}" for n in range(5)), "bob's reply"]
+        assert texts(await bob.history(second)) == ["meanwhile"]

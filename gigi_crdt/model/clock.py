@@ -8,6 +8,7 @@ had seen when writing it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 TICKS_PER_MS = 1000
@@ -21,16 +22,22 @@ def wall_ms(timestamp: int) -> int:
 
 
 class HybridClock:
-    """Issues strictly increasing timestamps close to the wall clock."""
+    """Issues strictly increasing timestamps close to the wall clock.
+
+    Thread-safe: a replica merges large remote updates in worker threads, which observe
+    the timestamps they carry while the event loop ticks for local writes.
+    """
 
     def __init__(self, now_ms: Callable[[], int]) -> None:
         self._now_ms = now_ms
         self._last = 0
+        self._lock = threading.Lock()
 
     def tick(self) -> int:
         """A new timestamp, greater than every one issued or observed so far."""
-        self._last = max(self._last + 1, self._now_ms() * TICKS_PER_MS)
-        return self._last
+        with self._lock:
+            self._last = max(self._last + 1, self._now_ms() * TICKS_PER_MS)
+            return self._last
 
     def now(self) -> int:
         """The current wall time as a timestamp, without issuing one."""
@@ -39,4 +46,5 @@ class HybridClock:
     def observe(self, timestamp: int) -> None:
         """Move past a timestamp seen on a remote message, unless it is implausibly ahead."""
         if wall_ms(timestamp) <= self._now_ms() + MAX_FUTURE_MS:
-            self._last = max(self._last, timestamp)
+            with self._lock:
+                self._last = max(self._last, timestamp)
