@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from hostile import hostile_updates
 from node_helpers import LOCAL
@@ -526,6 +527,31 @@ async def test_a_room_whose_load_is_cut_short_leaves_nothing_running(tmp_path: P
                 assert join.cancelled_caught
                 assert "room" not in rooms.rooms
             rooms.close()
+
+
+async def test_a_join_does_not_wait_for_another_rooms_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = trio.Event()
+    load = _RoomStore.load
+
+    async def slow_for_one_room(self: _RoomStore, doc: Doc) -> int:  # type: ignore[type-arg]
+        if self.path == "large":  # as a large room's load would
+            await loaded.wait()
+        return await load(self, doc)
+
+    monkeypatch.setattr(_RoomStore, "load", slow_for_one_room)
+    async with trio.open_nursery() as stores:
+        rooms = PersistentRooms(tmp_path / "relay.sqlite3", stores)
+        async with rooms, trio.open_nursery() as joins:
+            joins.start_soon(rooms.get_room, "large")
+            joins.start_soon(rooms.get_room, "large")  # a second first client waits for the same load
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.fail_after(10):
+                await rooms.get_room("small")
+            assert set(rooms.rooms) == {"small"}
+            loaded.set()
+        assert set(rooms.rooms) == {"small", "large"}
+        assert rooms._opening == {}
+        rooms.close()
 
 
 async def test_a_stopped_relay_leaves_no_room_stream_open(tmp_path: Path) -> None:

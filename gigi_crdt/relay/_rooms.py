@@ -215,20 +215,32 @@ class PersistentRooms(WebsocketServer):
         super().__init__(auto_clean_rooms=False, exception_handler=_log_and_go_on, log=log)
         self._database = database
         self._nursery = nursery
-        self._opening = trio.Lock()
+        self._opening: dict[str, trio.Lock] = {}  # rooms being opened or compacted (``_room_lock``)
         self._writers: list[_Writer] = []
         self._sweep = trio.CancelScope()  # ``compact_stored_rooms``, until ``close``
 
     async def get_room(self, name: str) -> YRoom:
         """The room called ``name``, loaded from the database the first time it is asked for."""
-        # Two first clients of one room must not load it twice, nor start it twice: a second
-        # ``YRoom.start`` waits for the first one's lock, forever, and its client hangs.
-        async with self._opening:
+        async with self._room_lock(name):
             if name not in self.rooms:
                 self.rooms[name] = await self._open_room(name)
             room = self.rooms[name]
             await self.start_room(room)
         return room
+
+    @contextlib.asynccontextmanager
+    async def _room_lock(self, name: str) -> AsyncIterator[None]:
+        """Held while room ``name`` is opened, started or compacted. Two first clients of
+        one room must not load it twice, nor start it twice (a second ``YRoom.start`` waits
+        for the first one's lock, forever, and its client hangs); other rooms go on, so a
+        join never waits for a large room's load."""
+        lock = self._opening.setdefault(name, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked():  # else handed on to a task that waited for it
+                del self._opening[name]
 
     async def _load_room(self, name: str) -> tuple[_RoomStore, Doc[Any], int]:
         """A started store of room ``name``, the room's document loaded from it, and how
@@ -259,8 +271,8 @@ class PersistentRooms(WebsocketServer):
         with self._sweep:
             compacted = 0
             for name in await trio.to_thread.run_sync(_rooms_with_logs, self._database):
-                # Under the lock that opening a room takes: a room is never loaded twice at once.
-                async with self._opening:
+                # Under the lock that opening the room takes: a room is never loaded twice at once.
+                async with self._room_lock(name):
                     if name not in self.rooms:
                         compacted += await self._compact_closed_room(name)
             log.info("compacted the stored logs of %d rooms", compacted)
