@@ -598,7 +598,9 @@ class Replica:
         10^5-message catch-up spends seconds in Python reading and verifying the new
         entries (the Yjs apply itself lets go of the interpreter): on the event loop, every
         other peer and conversation would wait that long. Until the thread is done, the
-        document is nobody else's: ``_document`` and ``_merged`` wait for it."""
+        document is nobody else's: ``_document`` and ``_merged`` wait for it. A cancellation
+        waits for the thread and comes at the caller's next checkpoint, which must be the
+        shielded commit of what was merged (``_persist``), as after an apply on the loop."""
         if len(update) <= IN_THREAD_BYTES:
             return _check_and_apply(doc, conversation, update, summary, heads)
         merging = self._merging[conversation] = _Merging(trio.Event(), doc.members())
