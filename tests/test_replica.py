@@ -1252,3 +1252,33 @@ async def test_a_large_update_merges_in_a_thread_while_other_conversations_are_s
         assert touched_while_held == [False]  # the document was the thread's until it had merged
         assert texts(await bob.history(first)) == [*(f"caught up {n}" for n in range(5)), "bob's reply"]
         assert texts(await bob.history(second)) == ["meanwhile"]
+
+
+async def test_a_receive_cancelled_while_its_thread_merges_still_stores_what_was_merged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with direct_pair(tmp_path) as (alice, bob, conversation):
+        await alice.send(conversation, Text("merged, then cancelled"))
+        update = await alice.diff(conversation, await bob.state_vector(conversation))
+        monkeypatch.setattr(replica_module, "IN_THREAD_BYTES", 0)
+        entered, released = threading.Event(), threading.Event()
+        check_and_apply = replica_module._check_and_apply
+
+        def held(*args: Any) -> Changes:
+            entered.set()
+            released.wait()
+            return check_and_apply(*args)
+
+        monkeypatch.setattr(replica_module, "_check_and_apply", held)
+        try:
+            with trio.CancelScope() as receiving:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(bob.receive, conversation, update)
+                    await trio.to_thread.run_sync(entered.wait)
+                    receiving.cancel()  # the thread goes on: the document will hold the update
+                    released.set()
+        finally:
+            released.set()
+        assert texts(await bob.history(conversation)) == ["merged, then cancelled"]
+    async with open_replica(tmp_path / "b", nickname="bob") as bob:  # and so does the disk
+        assert texts(await bob.history(conversation)) == ["merged, then cancelled"]
