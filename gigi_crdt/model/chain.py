@@ -147,16 +147,24 @@ class Chain:
         found: list[StreamEntry] = []
         for start in sorted(self._frontier, reverse=True):
             expected = self._frontier.pop(start, None)
+            # Down to the verified run below (or seq 0), which no walk extends meanwhile:
+            # a catch-up walks 10^5 entries, so nothing per entry that can be done per run.
+            floor = self._verified.highest_upto(start)
             seq = start
-            while expected is not None and seq >= 0 and seq not in self._verified:
-                match = next((e for e in self._waiting.get(seq, ()) if link_of(e) == expected), None)
+            while expected is not None and seq > floor:
+                match = None
+                for entry in self._waiting.get(seq, ()):
+                    if link_of(entry) == expected:
+                        match = entry
+                        break
                 if match is None:
                     self._frontier[seq] = expected
                     break
                 del self._waiting[seq]  # the others there are forgeries: the seq is taken
-                self._verified.add(seq, seq)
                 found.append(match)
                 expected, seq = match.prev, seq - 1
+            if seq < start:
+                self._verified.add(seq + 1, start)
         return found
 
     def lowest_waiting(self) -> int | None:
@@ -188,6 +196,11 @@ class _Ranges:
     def __contains__(self, value: int) -> bool:
         index = bisect_right(self._starts, value) - 1
         return index >= 0 and value <= self._ends[index]
+
+    def highest_upto(self, value: int) -> int:
+        """The highest member that is at most ``value``; -1 if none."""
+        index = bisect_right(self._starts, value) - 1
+        return -1 if index < 0 else min(value, self._ends[index])
 
     def add(self, start: int, end: int) -> None:
         first = bisect_right(self._ends, start - 2)  # ranges ending before start - 1 stay apart
