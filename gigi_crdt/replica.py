@@ -201,6 +201,7 @@ def _check_and_apply(
     changes = doc.apply_remote(update, summary)
     if doc.metadata().id != conversation:
         raise SchemaError(f"update for {conversation} describes conversation {doc.metadata().id}")
+    changes.posted()  # made here, in a worker thread if the update is large: the events need them
     return changes
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from ..model import Changes, Content, Message, Receipt
-from ..model.ops import Deleted, Edited, Posted, Reacted
+from ..model.ops import Deleted, Edited, Reacted
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,19 +137,16 @@ Activity: TypeAlias = (
 
 def describe_changes(conversation: str, changes: Changes, *, catch_up: bool) -> list[Activity]:
     """The events an application should see for ``changes`` received from a peer."""
-    posted: list[Message] = []
+    posted = changes.posted()
     events: list[Activity] = []
     for entry in changes.entries:
         op = entry.op
-        if isinstance(op, Posted):
-            posted.append(Message(op.id, entry.author, op.nickname, op.timestamp, entry.seq, op.content))
-        elif isinstance(op, Edited):
+        if isinstance(op, Edited):
             events.append(MessageEdited(conversation, op.target, op.content))
         elif isinstance(op, Deleted):
             events.append(MessageDeleted(conversation, op.target))
         elif isinstance(op, Reacted):
             events.append(ReactionChanged(conversation, op.target, entry.author, op.emoji, op.on))
-    posted.sort(key=lambda message: message.sort_key)
     if catch_up and posted:
         head: list[Activity] = [OfflineMessagesReceived(conversation, tuple(posted))]
     else:
