@@ -147,8 +147,9 @@ class Chain:
         found: list[StreamEntry] = []
         for start in sorted(self._frontier, reverse=True):
             expected = self._frontier.pop(start, None)
-            # Down to the verified run below (or seq 0), which no walk extends meanwhile:
-            # a catch-up walks 10^5 entries, so nothing per entry that can be done per run.
+            # Down to the verified run below (or seq 0). Nothing else changes the verified
+            # seqs during this walk, so its stop is found once, not per entry (a catch-up
+            # walks 10^5 entries).
             floor = self._verified.highest_upto(start)
             seq = start
             while expected is not None and seq > floor:

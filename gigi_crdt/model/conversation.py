@@ -141,7 +141,7 @@ class Changes:
     vanished_messages: list[str] = field(default_factory=list)
     """The ids of the messages shown until now that ``vanished`` took out of the index
     (set by ``Replica.receive`` once the update is committed)."""
-    _posted: list[Message] | None = field(default=None, repr=False, compare=False)
+    _posted: list[Message] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.receipts or self.metadata_changed or self.vanished)
