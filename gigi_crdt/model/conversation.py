@@ -96,7 +96,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
-CHECKED_HEADS_KEPT = 1024  # valid heads remembered by signature, so that each is checked once
+CHECKED_HEADS_KEPT = 64  # valid heads remembered by signature, so that each is checked once
 SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
 
 
