@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar, TypeVarTuple
 import trio
 from pycrdt import merge_updates
 
+from ._collector import run_with_collector_paused
 from .errors import (
     GigiError,
     NotAllowed,
@@ -155,7 +156,7 @@ async def check_remote_update(update: bytes) -> UpdateSummary:
     """``check_update``, in a worker thread when the update is large: it is pure Python,
     about as slow as applying the update, and other peers' links must not wait."""
     if len(update) > IN_THREAD_BYTES:
-        return await trio.to_thread.run_sync(check_update, update)
+        return await trio.to_thread.run_sync(run_with_collector_paused, _check, update)
     return check_update(update)
 
 
@@ -189,6 +190,12 @@ def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object
         except ValueError:
             log.warning("stored signed record %s/%s is damaged; skipped", root, key)
     return held
+
+
+def _check(update: bytes) -> UpdateSummary:
+    # ``check_update`` itself, with its keyword argument, does not type-check as a
+    # ``Callable[[bytes], UpdateSummary]`` handed on through ``run_with_collector_paused``.
+    return check_update(update)
 
 
 def _check_and_apply(
@@ -606,7 +613,9 @@ class Replica:
             return _check_and_apply(doc, conversation, update, summary, heads)
         merging = self._merging[conversation] = _Merging(trio.Event(), doc.members())
         try:
-            return await trio.to_thread.run_sync(_check_and_apply, doc, conversation, update, summary, heads)
+            return await trio.to_thread.run_sync(
+                run_with_collector_paused, _check_and_apply, doc, conversation, update, summary, heads
+            )
         finally:
             del self._merging[conversation]
             merging.done.set()
