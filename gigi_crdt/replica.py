@@ -51,6 +51,7 @@ from .model.gaps import Logged
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
+from .model.slices import SLICE_BYTES
 from .model.ydecode import clocks_of
 from .model.yupdate import UpdateSummary
 from .protocol import HeadRecord
@@ -193,9 +194,8 @@ def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object
 
 
 def _check(update: bytes) -> UpdateSummary:
-    # ``check_update`` itself, with its keyword argument, does not type-check as a
-    # ``Callable[[bytes], UpdateSummary]`` handed on through ``run_with_collector_paused``.
-    return check_update(update)
+    # With the slices the merge applies it in (see ``model.slices``).
+    return check_update(update, slice_bytes=SLICE_BYTES)
 
 
 def _check_and_apply(

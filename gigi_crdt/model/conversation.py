@@ -705,7 +705,7 @@ class Conversation:
             self._writing = False
         had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
         gappy = summary is None or has_gaps(summary, clocks_of(self.state_vector()))
-        self._past_gaps.integrate(update, gappy=gappy)
+        self._past_gaps.integrate(update, gappy=gappy, slices=None if summary is None else summary.slices)
         ends = struct_ends(update) if summary is None else {c: w.clocks[1] for c, w in summary.clients.items()}
         self._recent.add(update, ends, self.state_vector(), self._waiting)
         merged = bool(self._outbox)  # yrs emits an update only for a transaction that changed something
@@ -937,7 +937,14 @@ class Conversation:
         (entries that filled a hole first)."""
         found: dict[str, list[StreamEntry]] = {}
         late: dict[str, list[StreamEntry]] = {}
+        # A bucket that came new is read whole, once: with what later transactions (the
+        # slices of one update, see ``slices``) appended to it.
+        whole = {key for key, _, values in self._appended if values is None}
+        read: set[str] = set()
         for key, position, values in self._appended:
+            if key in whole and (values is not None or key in read):
+                continue
+            read.add(key)
             place = self._bucket_places.get(key)
             if place is None:
                 try:
@@ -1415,7 +1422,8 @@ class Conversation:
         return update
 
     def _drain(self, changes: Changes) -> Changes:
-        for key, value in self._acked:
+        # The last value of each: an update applied in slices (``slices``) may move one twice.
+        for key, value in dict(self._acked).items():
             try:
                 changes.receipts.append(parse_receipt(key, value))
             except SchemaError as exc:

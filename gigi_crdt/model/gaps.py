@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from pycrdt import Doc, merge_updates, write_var_uint
 
+from .slices import SlicePlan, sliced
 from .ydecode import SKIP, clocks_of, decode_with_offsets
 from .yupdate import UpdateSummary
 
@@ -109,14 +110,18 @@ class PastGaps:
     def _clocks(self) -> dict[int, int]:
         return clocks_of(self._doc.get_state())
 
-    def integrate(self, update: bytes, *, gappy: bool = True) -> None:
-        """Apply ``update``; with ``gappy`` (the caller could not rule it out), cut it first."""
+    def integrate(self, update: bytes, *, gappy: bool = True, slices: SlicePlan | None = None) -> None:
+        """Apply ``update``; with ``gappy`` (the caller could not rule it out), cut it first;
+        else in the ``slices`` planned for it, if any (see ``slices``)."""
         if gappy:
             cut = cut_at_gaps(update, self._clocks())
             if cut.held is not None:
                 self._hold(cut.held, cut.needs)
             if cut.ready is not None:
                 self._apply(cut.ready)
+        elif slices is not None:
+            for piece in sliced(update, slices):
+                self._apply(piece)
         else:
             self._apply(update)
         self._retry()

@@ -141,11 +141,15 @@ def _run(decoder: _Decoder) -> DecodedUpdate:
         raise UnsafeUpdate(f"string is not valid UTF-8 ({exc.reason})") from None
 
 
-def decode_with_offsets(update: bytes) -> tuple[DecodedUpdate, dict[int, list[int]], int]:
+def decode_with_offsets(
+    update: bytes, limits: UpdateLimits = DEFAULT_LIMITS
+) -> tuple[DecodedUpdate, dict[int, list[int]], int]:
     """``decode_update``, and where things are in ``update``: per client, the offset of each
     struct and then of the section's end; and the offset of the delete set. Structs of a v1
     update are self-contained (ids are absolute), so these bytes can be cut and rejoined."""
-    decoder = _Decoder(update, DEFAULT_LIMITS)
+    if len(update) > limits.max_bytes:
+        raise UnsafeUpdate(f"update of {len(update)} bytes exceeds the limit of {limits.max_bytes}")
+    decoder = _Decoder(update, limits)
     decoder.offsets = {}
     decoded = _run(decoder)
     return decoded, decoder.offsets, decoder.delete_set_at

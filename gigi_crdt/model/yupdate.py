@@ -40,12 +40,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, TypeAlias
 
 from ..errors import SchemaError
 from .metadata import parse_receipt
 from .ops import check_id, split_bucket_key
+from .slices import SlicePlan, plan_slices
 from .ydecode import (
     ANY,
     ARRAY,
@@ -60,6 +61,7 @@ from .ydecode import (
     UnsafeUpdate,
     UpdateLimits,
     decode_update,
+    decode_with_offsets,
 )
 
 __all__ = ["DEFAULT_LIMITS", "ClientWrites", "UnsafeUpdate", "UpdateLimits", "UpdateSummary", "check_update"]
@@ -115,6 +117,8 @@ class UpdateSummary:
     """Delete set: client id -> (clock, length) ranges it marks deleted."""
     records: tuple[bytes, ...] = ()
     """Any maps shaped like signed heads, encoded (``ydecode.decode_any`` reads them)."""
+    slices: SlicePlan | None = None
+    """How to apply the update in slices (``check_update`` with ``slice_bytes``), if it is large."""
 
     @property
     def authors(self) -> frozenset[int]:
@@ -122,15 +126,22 @@ class UpdateSummary:
         return frozenset(client for client, writes in self.clients.items() if writes.items or writes.garbage)
 
 
-def check_update(update: bytes, *, limits: UpdateLimits = DEFAULT_LIMITS) -> UpdateSummary:
+def check_update(
+    update: bytes, *, limits: UpdateLimits = DEFAULT_LIMITS, slice_bytes: int | None = None
+) -> UpdateSummary:
     """Decode ``update`` and check it against the conversation schema.
 
     Returns what the update writes, by client id; raises ``UnsafeUpdate`` (a
     ``SchemaError``) saying what is wrong with a malformed, oversized or off-schema update,
-    and never any other exception. Pure Python: never calls pycrdt.
+    and never any other exception. Pure Python: never calls pycrdt. With ``slice_bytes``,
+    the summary of an update larger than that says how to apply it in slices of about
+    that size (``slices.plan_slices``).
     """
-    decoded = decode_update(update, limits)
-    return _Checker(decoded).run()
+    if slice_bytes is None or len(update) <= slice_bytes:
+        return _Checker(decode_update(update, limits)).run()
+    decoded, offsets, delete_set_at = decode_with_offsets(update, limits)
+    summary = _Checker(decoded).run()
+    return replace(summary, slices=plan_slices(decoded, offsets, delete_set_at, slice_bytes))
 
 
 class _Checker:

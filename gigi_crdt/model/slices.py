@@ -1,0 +1,141 @@
+"""Cut a large update into slices that pycrdt applies one after another.
+
+pycrdt's ``apply_update`` holds the interpreter for its whole run: 0.2-0.5 s for a
+10^5-message catch-up (16 MB). A worker thread applying it so stalls the event loop, and
+every other peer, that long. Applied in slices of about ``SLICE_BYTES`` (about 20 ms
+each), the loop gets the interpreter back between two slices. yrs takes the slices no
+slower than the whole (measured: 0.18 s against 0.21 s).
+
+Slices follow the update's dependencies: an item's origin, right origin and parent id,
+when they are in the update, come in an earlier slice or the same one. yrs then never
+sets a struct aside for a later slice (it would retry it, silently, at every slice after),
+and the slices integrate exactly what the whole update would, in the same way. What an
+item hangs on outside the update is no concern of the order: the whole update would wait
+for it just the same. Each slice is a valid v1 update: a section of a client's structs
+is its structs' bytes behind a new header, since struct ids are absolute (see
+``ydecode.decode_with_offsets``); the delete set goes with the last slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from pycrdt import write_var_uint
+
+from .ydecode import ID, SKIP, DecodedUpdate
+
+SLICE_BYTES = 1024 * 1024  # structs per slice, in bytes of the update; larger updates are sliced
+NO_DELETIONS = b"\x00"
+
+
+class Section(NamedTuple):
+    """``structs`` structs of ``client`` from ``clock`` on: the update's bytes ``start:end``."""
+
+    client: int
+    clock: int
+    structs: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePlan:
+    """Where to cut an update: its slices' sections, in order, and where its delete set is."""
+
+    slices: tuple[tuple[Section, ...], ...]
+    delete_set_at: int
+
+
+def plan_slices(
+    decoded: DecodedUpdate, offsets: dict[int, list[int]], delete_set_at: int, size: int = SLICE_BYTES
+) -> SlicePlan | None:
+    """A plan to apply the update ``decoded`` (with its structs' ``offsets``, see
+    ``ydecode.decode_with_offsets``) in slices of about ``size`` bytes of structs each;
+    ``None`` if its structs take no more than that, or it holds Skip structs (it has a gap:
+    ``gaps.cut_at_gaps`` cuts it instead)."""
+    if delete_set_at <= size or any(struct.kind == SKIP for structs in decoded.clients.values() for struct in structs):
+        return None
+    return _Planner(decoded, offsets, size).plan(delete_set_at)
+
+
+def sliced(update: bytes, plan: SlicePlan) -> Iterator[bytes]:
+    """The slices of ``update`` that ``plan`` describes, one at a time."""
+    last = len(plan.slices) - 1
+    for index, sections in enumerate(plan.slices):
+        parts = [write_var_uint(len(sections))]
+        for section in sections:
+            parts += (write_var_uint(section.structs), write_var_uint(section.client), write_var_uint(section.clock))
+            parts.append(update[section.start : section.end])
+        parts.append(update[plan.delete_set_at :] if index == last else NO_DELETIONS)
+        yield b"".join(parts)
+
+
+class _Planner:
+    """Walks each client's structs as far as their dependencies in the update allow, round
+    after round, cutting a slice whenever ``size`` bytes have been walked."""
+
+    def __init__(self, decoded: DecodedUpdate, offsets: dict[int, list[int]], size: int) -> None:
+        self.clients = decoded.clients
+        self.offsets = offsets
+        self.size = size
+        self.first = {client: structs[0].clock for client, structs in self.clients.items()}
+        self.reached = dict(self.first)  # per client, the clock its walked structs end at
+        self.walked = dict.fromkeys(self.clients, 0)  # per client, structs walked
+        self.cut = dict.fromkeys(self.clients, 0)  # per client, structs in slices already
+        self.pending = 0  # bytes walked since the last cut
+        self.slices: list[tuple[Section, ...]] = []
+
+    def plan(self, delete_set_at: int) -> SlicePlan:
+        while any([self.walk(client) for client in self.clients]):
+            pass
+        # What no round could walk hangs on something later in the update that waits in
+        # turn (no encoder writes that): it goes last, in one piece, as it would whole.
+        for client, structs in self.clients.items():
+            self.walked[client] = len(structs)
+        self.cut_slice()
+        return SlicePlan(tuple(self.slices), delete_set_at)
+
+    def walk(self, client: int) -> bool:
+        """Walk ``client``'s structs while the ones they hang on are walked; True if any was."""
+        structs, at = self.clients[client], self.offsets[client]
+        start = index = begin = self.walked[client]
+        while index < len(structs):
+            struct = structs[index]
+            if not (self.ready(struct.origin, client) and self.ready(struct.right_origin, client)):
+                break
+            parent = struct.parent
+            if type(parent) is tuple and not self.ready(parent, client):
+                break
+            self.reached[client] = struct.clock + struct.length
+            index += 1
+            if self.pending + at[index] - at[begin] >= self.size:
+                self.walked[client] = index
+                self.cut_slice()
+                begin = index
+        self.pending += at[index] - at[begin]
+        self.walked[client] = index
+        return index > start
+
+    def ready(self, anchor: ID | None, client: int) -> bool:
+        """Whether the struct ``anchor`` names is walked, or is not in the update at all."""
+        if anchor is None:
+            return True
+        owner, clock = anchor
+        if owner == client:
+            return clock < self.reached[client] or clock < self.first[client]
+        first = self.first.get(owner)
+        return first is None or clock < first or clock < self.reached[owner]
+
+    def cut_slice(self) -> None:
+        sections = []
+        for client, walked in self.walked.items():
+            cut = self.cut[client]
+            if cut < walked:
+                at = self.offsets[client]
+                sections.append(Section(client, self.clients[client][cut].clock, walked - cut, at[cut], at[walked]))
+                self.cut[client] = walked
+        if sections:
+            self.slices.append(tuple(sections))
+        self.pending = 0

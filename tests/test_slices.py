@@ -1,0 +1,189 @@
+"""Large updates applied in slices: the same document, the same changes, nothing set aside."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from model_helpers import ALICE, BOB, CAROL, fixed_clock, group
+from pycrdt import Doc, Map, merge_updates
+
+import gigi_crdt.model.conversation as conversation_module
+import gigi_crdt.replica as replica_module
+from gigi_crdt import Text
+from gigi_crdt.model import Changes, Conversation, ReceiptKind
+from gigi_crdt.model.gaps import Logged
+from gigi_crdt.model.slices import Section, SlicePlan, sliced
+from gigi_crdt.model.ydecode import clocks_of
+from gigi_crdt.model.yupdate import UpdateSummary, check_update
+from gigi_crdt.replica import open_replica
+
+ROOTS = ("meta", "members", "streams", "acks", "heads")
+
+
+NEWEST_CLIENT = 2**53 - 1  # Yjs lists a newer-looking client first: its structs come before those they hang on
+
+
+def busy_history() -> tuple[bytes, bytes]:
+    """A group where three members wrote, read, edited, deleted and renamed, and alice went
+    on after a restart under a new client id (her new client's first entries hang on her
+    old client's last ones, in the same bucket, and its title on the old title): carol's
+    whole document, and every write merged (overwritten values still in it, deleted)."""
+    alice, bob, carol = group()
+    writes = [alice.diff()]
+    for round_ in range(6):
+        for writer, reader in ((alice, bob), (bob, carol), (carol, alice)):
+            writes.append(writer.post(Text(f"{writer.local_peer} says {round_}"), writer.local_peer).update)
+            for other in (alice, bob, carol):
+                if other is not writer:
+                    other.apply_remote(writer.diff(other.state_vector()))
+            writes.append(reader.mark(ReceiptKind.READ, {writer.local_peer: round_ + 1}).update)
+            writer.apply_remote(reader.diff(writer.state_vector()))
+    writes.append(alice.set_title("renamed by alice").update)
+    first = bob.history()[0]
+    bob.apply_remote(alice.diff(bob.state_vector()))
+    writes.append(bob.edit(bob.history()[1].id, Text("edited")).update)
+    alice.apply_remote(bob.diff(alice.state_vector()))
+    writes.append(alice.delete(first.id).update)
+    logged = [Logged(alice.diff(), False)]
+    restarted = Conversation.from_log(logged, ALICE, fixed_clock(1_800_000_000_000), client_id=NEWEST_CLIENT)
+    for round_ in range(5):
+        writes.append(restarted.post(Text(f"alice again {round_}"), ALICE).update)
+    writes.append(restarted.set_title("renamed after the restart").update)
+    for source in (restarted, bob):
+        carol.apply_remote(source.diff(carol.state_vector()))
+    return carol.diff(), merge_updates(*writes)
+
+
+def contents(doc: Doc[Any]) -> dict[str, Any]:
+    return {root: doc.get(root, type=Map).to_py() for root in ROOTS}
+
+
+@pytest.fixture(scope="module")
+def history() -> tuple[bytes, bytes]:
+    return busy_history()
+
+
+@pytest.fixture(params=["document", "merged writes"])
+def whole(request: pytest.FixtureRequest, history: tuple[bytes, bytes]) -> bytes:
+    return history[request.param == "merged writes"]
+
+
+def section_ends(plan: SlicePlan, summary: UpdateSummary) -> dict[Section, int]:
+    """The clock each section's structs end at: where the client's next section starts."""
+    ends = {}
+    for client, writes in summary.clients.items():
+        mine = [section for sections in plan.slices for section in sections if section.client == client]
+        for section, after in zip(mine, mine[1:], strict=False):
+            ends[section] = after.clock
+        ends[mine[-1]] = writes.clocks[1]
+    return ends
+
+
+@pytest.mark.parametrize("size", [1, 40, 300, 2000])
+def test_slices_integrate_in_order_and_make_the_same_document(whole: bytes, size: int) -> None:
+    summary = check_update(whole, slice_bytes=size)
+    plan = summary.slices
+    assert plan is not None
+    assert len(plan.slices) > 1
+    ends = section_ends(plan, summary)
+    doc: Doc[Any] = Doc()
+    for piece, sections in zip(sliced(whole, plan), plan.slices, strict=True):
+        doc.apply_update(piece)
+        # Nothing set aside for a later slice (yrs would integrate it there, silently).
+        reached = clocks_of(doc.get_state())
+        assert all(reached.get(section.client, 0) >= ends[section] for section in sections)
+    reference: Doc[Any] = Doc()
+    reference.apply_update(whole)
+    assert clocks_of(doc.get_state()) == clocks_of(reference.get_state())
+    assert contents(doc) == contents(reference)
+
+
+def test_without_the_plan_s_order_a_slice_would_wait(whole: bytes) -> None:
+    """Each client's structs whole, one client after another: in one order or the other,
+    some wait for a later client's (alice's new client id hangs on her old one), which
+    is what the plan's order avoids."""
+    summary = check_update(whole, slice_bytes=1)
+    assert summary.slices is not None
+    clients = list(summary.clients)
+    per_client = []
+    for client in clients:
+        mine = [section for sections in summary.slices.slices for section in sections if section.client == client]
+        structs = sum(section.structs for section in mine)
+        per_client.append(Section(client, mine[0].clock, structs, mine[0].start, mine[-1].end))
+    waited = []
+    for order in (per_client, per_client[::-1]):
+        doc: Doc[Any] = Doc()
+        plan = SlicePlan(tuple((section,) for section in order), summary.slices.delete_set_at)
+        waits = False
+        for piece, (section,) in zip(sliced(whole, plan), plan.slices, strict=True):
+            doc.apply_update(piece)
+            waits |= clocks_of(doc.get_state()).get(section.client, 0) < summary.clients[section.client].clocks[1]
+        waited.append(waits)
+    assert any(waited)
+
+
+def changes_of(update: bytes, summary: UpdateSummary) -> tuple[Changes, Conversation]:
+    doc = Conversation.from_updates([], BOB, fixed_clock())
+    return doc.apply_remote(update, summary), doc
+
+
+def by_author(changes: Changes) -> dict[str, list[tuple[int, object]]]:
+    """Each author's entries, in order (authors come in the order their first event did)."""
+    entries: dict[str, list[tuple[int, object]]] = {}
+    for entry in changes.entries:
+        entries.setdefault(entry.author, []).append((entry.seq, entry.op))
+    return entries
+
+
+def test_a_sliced_apply_reports_the_same_changes(whole: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    parse_entry = conversation_module.parse_entry
+    monkeypatch.setattr(conversation_module, "parse_entry", lambda *args: parsed.append(args[0]) or parse_entry(*args))
+    expected, reference = changes_of(whole, check_update(whole))
+    whole_parses, parsed[:] = len(parsed), []
+    summary = check_update(whole, slice_bytes=40)
+    assert summary.slices is not None
+    got, doc = changes_of(whole, summary)
+    assert len(parsed) == whole_parses  # each entry read once, not again for each slice it grew in
+    assert by_author(got) == by_author(expected)
+    assert len(got.receipts) == len(expected.receipts)
+    assert set(got.receipts) == set(expected.receipts)
+    assert got.metadata_changed
+    assert expected.metadata_changed
+    assert [m.id for m in got.posted()] == [m.id for m in expected.posted()]
+    assert doc.history() == reference.history()
+    assert doc.metadata() == reference.metadata()
+
+
+def test_small_updates_and_updates_with_a_gap_are_not_sliced(whole: bytes) -> None:
+    assert check_update(whole, slice_bytes=len(whole)).slices is None
+    assert check_update(whole).slices is None
+    alice = group()[0]
+    first, _, third = (alice.post(Text(text), ALICE).update for text in ("one", "two", "three"))
+    assert check_update(merge_updates(first, third), slice_bytes=1).slices is None  # a Skip where "two" was
+    assert check_update(merge_updates(first, _), slice_bytes=1).slices is not None
+
+
+async def test_a_replica_merges_a_large_update_in_slices(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, whole: bytes
+) -> None:
+    applied: list[int] = []
+    original = conversation_module._apply
+
+    def counting(doc: Doc[Any], update: bytes) -> None:
+        applied.append(len(update))
+        original(doc, update)
+
+    monkeypatch.setattr(conversation_module, "_apply", counting)
+    monkeypatch.setattr(replica_module, "SLICE_BYTES", 300)
+    monkeypatch.setattr(replica_module, "IN_THREAD_BYTES", 300)
+    conversation = Conversation.from_updates([whole], CAROL, fixed_clock()).id
+    async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
+        changes = await replica.receive(conversation, whole, ALICE)
+        assert len(applied) > 5
+        assert sum(applied) > len(whole)
+        history = await replica.history(conversation, limit=1000)
+    reference = Conversation.from_updates([whole], BOB, fixed_clock())
+    assert [m.id for m in history] == [m.id for m in reference.history()]
+    assert len(changes.entries) == len(list(reference.entries()))
