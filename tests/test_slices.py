@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 from model_helpers import ALICE, BOB, CAROL, fixed_clock, group
-from pycrdt import Doc, Map, merge_updates
+from pycrdt import Array, Doc, Map, merge_updates
 
 import gigi_crdt.model.conversation as conversation_module
+import gigi_crdt.model.slices as slices_module
 import gigi_crdt.replica as replica_module
 from gigi_crdt import Text
 from gigi_crdt.model import Changes, Conversation, ReceiptKind
@@ -187,3 +188,30 @@ async def test_a_replica_merges_a_large_update_in_slices(
     reference = Conversation.from_updates([whole], BOB, fixed_clock())
     assert [m.id for m in history] == [m.id for m in reference.history()]
     assert len(changes.entries) == len(list(reference.entries()))
+
+
+def test_planning_a_long_chain_across_clients_walks_each_client_about_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 clients, each putting one value before the one the client before put: Yjs lists
+    the last first, so each waits for the next listed. A planner that walked every client
+    again after any progress would take 300 rounds of 300 walks (a crafted update can hold
+    millions of clients)."""
+    doc: Doc[Any] = Doc(client_id=1)
+    doc.get("streams", type=Map)[f"{ALICE}/0"] = Array()
+    state = doc.get_update()
+    for client in range(2, 302):
+        doc = Doc(client_id=client)
+        doc.apply_update(state)
+        doc.get("streams", type=Map)[f"{ALICE}/0"].insert(0, {"by": client})
+        state = doc.get_update()
+    walks: list[int] = []
+    walk = slices_module._Planner.walk
+    monkeypatch.setattr(
+        slices_module._Planner, "walk", lambda planner, client: walks.append(client) or walk(planner, client)
+    )
+    summary = check_update(state, slice_bytes=50)
+    assert summary.slices is not None
+    assert len(walks) <= 2 * len(summary.clients)
+    sliced_doc: Doc[Any] = Doc()
+    for piece in sliced(state, summary.slices):
+        sliced_doc.apply_update(piece)
+    assert contents(sliced_doc) == contents(doc)

@@ -18,8 +18,10 @@ is its structs' bytes behind a new header, since struct ids are absolute (see
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from typing import NamedTuple
 
 from pycrdt import write_var_uint
@@ -73,8 +75,10 @@ def sliced(update: bytes, plan: SlicePlan) -> Iterator[bytes]:
 
 
 class _Planner:
-    """Walks each client's structs as far as their dependencies in the update allow, round
-    after round, cutting a slice whenever ``size`` bytes have been walked."""
+    """Walks each client's structs as far as the ones they hang on are walked, cutting a
+    slice whenever ``size`` bytes have been walked. A client that must wait is walked
+    again only once the struct it waits for is: every walk then moves on, so planning
+    stays O(n log n) whatever a crafted update's dependencies look like."""
 
     def __init__(self, decoded: DecodedUpdate, offsets: dict[int, list[int]], size: int) -> None:
         self.clients = decoded.clients
@@ -88,25 +92,36 @@ class _Planner:
         self.slices: list[tuple[Section, ...]] = []
 
     def plan(self, delete_set_at: int) -> SlicePlan:
-        while any([self.walk(client) for client in self.clients]):
-            pass
-        # What no round could walk hangs on something later in the update that waits in
-        # turn (no encoder writes that): it goes last, in one piece, as it would whole.
+        to_walk = deque(self.clients)
+        waiting: dict[int, list[tuple[int, int]]] = {}  # per client, (clock, client waiting for it)
+        while to_walk:
+            client = to_walk.popleft()
+            needs = self.walk(client)
+            woken = waiting.get(client, [])
+            while woken and woken[0][0] < self.reached[client]:
+                to_walk.append(heappop(woken)[1])
+            if needs is not None:
+                heappush(waiting.setdefault(needs[0], []), (needs[1], client))
+        # What was never walked hangs on something later in the update that waits in turn
+        # (no encoder writes that): it goes last, in one piece, as it would whole.
         for client, structs in self.clients.items():
             self.walked[client] = len(structs)
         self.cut_slice()
         return SlicePlan(tuple(self.slices), delete_set_at)
 
-    def walk(self, client: int) -> bool:
-        """Walk ``client``'s structs while the ones they hang on are walked; True if any was."""
+    def walk(self, client: int) -> ID | None:
+        """Walk ``client``'s structs while the ones they hang on are walked; return the
+        first one it must wait for, if any."""
         structs, at = self.clients[client], self.offsets[client]
-        start = index = begin = self.walked[client]
+        index = begin = self.walked[client]
+        needs = None
         while index < len(structs):
             struct = structs[index]
-            if not (self.ready(struct.origin, client) and self.ready(struct.right_origin, client)):
-                break
             parent = struct.parent
-            if type(parent) is tuple and not self.ready(parent, client):
+            needs = self.unwalked(struct.origin, client) or self.unwalked(struct.right_origin, client)
+            if needs is None and type(parent) is tuple:
+                needs = self.unwalked(parent, client)
+            if needs is not None:
                 break
             self.reached[client] = struct.clock + struct.length
             index += 1
@@ -116,17 +131,17 @@ class _Planner:
                 begin = index
         self.pending += at[index] - at[begin]
         self.walked[client] = index
-        return index > start
+        return needs
 
-    def ready(self, anchor: ID | None, client: int) -> bool:
-        """Whether the struct ``anchor`` names is walked, or is not in the update at all."""
+    def unwalked(self, anchor: ID | None, client: int) -> ID | None:
+        """``anchor``, if it names a struct of the update not walked yet."""
         if anchor is None:
-            return True
+            return None
         owner, clock = anchor
-        if owner == client:
-            return clock < self.reached[client] or clock < self.first[client]
         first = self.first.get(owner)
-        return first is None or clock < first or clock < self.reached[owner]
+        if first is None or clock < first or clock < self.reached[owner]:
+            return None
+        return anchor
 
     def cut_slice(self) -> None:
         sections = []
