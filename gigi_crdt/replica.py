@@ -605,8 +605,8 @@ class Replica:
         """``_check_and_apply`` the update to ``doc``; in a worker thread if it is large. A
         10^5-message catch-up spends seconds in Python reading and verifying the new
         entries: on the event loop, every other peer and conversation would wait that long
-        (in a thread, they wait only while pycrdt's apply holds the interpreter, 0.3-0.5 s
-        of it; the collector is paused, see ``_collector``). Until the thread is done, the
+        (in a thread, they wait only while pycrdt applies one slice of it, see
+        ``model.slices``; the collector is paused, see ``_collector``). Until the thread is done, the
         document is nobody else's: ``_document`` and ``_merged`` wait for it. A cancellation
         waits for the thread and comes at the caller's next checkpoint, which must be the
         shielded commit of what was merged (``_persist``), as after an apply on the loop."""

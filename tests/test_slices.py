@@ -13,9 +13,9 @@ import gigi_crdt.model.slices as slices_module
 import gigi_crdt.replica as replica_module
 from gigi_crdt import Text
 from gigi_crdt.model import Changes, Conversation, ReceiptKind
-from gigi_crdt.model.gaps import Logged
-from gigi_crdt.model.slices import Section, SlicePlan, sliced
-from gigi_crdt.model.ydecode import clocks_of
+from gigi_crdt.model.gaps import Logged, PastGaps
+from gigi_crdt.model.slices import NOTHING, Section, SlicePlan, joined, section_of, sliced
+from gigi_crdt.model.ydecode import clocks_of, decode_with_offsets
 from gigi_crdt.model.yupdate import UpdateSummary, check_update
 from gigi_crdt.replica import open_replica
 
@@ -70,30 +70,18 @@ def whole(request: pytest.FixtureRequest, history: tuple[bytes, bytes]) -> bytes
     return history[request.param == "merged writes"]
 
 
-def section_ends(plan: SlicePlan, summary: UpdateSummary) -> dict[Section, int]:
-    """The clock each section's structs end at: where the client's next section starts."""
-    ends = {}
-    for client, writes in summary.clients.items():
-        mine = [section for sections in plan.slices for section in sections if section.client == client]
-        for section, after in zip(mine, mine[1:], strict=False):
-            ends[section] = after.clock
-        ends[mine[-1]] = writes.clocks[1]
-    return ends
-
-
 @pytest.mark.parametrize("size", [1, 40, 300, 2000])
 def test_slices_integrate_in_order_and_make_the_same_document(whole: bytes, size: int) -> None:
     summary = check_update(whole, slice_bytes=size)
     plan = summary.slices
     assert plan is not None
     assert len(plan.slices) > 1
-    ends = section_ends(plan, summary)
     doc: Doc[Any] = Doc()
     for piece, sections in zip(sliced(whole, plan), plan.slices, strict=True):
         doc.apply_update(piece)
         # Nothing set aside for a later slice (yrs would integrate it there, silently).
         reached = clocks_of(doc.get_state())
-        assert all(reached.get(section.client, 0) >= ends[section] for section in sections)
+        assert all(reached.get(section.client, 0) >= section.reached for section in sections)
     reference: Doc[Any] = Doc()
     reference.apply_update(whole)
     assert clocks_of(doc.get_state()) == clocks_of(reference.get_state())
@@ -111,7 +99,7 @@ def test_without_the_plan_s_order_a_slice_would_wait(whole: bytes) -> None:
     for client in clients:
         mine = [section for sections in summary.slices.slices for section in sections if section.client == client]
         structs = sum(section.structs for section in mine)
-        per_client.append(Section(client, mine[0].clock, structs, mine[0].start, mine[-1].end))
+        per_client.append(Section(client, mine[0].clock, structs, mine[0].start, mine[-1].end, mine[-1].reached))
     waited = []
     for order in (per_client, per_client[::-1]):
         doc: Doc[Any] = Doc()
@@ -122,6 +110,51 @@ def test_without_the_plan_s_order_a_slice_would_wait(whole: bytes) -> None:
             waits |= clocks_of(doc.get_state()).get(section.client, 0) < summary.clients[section.client].clocks[1]
         waited.append(waits)
     assert any(waited)
+
+
+def test_slices_that_wait_for_what_the_document_lacks_give_way_to_the_whole(history: tuple[bytes, bytes]) -> None:
+    """Without alice's first client, her second one's structs wait (they hang on the
+    first's): applied whole, all of them wait; the slices after the first that waits
+    would start past a gap, so the rest is applied whole, and the document is the same."""
+    whole = history[0]
+    decoded, offsets, delete_set_at = decode_with_offsets(whole)
+    (first_alice,) = check_update(whole).clients[NEWEST_CLIENT].foreign_anchors
+    kept = [c for c in decoded.clients if c != first_alice]
+    missing = joined(
+        [
+            section_of(
+                first_alice,
+                0,
+                len(decoded.clients[first_alice]),
+                whole[offsets[first_alice][0] : offsets[first_alice][-1]],
+            )
+        ],
+        NOTHING,
+    )
+    lacking = joined(
+        [
+            section_of(c, decoded.clients[c][0].clock, len(decoded.clients[c]), whole[offsets[c][0] : offsets[c][-1]])
+            for c in kept
+        ],
+        whole[delete_set_at:],
+    )
+    summary = check_update(lacking, slice_bytes=40)
+    assert summary.slices is not None
+    reference: Doc[Any] = Doc()
+    reference.apply_update(lacking)
+    applied: list[bytes] = []
+    doc: Doc[Any] = Doc()
+    PastGaps(doc, lambda d, update: applied.append(update) or d.apply_update(update)).integrate(
+        lacking, gappy=False, slices=summary.slices
+    )
+    assert applied[-1] == lacking  # gave way
+    assert len(applied) < len(summary.slices.slices) + 1
+    assert clocks_of(doc.get_state()) == clocks_of(reference.get_state())
+    assert contents(doc) == contents(reference)
+    for target in (doc, reference):
+        target.apply_update(missing)
+    assert contents(doc) == contents(reference)
+    assert clocks_of(doc.get_state()) == clocks_of(reference.get_state())
 
 
 def changes_of(update: bytes, summary: UpdateSummary) -> tuple[Changes, Conversation]:

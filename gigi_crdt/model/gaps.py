@@ -20,13 +20,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from pycrdt import Doc, merge_updates, write_var_uint
+from pycrdt import Doc, merge_updates
 
-from .slices import SlicePlan, sliced
+from .slices import NOTHING, SlicePlan, joined, section_of, sliced
 from .ydecode import SKIP, clocks_of, decode_with_offsets
 from .yupdate import UpdateSummary
-
-NOTHING = b"\x00"  # a count of zero: an update without structs, or an empty delete set
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,25 +64,17 @@ def cut_at_gaps(update: bytes, state: Mapping[int, int]) -> Cut:
             frontier = max(frontier, struct.clock + struct.length)
         at = offsets[client]
         if cut:
-            ready.append(_section(client, structs[0].clock, cut, update[at[0] : at[cut]]))
+            ready.append(section_of(client, structs[0].clock, cut, update[at[0] : at[cut]]))
         first = next((i for i in range(cut, len(structs)) if structs[i].kind != SKIP), None)
         if first is not None:
             clock = structs[first].clock
-            held.append(_section(client, clock, len(structs) - first, update[at[first] : at[-1]]))
+            held.append(section_of(client, clock, len(structs) - first, update[at[first] : at[-1]]))
             needs[client] = clock
     if not needs:
         return Cut(update, None, {})
     deletions = update[delete_set_at:]
-    ready_update = _joined(ready, deletions) if ready or deletions != NOTHING else None
-    return Cut(ready_update, _joined(held, NOTHING), needs)
-
-
-def _section(client: int, clock: int, count: int, structs: bytes) -> bytes:
-    return write_var_uint(count) + write_var_uint(client) + write_var_uint(clock) + structs
-
-
-def _joined(sections: list[bytes], deletions: bytes) -> bytes:
-    return write_var_uint(len(sections)) + b"".join(sections) + deletions
+    ready_update = joined(ready, deletions) if ready or deletions != NOTHING else None
+    return Cut(ready_update, joined(held, NOTHING), needs)
 
 
 Apply = Callable[[Doc[Any], bytes], None]
@@ -120,8 +110,14 @@ class PastGaps:
             if cut.ready is not None:
                 self._apply(cut.ready)
         elif slices is not None:
-            for piece in sliced(update, slices):
+            for piece, sections in zip(sliced(update, slices), slices.slices, strict=True):
                 self._apply(piece)
+                clocks = self._clocks()
+                if any(clocks.get(section.client, 0) < section.reached for section in sections):
+                    # Something waits for what the document lacks: the next slices would
+                    # start past a gap. The whole update skips what is in already.
+                    self._apply(update)
+                    break
         else:
             self._apply(update)
         self._retry()

@@ -10,8 +10,11 @@ Slices follow the update's dependencies: an item's origin, right origin and pare
 when they are in the update, come in an earlier slice or the same one. yrs then never
 sets a struct aside for a later slice (it would retry it, silently, at every slice after),
 and the slices integrate exactly what the whole update would, in the same way. What an
-item hangs on outside the update is no concern of the order: the whole update would wait
-for it just the same. Each slice is a valid v1 update: a section of a client's structs
+item hangs on outside the update, the document may lack: then yrs sets the struct aside,
+and the client's next slice would start past a gap, which yrs integrates differently
+from the whole (see ``gaps``). Whoever applies the slices checks after each that the
+document reached its sections' ends (``Section.reached``), and applies the rest whole
+if not (``gaps.PastGaps.integrate``). Each slice is a valid v1 update: a section of a client's structs
 is its structs' bytes behind a new header, since struct ids are absolute (see
 ``ydecode.decode_with_offsets``); the delete set goes with the last slice.
 """
@@ -26,20 +29,22 @@ from typing import NamedTuple
 
 from pycrdt import write_var_uint
 
-from .ydecode import ID, SKIP, DecodedUpdate
+from .ydecode import ID, DecodedUpdate
 
 SLICE_BYTES = 1024 * 1024  # structs per slice, in bytes of the update; larger updates are sliced
-NO_DELETIONS = b"\x00"
+NOTHING = b"\x00"  # a count of zero: an update without structs, or an empty delete set
 
 
 class Section(NamedTuple):
-    """``structs`` structs of ``client`` from ``clock`` on: the update's bytes ``start:end``."""
+    """``structs`` structs of ``client`` from ``clock`` on, up to clock ``reached``: the
+    update's bytes ``start:end``."""
 
     client: int
     clock: int
     structs: int
     start: int
     end: int
+    reached: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +57,10 @@ class SlicePlan:
 
 def plan_slices(
     decoded: DecodedUpdate, offsets: dict[int, list[int]], delete_set_at: int, size: int = SLICE_BYTES
-) -> SlicePlan | None:
+) -> SlicePlan:
     """A plan to apply the update ``decoded`` (with its structs' ``offsets``, see
-    ``ydecode.decode_with_offsets``) in slices of about ``size`` bytes of structs each;
-    ``None`` if its structs take no more than that, or it holds Skip structs (it has a gap:
-    ``gaps.cut_at_gaps`` cuts it instead)."""
-    if delete_set_at <= size or any(struct.kind == SKIP for structs in decoded.clients.values() for struct in structs):
-        return None
+    ``ydecode.decode_with_offsets``) in slices of about ``size`` bytes of structs each. The
+    update must hold no Skip struct (a gap: ``gaps.cut_at_gaps`` cuts such an update)."""
     return _Planner(decoded, offsets, size).plan(delete_set_at)
 
 
@@ -66,12 +68,18 @@ def sliced(update: bytes, plan: SlicePlan) -> Iterator[bytes]:
     """The slices of ``update`` that ``plan`` describes, one at a time."""
     last = len(plan.slices) - 1
     for index, sections in enumerate(plan.slices):
-        parts = [write_var_uint(len(sections))]
-        for section in sections:
-            parts += (write_var_uint(section.structs), write_var_uint(section.client), write_var_uint(section.clock))
-            parts.append(update[section.start : section.end])
-        parts.append(update[plan.delete_set_at :] if index == last else NO_DELETIONS)
-        yield b"".join(parts)
+        encoded = [section_of(s.client, s.clock, s.structs, update[s.start : s.end]) for s in sections]
+        yield joined(encoded, update[plan.delete_set_at :] if index == last else NOTHING)
+
+
+def section_of(client: int, clock: int, count: int, structs: bytes) -> bytes:
+    """A client's section of a v1 update: ``count`` structs' bytes from ``clock`` on."""
+    return write_var_uint(count) + write_var_uint(client) + write_var_uint(clock) + structs
+
+
+def joined(sections: list[bytes], deletions: bytes) -> bytes:
+    """A v1 update of client ``sections`` and an encoded delete set."""
+    return write_var_uint(len(sections)) + b"".join(sections) + deletions
 
 
 class _Planner:
@@ -149,7 +157,11 @@ class _Planner:
             cut = self.cut[client]
             if cut < walked:
                 at = self.offsets[client]
-                sections.append(Section(client, self.clients[client][cut].clock, walked - cut, at[cut], at[walked]))
+                structs = self.clients[client]
+                last = structs[walked - 1]
+                sections.append(
+                    Section(client, structs[cut].clock, walked - cut, at[cut], at[walked], last.clock + last.length)
+                )
                 self.cut[client] = walked
         if sections:
             self.slices.append(tuple(sections))

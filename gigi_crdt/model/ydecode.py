@@ -125,11 +125,15 @@ class DecodedUpdate:
 
 def decode_update(update: bytes, limits: UpdateLimits = DEFAULT_LIMITS) -> DecodedUpdate:
     """Decode a Yjs v1 update, or raise ``UnsafeUpdate`` saying what is wrong with it."""
+    return _run(_decoder(update, limits))
+
+
+def _decoder(update: bytes, limits: UpdateLimits) -> _Decoder:
     if not isinstance(update, bytes):
         raise UnsafeUpdate(f"an update is bytes, not {type(update).__name__}")
     if len(update) > limits.max_bytes:
         raise UnsafeUpdate(f"update of {len(update)} bytes exceeds the limit of {limits.max_bytes}")
-    return _run(_Decoder(update, limits))
+    return _Decoder(update, limits)
 
 
 def _run(decoder: _Decoder) -> DecodedUpdate:
@@ -147,9 +151,7 @@ def decode_with_offsets(
     """``decode_update``, and where things are in ``update``: per client, the offset of each
     struct and then of the section's end; and the offset of the delete set. Structs of a v1
     update are self-contained (ids are absolute), so these bytes can be cut and rejoined."""
-    if len(update) > limits.max_bytes:
-        raise UnsafeUpdate(f"update of {len(update)} bytes exceeds the limit of {limits.max_bytes}")
-    decoder = _Decoder(update, limits)
+    decoder = _decoder(update, limits)
     decoder.offsets = {}
     decoded = _run(decoder)
     return decoded, decoder.offsets, decoder.delete_set_at

@@ -141,6 +141,8 @@ def check_update(
         return _Checker(decode_update(update, limits)).run()
     decoded, offsets, delete_set_at = decode_with_offsets(update, limits)
     summary = _Checker(decoded).run()
+    if delete_set_at <= slice_bytes or any(writes.skips for writes in summary.clients.values()):
+        return summary  # its structs are one slice already, or it has a gap (``gaps.cut_at_gaps`` cuts it)
     return replace(summary, slices=plan_slices(decoded, offsets, delete_set_at, slice_bytes))
 
 
