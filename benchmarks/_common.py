@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Changes, Conversation, ConversationKind, HybridClock, Text
+from gigi_crdt.model.slices import SLICE_BYTES
 from gigi_crdt.store import Record, Store
-from gigi_crdt.store.compaction import build_snapshot
+from gigi_crdt.store.compaction import build_snapshot, slice_plan
 
 ALICE = "alice-peer-0001"
 
@@ -97,10 +98,14 @@ class TwoPeers:
 
 
 def compact(store: Store, conv: str) -> int:
-    """What ``StoreWorker.compact`` does, synchronously; returns the snapshot's size."""
+    """What ``StoreWorker.compact`` (and ``plan_snapshots`` after it) does, synchronously;
+    returns the snapshot's size."""
     upto, updates, garbage = store.committed_log(conv)
     snapshot = build_snapshot(updates, collect_garbage=garbage)
     store.replace_log(conv, upto, snapshot, collected=garbage)
+    slices = slice_plan(snapshot) if len(snapshot) > SLICE_BYTES else None
+    if slices is not None:
+        store.set_slice_plan(conv, snapshot, slices)
     return len(snapshot)
 
 

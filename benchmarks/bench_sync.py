@@ -179,7 +179,7 @@ def build_history(base: Path, messages: int, batch: int, signed: bool) -> Built:
 def stored_updates(built: Built) -> list[bytes]:
     store = Store.open(built.directory)
     try:
-        return [update for update, _ in store.load_log(built.conversation)]
+        return [row.update for row in store.load_log(built.conversation)]
     finally:
         store.close()
 

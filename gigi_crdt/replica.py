@@ -51,7 +51,7 @@ from .model.gaps import Logged
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
-from .model.slices import SLICE_BYTES
+from .model.slices import SLICE_BYTES, SlicePlan
 from .model.ydecode import clocks_of
 from .model.yupdate import UpdateSummary
 from .protocol import HeadRecord
@@ -587,7 +587,12 @@ class Replica:
         if applied is not None and changes:
             applied(changes)
         changes.vanished_messages = await self._persist(
-            doc, Written(update if news else b"", changes), conversation, origin or "", waiting=waiting
+            doc,
+            Written(update if news else b"", changes),
+            conversation,
+            origin or "",
+            waiting=waiting,
+            slices=summary.slices,
         )
         await self._restore_records(conversation, doc)
         if acknowledge:
@@ -798,9 +803,10 @@ class Replica:
 
     async def compact(self, conversation: str) -> None:
         """Fold a conversation's update log into one garbage-collected snapshot, after
-        applying its retention."""
+        applying its retention, and plan how loads apply it in slices if it is large."""
         await self._expire(conversation)
         await self._worker.compact(conversation, collect_garbage=True)
+        await self._worker.plan_snapshots()
 
     async def apply_retention(self) -> list[str]:
         """Apply retention where the index holds a message past it: expired messages leave
@@ -975,9 +981,9 @@ class Replica:
         recent = self._take_recent(conversation)
         if recent is not None:  # it rested: nothing was committed since (that needs it loaded)
             doc.continue_recent(recent)
-        for update, waiting in log:
-            if waiting:
-                doc.note_waiting(update)
+        for logged in log:
+            if logged.waiting:
+                doc.note_waiting(logged.update)
         self._hold(conversation, doc)
         if doc.is_member(self.peer_id):
             self._queue_receipts(conversation, doc.undelivered().keys())
@@ -1016,10 +1022,12 @@ class Replica:
         origin: str | None = None,
         *,
         waiting: bool = False,
+        slices: SlicePlan | None = None,
     ) -> list[str]:
         """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None: local);
-        ``waiting``: the update left structs waiting for a dependency. Returns the ids of
-        the messages the commit took out of the index (``Store.commit``)."""
+        ``waiting``: the update left structs waiting for a dependency; ``slices``: how a
+        load applies it in slices (stored beside it). Returns the ids of the messages the
+        commit took out of the index (``Store.commit``)."""
         if not written.update and not written.changes:
             return []
         conv = conversation or doc.id
@@ -1043,6 +1051,7 @@ class Replica:
             doc.retention_cutoff(),
             generation,
             waiting,
+            slices,
             signed,
             doc.state_vector() if written.update and not doc.waits and not owes else None,
         )

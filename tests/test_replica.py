@@ -969,10 +969,10 @@ def test_updates_committed_while_a_log_is_compacted_stay_after_its_snapshot(tmp_
         second = doc.post(Text("two"), "a")  # committed while the snapshot is being built
         store.commit([Record(doc.id, second.update, second.changes)])
         snapshot = build_snapshot(log, garbage)
-        waiting = [update for update, left_waiting in log if left_waiting]
+        waiting = [row.update for row in log if row.waiting]
         store.replace_log(doc.id, upto, snapshot, garbage, still_waiting(snapshot, waiting))
         stored = store.load_log(doc.id)
-        assert [update for update, _ in stored][-1] == second.update
+        assert stored[-1].update == second.update
         assert texts(Conversation.from_log(stored, "bob-peer-0002", clock).history()) == ["one", "two"]
     finally:
         store.close()
@@ -1017,7 +1017,7 @@ async def test_structs_that_wait_already_are_not_stored_again(tmp_path: Path) ->
         assert not (await bob.receive(conversation, second)).waiting  # a duplicate, or a catch-up's copy
         assert len(heard.updates) == 1
         rows = await bob._worker.read(bob._store.load_log, conversation)
-        assert sum(waiting for _, waiting in rows) == 1
+        assert sum(row.waiting for row in rows) == 1
         await bob.receive(conversation, first)
         assert texts(await bob.history(conversation)) == ["first", "second"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,6 +13,8 @@ from pycrdt import Array, Doc, Map, merge_updates
 import gigi_crdt.model.conversation as conversation_module
 import gigi_crdt.model.slices as slices_module
 import gigi_crdt.replica as replica_module
+import gigi_crdt.store.compaction as compaction_module
+import gigi_crdt.store.worker as worker_module
 from gigi_crdt import Text
 from gigi_crdt.model import Changes, Conversation, ReceiptKind
 from gigi_crdt.model.gaps import Logged, PastGaps
@@ -18,6 +22,9 @@ from gigi_crdt.model.slices import NOTHING, Section, SlicePlan, joined, section_
 from gigi_crdt.model.ydecode import clocks_of, decode_with_offsets
 from gigi_crdt.model.yupdate import UpdateSummary, check_update
 from gigi_crdt.replica import open_replica
+from gigi_crdt.store import Record, Store
+from gigi_crdt.store.database import DATABASE_NAME
+from gigi_crdt.store.plans import PLAN_TAG, decode_plan, encode_plan
 
 ROOTS = ("meta", "members", "streams", "acks", "heads")
 
@@ -199,9 +206,9 @@ def test_small_updates_and_updates_with_a_gap_are_not_sliced(whole: bytes) -> No
     assert check_update(merge_updates(first, _), slice_bytes=1).slices is not None
 
 
-async def test_a_replica_merges_a_large_update_in_slices(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, whole: bytes
-) -> None:
+@pytest.fixture
+def applies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the updates conversations apply, from now on."""
     applied: list[int] = []
     original = conversation_module._apply
 
@@ -210,17 +217,60 @@ async def test_a_replica_merges_a_large_update_in_slices(
         original(doc, update)
 
     monkeypatch.setattr(conversation_module, "_apply", counting)
-    monkeypatch.setattr(replica_module, "SLICE_BYTES", 300)
-    monkeypatch.setattr(replica_module, "IN_THREAD_BYTES", 300)
+    return applied
+
+
+def slice_at(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """Updates over ``size`` bytes are merged in threads, in slices, and compaction plans
+    snapshots over it in slices."""
+    for module in (replica_module, compaction_module, worker_module):
+        monkeypatch.setattr(module, "SLICE_BYTES", size)
+    monkeypatch.setattr(replica_module, "IN_THREAD_BYTES", size)
+
+
+async def test_a_replica_merges_a_large_update_in_slices_and_loads_it_so(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, whole: bytes, applies: list[int]
+) -> None:
+    slice_at(monkeypatch, 300)
     conversation = Conversation.from_updates([whole], CAROL, fixed_clock()).id
+    reference = Conversation.from_updates([whole], BOB, fixed_clock())
     async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
         changes = await replica.receive(conversation, whole, ALICE)
-        assert len(applied) > 5
-        assert sum(applied) > len(whole)
+        assert len(applies) > 5
+        assert sum(applies) > len(whole)
         history = await replica.history(conversation, limit=1000)
-    reference = Conversation.from_updates([whole], BOB, fixed_clock())
+        rows = await replica._worker.read(replica._store.load_log, conversation)
     assert [m.id for m in history] == [m.id for m in reference.history()]
     assert len(changes.entries) == len(list(reference.entries()))
+    # Its plan is stored beside it: loading it again applies it in slices, without decoding it.
+    assert rows[0].update == whole
+    assert rows[0].slices is not None
+    assert [row.slices for row in rows[1:]] == [None] * (len(rows) - 1)  # bob's own receipts: small
+    applies.clear()
+    async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
+        assert await replica.export(conversation) == reference.history()
+    assert len(applies) == len(rows[0].slices.slices) + len(rows) - 1
+
+
+async def test_compaction_plans_how_loads_slice_its_snapshot(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, history: tuple[bytes, bytes], applies: list[int]
+) -> None:
+    whole = history[0]
+    conversation = Conversation.from_updates([whole], CAROL, fixed_clock()).id
+    reference = Conversation.from_updates([whole], BOB, fixed_clock())
+    slice_at(monkeypatch, len(whole))
+    async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
+        await replica.receive(conversation, whole, ALICE)  # too small to be sliced: stored without a plan
+        assert {row.slices for row in await replica._worker.read(replica._store.load_log, conversation)} == {None}
+        slice_at(monkeypatch, 300)
+        await replica.compact(conversation)
+        (row,) = await replica._worker.read(replica._store.load_log, conversation)
+        assert row.slices is not None
+        assert len(row.slices.slices) > 5
+    applies.clear()
+    async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
+        assert await replica.export(conversation) == reference.history()
+    assert len(applies) == len(row.slices.slices)
 
 
 def test_planning_a_long_chain_across_clients_walks_each_client_about_twice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,3 +298,64 @@ def test_planning_a_long_chain_across_clients_walks_each_client_about_twice(monk
     for piece in sliced(state, summary.slices):
         sliced_doc.apply_update(piece)
     assert contents(sliced_doc) == contents(doc)
+
+
+def test_a_stored_plan_reads_back_as_written_and_one_that_does_not_fit_is_refused(history: tuple[bytes, bytes]) -> None:
+    whole = history[0]
+    plan = check_update(whole, slice_bytes=300).slices
+    assert plan is not None
+    assert decode_plan(encode_plan(plan), whole) == plan
+    assert decode_plan(encode_plan(plan), history[1]) is None  # another update's plan
+    assert decode_plan(encode_plan(plan), whole[: plan.delete_set_at - 1]) is None
+    first, *rest = plan.slices
+    damaged_plans = [
+        replace(plan, slices=(*plan.slices, (Section(1, 0, 1, 5, plan.delete_set_at + 1, 1),))),
+        replace(plan, slices=tuple(rest)),  # structs left out
+        replace(plan, slices=((first[0]._replace(start=first[0].start + 1), *first[1:]), *rest)),
+        replace(plan, slices=((first[0]._replace(structs=first[0].structs + 1), *first[1:]), *rest)),
+        replace(plan, slices=((first[0]._replace(client=first[0].client + 1), *first[1:]), *rest)),
+        replace(plan, delete_set_at=plan.delete_set_at + 1),
+        replace(plan, slices=()),
+    ]
+    for damaged in [*map(encode_plan, damaged_plans), PLAN_TAG, PLAN_TAG + b"\xc1", encode_plan(plan)[:-3]]:
+        assert decode_plan(damaged, whole) is None
+
+
+async def test_a_damaged_plan_loads_its_update_whole(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, whole: bytes, applies: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    slice_at(monkeypatch, 300)
+    conversation = Conversation.from_updates([whole], CAROL, fixed_clock()).id
+    async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
+        await replica.receive(conversation, whole, ALICE)
+        expected = await replica.export(conversation)
+    database = sqlite3.connect(tmp_path / "bob" / DATABASE_NAME)
+    with database:
+        changed = database.execute(
+            "UPDATE yupdates SET metadata = substr(metadata, 1, length(metadata) - 3) WHERE yupdate = ?", (whole,)
+        ).rowcount
+    database.close()
+    assert changed == 1
+    applies.clear()
+    async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
+        assert await replica.export(conversation) == expected
+    assert len(whole) in applies  # applied whole, in one piece
+    assert any("slice plan" in record.message and "damaged" in record.message for record in caplog.records)
+
+
+def test_a_plan_goes_only_beside_the_update_it_was_made_for(tmp_path: Any, history: tuple[bytes, bytes]) -> None:
+    whole, merged = history
+    plan = check_update(whole, slice_bytes=300).slices
+    assert plan is not None
+    doc = Conversation.from_updates([whole], BOB, fixed_clock())
+    store = Store.open(tmp_path)
+    try:
+        store.commit([Record(doc.id, merged, Changes(), doc.metadata(), list(doc.members().values()))])
+        store.set_slice_plan(doc.id, whole, plan)  # planned for a snapshot since replaced by ``merged``
+        assert [row.slices for row in store.load_log(doc.id)] == [None]
+        fitting = check_update(merged, slice_bytes=300).slices
+        assert fitting is not None
+        store.set_slice_plan(doc.id, merged, fitting)
+        assert [row.slices for row in store.load_log(doc.id)] == [fitting]
+    finally:
+        store.close()

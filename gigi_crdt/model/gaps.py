@@ -142,10 +142,12 @@ class PastGaps:
 
 class Logged(NamedTuple):
     """One stored update, and whether it left structs waiting when it came: only such an
-    update can hold structs past a gap in the document it goes into (see ``load_document``)."""
+    update can hold structs past a gap in the document it goes into (see ``load_document``).
+    A large one that did not may come with the plan to apply it in slices."""
 
     update: bytes
     waiting: bool
+    slices: SlicePlan | None = None
 
 
 def load_document(
@@ -157,6 +159,6 @@ def load_document(
     ``client_id``: the Yjs client id it writes under (default: a new one)."""
     doc: Doc[Any] = Doc() if client_id is None else Doc(client_id=client_id)
     past_gaps = PastGaps(doc, apply)
-    for update, waiting in log:
-        past_gaps.integrate(update, gappy=waiting)
+    for logged in log:
+        past_gaps.integrate(logged.update, gappy=logged.waiting, slices=logged.slices)
     return doc, past_gaps

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from pycrdt import write_var_uint
 
-from .ydecode import ID, DecodedUpdate
+from .ydecode import ID, DecodedUpdate, UnsafeUpdate, read_var_uint
 
 SLICE_BYTES = 1024 * 1024  # structs per slice, in bytes of the update; larger updates are sliced
 NOTHING = b"\x00"  # a count of zero: an update without structs, or an empty delete set
@@ -70,6 +70,30 @@ def sliced(update: bytes, plan: SlicePlan) -> Iterator[bytes]:
     for index, sections in enumerate(plan.slices):
         encoded = [section_of(s.client, s.clock, s.structs, update[s.start : s.end]) for s in sections]
         yield joined(encoded, update[plan.delete_set_at :] if index == last else NOTHING)
+
+
+def describes(plan: SlicePlan, update: bytes) -> bool:
+    """Whether ``plan`` fits the layout of ``update`` (a plan read back from disk may be
+    damaged): its sections, in the order of their bytes, cover the update's structs end
+    to end, each client's behind a header that names that client, its first clock and as
+    many structs as its sections hold, and the delete set follows."""
+    sections = sorted((section for sections in plan.slices for section in sections), key=lambda s: s.start)
+    left = client = clock = 0  # the current client's structs not covered yet, its id, its next clock
+    try:
+        _, at = read_var_uint(update, 0)  # the number of clients
+        for section in sections:
+            if left == 0:  # a client's header comes first
+                left, at = read_var_uint(update, at)
+                client, at = read_var_uint(update, at)
+                clock, at = read_var_uint(update, at)
+            if (section.start, section.client, section.clock) != (at, client, clock):
+                return False
+            if not 0 < section.structs <= left or section.end < section.start:
+                return False
+            left, clock, at = left - section.structs, section.reached, section.end
+    except (IndexError, UnsafeUpdate):
+        return False
+    return bool(sections) and left == 0 and at == plan.delete_set_at <= len(update)
 
 
 def section_of(client: int, clock: int, count: int, structs: bytes) -> bytes:

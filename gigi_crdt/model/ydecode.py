@@ -526,6 +526,12 @@ def _read_any(data: bytes, pos: int) -> tuple[object, int]:
     return {121: False, 120: True, 126: None, 127: None}[tag], pos
 
 
+def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
+    """The lib0 varuint at ``pos`` in ``data``, and where it ends; ``IndexError`` past the
+    end, ``UnsafeUpdate`` if longer than 10 bytes."""
+    return _varuint(data, pos)
+
+
 def _varuint(data: bytes, pos: int) -> tuple[int, int]:
     first = data[pos]
     return (first, pos + 1) if first < 0x80 else _varuint_tail(data, pos + 1, first)

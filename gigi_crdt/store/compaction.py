@@ -5,6 +5,7 @@ Pure functions over update bytes, run in a worker thread away from the writer.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,10 @@ from pycrdt import Doc, merge_updates
 
 from ..model.catchup import unintegrated
 from ..model.gaps import Logged, load_document
+from ..model.slices import SLICE_BYTES, SlicePlan
+from ..model.yupdate import UnsafeUpdate, check_update
+
+log = logging.getLogger(__name__)
 
 # pycrdt's merge_updates is quadratic in the number of updates it is given (40k updates
 # took 13 s); merging in groups of this size keeps it O(size x log(count)).
@@ -38,8 +43,8 @@ def build_snapshot(log: Sequence[Logged], collect_garbage: bool) -> bytes:
     to a fresh document, which drops deleted content (a deleted message's text leaves the
     disk) and holds back or sets aside structs that wait; ``still_waiting`` keeps those.
     """
-    if not collect_garbage and not any(waiting for _, waiting in log):
-        return merge_all([update for update, _ in log])
+    if not collect_garbage and not any(logged.waiting for logged in log):
+        return merge_all([logged.update for logged in log])
     doc, _ = load_document(log)
     return doc.get_update()
 
@@ -64,7 +69,18 @@ def snapshot_and_rest(log: Sequence[Logged], collect_garbage: bool) -> tuple[byt
     """``build_snapshot`` of a committed ``log``, and what of its updates that left structs
     waiting still waits once the snapshot is applied (``still_waiting``)."""
     snapshot = build_snapshot(log, collect_garbage)
-    return snapshot, still_waiting(snapshot, [update for update, waiting in log if waiting])
+    return snapshot, still_waiting(snapshot, [logged.update for logged in log if logged.waiting])
+
+
+def slice_plan(snapshot: bytes) -> SlicePlan | None:
+    """How a load applies ``snapshot`` in slices (``model.slices``), if it is large enough
+    to want them: planned once, after compaction, so that loads do not decode it again
+    (0.8 s of Python for 10^5 messages)."""
+    try:
+        return check_update(snapshot, slice_bytes=SLICE_BYTES).slices
+    except UnsafeUpdate as exc:  # it loads whole, as it would without a plan
+        log.warning("a snapshot fails the schema check, so it has no slice plan: %s", exc)
+        return None
 
 
 def still_waiting(snapshot: bytes, waiting: Sequence[bytes]) -> bytes:

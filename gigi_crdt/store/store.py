@@ -8,6 +8,7 @@ their index rows (group commit), so durability costs one fsync per batch, not pe
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +21,12 @@ from ..model import Changes, Member, Metadata
 from ..model.gaps import Logged
 from ..model.ops import Deleted
 from ..model.signed import is_signed
+from ..model.slices import SlicePlan
 from . import index
 from .database import DATABASE_NAME, connect, lock_directory, translated
+from .plans import decode_plan, encode_plan, is_plan
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -50,6 +55,7 @@ class Record:
     expire_before: int | None = None  # messages older than this are past retention: not indexed
     generation: int = 0  # the in-memory document it came from; 0: none to track
     waiting: bool = False  # the update left structs waiting for a dependency (see ``load_log``)
+    slices: SlicePlan | None = None  # how to apply a large update in slices (``model.slices``)
     signed: Sequence[tuple[str, str, str]] = ()
     """Signed records held now: (root, key, JSON record); see ``signed_records``."""
     state_vector: bytes | None = None
@@ -137,7 +143,7 @@ class Store:
         if record.update:
             db.execute(
                 "INSERT INTO yupdates VALUES (?, ?, ?, ?)",
-                (record.conversation, record.update, WAITING if record.waiting else None, time.time()),
+                (record.conversation, record.update, _row_metadata(record.waiting, record.slices), time.time()),
             )
             # A conversation's first update (often a whole catch-up) counts as its snapshot;
             # later ones as log. Deletions are counted: only they leave garbage to collect.
@@ -219,6 +225,16 @@ class Store:
                 (remaining, len(snapshot), collected, conversation),
             )
 
+    def set_slice_plan(self, conversation: str, update: bytes, slices: SlicePlan) -> None:
+        """Store ``slices`` beside a row of the conversation's log holding ``update``, if one
+        still does (a compaction may have replaced it since it was planned). The row is
+        found by its bytes, not its row id: SQLite gives a deleted row's id to the next."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE yupdates SET metadata = ? WHERE path = ? AND metadata IS NULL AND yupdate = ?",
+                (encode_plan(slices), conversation, update),
+            )
+
     def purge_expired(self, conversation: str, before_ts: int) -> int:
         """Apply a retention cut to the index; returns how many messages left it."""
         with self._transaction() as db:
@@ -267,7 +283,7 @@ class Store:
         # whatever was written, so it is cut at gaps like an update that left structs waiting.
         checkpoint = db.execute("SELECT checkpoint, ? FROM ycheckpoints WHERE path = ?", (WAITING, conversation))
         rows = db.execute("SELECT yupdate, metadata FROM yupdates WHERE path = ? ORDER BY rowid", (conversation,))
-        return [Logged(bytes(row[0]), row[1] == WAITING) for row in checkpoint.fetchall() + rows.fetchall() if row[0]]
+        return [_logged(conversation, bytes(u), m) for u, m in checkpoint.fetchall() + rows.fetchall() if u]
 
     def needs_compaction(self, conversation: str) -> bool:
         """True once the log since the last snapshot is large relative to the snapshot."""
@@ -320,6 +336,25 @@ def stored_state_vector(db: sqlite3.Connection, conversation: str) -> bytes | No
     """
     row = db.execute("SELECT state_vector FROM conversations WHERE id = ?", (conversation,)).fetchone()
     return None if row is None or row[0] is None else bytes(row[0])
+
+
+def _row_metadata(waiting: bool, slices: SlicePlan | None) -> bytes | None:
+    """``yupdates.metadata`` of an update row: marked if it left structs waiting, else its
+    slice plan, if it has one."""
+    if waiting:
+        return WAITING
+    return None if slices is None else encode_plan(slices)
+
+
+def _logged(conversation: str, update: bytes, metadata: bytes | None) -> Logged:
+    if metadata == WAITING:
+        return Logged(update, True)
+    if metadata is None or not is_plan(metadata):
+        return Logged(update, False)
+    slices = decode_plan(metadata, update)
+    if slices is None:
+        log.warning("the slice plan stored beside an update of %s is damaged: it loads whole", conversation)
+    return Logged(update, False, slices)
 
 
 def _deletions(record: Record) -> int:

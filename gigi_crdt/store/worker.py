@@ -16,8 +16,10 @@ from typing import TypeVar
 
 import trio
 
+from .._collector import run_with_collector_paused
 from ..errors import GigiError, StorageError, StoreClosed
-from .compaction import is_snapshot, snapshot_and_rest
+from ..model.slices import SLICE_BYTES
+from .compaction import is_snapshot, slice_plan, snapshot_and_rest
 from .store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ class StoreWorker:
         # the rows committed since after it, so a second one overlapping would write the
         # first one's snapshot back after its own (with whatever garbage it had collected).
         self._compaction_turn = trio.Lock()
+        self._plans_wanted: dict[str, bytes] = {}  # snapshots to plan slices for, by conversation
+        self._planning = trio.Lock()
         self._checkpoint_thread = trio.CapacityLimiter(1)
         self._committed = trio.Event()  # set by each write, cleared by the checkpoint after it
 
@@ -202,15 +206,43 @@ class StoreWorker:
                 return None
             if is_snapshot(updates, collect):
                 await self.write(self.store.adopt_snapshot, conversation, upto)
+                if updates[0].slices is None and not updates[0].waiting:
+                    self._request_plan(conversation, updates[0].update)
                 return updates[0].update, b""
             snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
             await self.write(self.store.replace_log, conversation, upto, snapshot, collect, rest)
+            self._request_plan(conversation, snapshot)
             return snapshot, rest
+
+    def _request_plan(self, conversation: str, snapshot: bytes) -> None:
+        """Have ``snapshot``, just made the conversation's first log row, planned in slices
+        soon (``plan_snapshots``). Planned after the swap, not before: a new peer that
+        waits for the snapshot (``Replica.diff``) must not wait for that too."""
+        if len(snapshot) > SLICE_BYTES:
+            self._plans_wanted[conversation] = snapshot
+            self._compaction_wake.set()
+
+    async def plan_snapshots(self) -> None:
+        """Plan the slices of the snapshots compactions made, so that loads apply them in
+        slices (``Store.set_slice_plan``); return once every plan requested so far is stored
+        or given up."""
+        async with self._planning:
+            while self._plans_wanted:
+                conversation, snapshot = self._plans_wanted.popitem()
+                # Half a million decoded structs: collected once at the end, not every few ms.
+                slices = await trio.to_thread.run_sync(run_with_collector_paused, slice_plan, snapshot)
+                if slices is None:
+                    continue
+                try:
+                    await self.write(self.store.set_slice_plan, conversation, snapshot, slices)
+                except GigiError as exc:  # it loads whole, as without a plan: nothing is lost
+                    log.warning("storing the slice plan of %s failed: %s", conversation, exc)
 
     async def _compact_requested(self) -> None:
         while True:
             await self._compaction_wake.wait()
             self._compaction_wake = trio.Event()
+            await self.plan_snapshots()
             while self._compaction_wanted:
                 conversation = self._compacting = self._compaction_wanted.pop()
                 try:
