@@ -21,6 +21,8 @@ import trio
 from pycrdt import Doc
 from pycrdt.store import SQLiteYStore
 
+import gigi_crdt.store.compaction as compaction_module
+import gigi_crdt.store.worker as worker_module
 from gigi_crdt.errors import StorageError, StoreCorrupt, StoreInUse, StoreReadOnly
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, HybridClock, Text
@@ -280,7 +282,7 @@ def decode_state_vector(state: bytes) -> dict[int, int]:
     return {varuint(): varuint() for _ in range(varuint())}
 
 
-async def test_pycrdt_store_reads_our_database(tmp_path: Path) -> None:
+async def test_pycrdt_store_reads_our_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = tmp_path / "data"
     db = data_dir / DATABASE_NAME
     async with open_replica(data_dir, nickname="me", peer_id=PEER_ID) as replica:
@@ -289,9 +291,15 @@ async def test_pycrdt_store_reads_our_database(tmp_path: Path) -> None:
         )
         for i in range(25):
             await replica.send(conversation, Text(f"m{i}"))
+        # A snapshot with its slice plan beside it, in the row's metadata (``store.plans``).
+        for module in (compaction_module, worker_module):
+            monkeypatch.setattr(module, "SLICE_BYTES", 64)
+        await replica.compact(conversation)
+        assert (await replica._worker.read(replica._store.load_log, conversation))[0].slices is not None
+        await replica.send(conversation, Text("after the snapshot"))
         state = await replica.state_vector(conversation)
         ours = await replica.export(conversation)
-    assert len(ours) == 25
+    assert len(ours) == 26
 
     class GigiYStore(SQLiteYStore):
         db_path = str(db)
