@@ -24,6 +24,7 @@ import trio
 from pycrdt import merge_updates
 
 from ._collector import run_with_collector_paused
+from ._memory import release_free_memory
 from .errors import (
     GigiError,
     NotAllowed,
@@ -872,7 +873,16 @@ class Replica:
         if not idle:
             return []
         await self._store_state_vectors(idle)
-        rested = {conv: doc for conv, doc in self._idle(idle_for).items() if idle.get(conv) is doc}
+        rested = self._let_rest(idle, idle_for)
+        del idle  # the documents' last references
+        if rested:
+            # Freed, their memory is still the process's until malloc hands it back (``_memory``).
+            await trio.to_thread.run_sync(release_free_memory)
+        return rested
+
+    def _let_rest(self, stored: dict[str, Conversation], idle_for: float) -> list[str]:
+        """Let go of the documents that are still idle and whose state vectors ``stored`` holds."""
+        rested = {conv: doc for conv, doc in self._idle(idle_for).items() if stored.get(conv) is doc}
         for conversation, doc in rested.items():
             self._release(conversation, doc)
             self._keep_recent(conversation, doc.recent_updates)

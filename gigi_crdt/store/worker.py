@@ -17,6 +17,7 @@ from typing import TypeVar
 import trio
 
 from .._collector import run_with_collector_paused
+from .._memory import release_free_memory
 from ..errors import GigiError, StorageError, StoreClosed
 from ..model.slices import SLICE_BYTES
 from .compaction import is_snapshot, slice_plan, snapshot_and_rest
@@ -200,19 +201,27 @@ class StoreWorker:
         log and building the snapshot happen beside it, so senders do not wait for it.
         """
         async with self._compaction_turn:
-            upto, updates, garbage = await self.read(self.store.committed_log, conversation)
-            collect = garbage if collect_garbage is None else collect_garbage
-            if not updates:
-                return None
-            if is_snapshot(updates, collect):
-                await self.write(self.store.adopt_snapshot, conversation, upto)
-                if updates[0].slices is None and not updates[0].waiting:
-                    self._request_plan(conversation, updates[0].update)
-                return updates[0].update, b""
-            snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
-            await self.write(self.store.replace_log, conversation, upto, snapshot, collect, rest)
-            self._request_plan(conversation, snapshot)
-            return snapshot, rest
+            built = await self._compact(conversation, collect_garbage)
+        # The log it read and the document it rebuilt are garbage now, freed in worker
+        # threads' malloc arenas, which the event loop's thread does not reuse: hand them
+        # back, or every compaction leaves the node larger (see ``_memory``).
+        await trio.to_thread.run_sync(release_free_memory)
+        return built
+
+    async def _compact(self, conversation: str, collect_garbage: bool | None) -> tuple[bytes, bytes] | None:
+        upto, updates, garbage = await self.read(self.store.committed_log, conversation)
+        collect = garbage if collect_garbage is None else collect_garbage
+        if not updates:
+            return None
+        if is_snapshot(updates, collect):
+            await self.write(self.store.adopt_snapshot, conversation, upto)
+            if updates[0].slices is None and not updates[0].waiting:
+                self._request_plan(conversation, updates[0].update)
+            return updates[0].update, b""
+        snapshot, rest = await trio.to_thread.run_sync(snapshot_and_rest, updates, collect)
+        await self.write(self.store.replace_log, conversation, upto, snapshot, collect, rest)
+        self._request_plan(conversation, snapshot)
+        return snapshot, rest
 
     def _request_plan(self, conversation: str, snapshot: bytes) -> None:
         """Have ``snapshot``, just made the conversation's first log row, planned in slices

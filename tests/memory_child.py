@@ -1,0 +1,89 @@
+"""Child process for tests/test_memory.py: how much resident memory a compaction leaves
+behind, and how much letting a document rest gives back, in a fresh process.
+
+Usage: python memory_child.py trimmed|untrimmed DATA_DIR
+
+``untrimmed`` stubs out ``release_free_memory`` (as before it existed). Prints one JSON
+object: ``compaction_growth`` and ``rest_freed``, in bytes.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from pathlib import Path
+
+import trio
+
+import gigi_crdt.replica as replica_module
+import gigi_crdt.store.worker as worker_module
+from gigi_crdt import ConversationKind, Text, open_replica
+from gigi_crdt.model import Conversation, HybridClock
+from gigi_crdt.store import Record, Store, StoreWorker
+
+PEER_ID = "alice-peer-0001"
+
+
+def resident() -> int:
+    gc.collect()
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+
+def write_log(directory: Path) -> str:
+    """A conversation of 3,000 messages, stored as 31 log rows (about 10 MiB as a document)."""
+    clock = HybridClock(lambda: 1_700_000_000_000)
+    doc, created = Conversation.create(
+        kind=ConversationKind.GROUP, title="memory", local_peer=PEER_ID, nickname="a", clock=clock
+    )
+    store = Store.open(directory)
+    try:
+        store.commit([Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))])
+        for batch in range(30):
+            writes = [doc.post(Text(f"message {batch}-{i} " * 20), "a") for i in range(100)]
+            store.commit([Record(doc.id, write.update, write.changes) for write in writes])
+    finally:
+        store.close()
+    return doc.id
+
+
+async def compaction_growth(directory: Path, conversation: str) -> int:
+    """Resident memory after a garbage-collecting compaction (which rebuilds the document
+    in a worker thread and drops it), less before."""
+    store = Store.open(directory)
+    worker = StoreWorker(store)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            before = resident()
+            await worker.compact(conversation, collect_garbage=True)
+            growth = resident() - before
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    return growth
+
+
+async def rest_freed(directory: Path, conversation: str) -> int:
+    """Resident memory before the loaded document rests, less after."""
+    async with open_replica(directory, nickname="a", peer_id=PEER_ID) as replica:
+        await replica.export(conversation)  # loads it
+        before = resident()
+        if await replica.rest_idle(0) != [conversation]:
+            raise RuntimeError("the document did not rest")
+        return before - resident()
+
+
+def main(variant: str, directory: Path) -> None:
+    if variant == "untrimmed":
+        for module in (worker_module, replica_module):
+            module.release_free_memory = lambda: None  # type: ignore[attr-defined]
+    directory.mkdir()
+    conversation = write_log(directory)
+    growth = trio.run(compaction_growth, directory, conversation)
+    freed = trio.run(rest_freed, directory, conversation)
+    print(json.dumps({"compaction_growth": growth, "rest_freed": freed}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
