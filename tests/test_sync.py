@@ -19,6 +19,7 @@ from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Member, Role
 from gigi_crdt.model.signed import sign_member
+from gigi_crdt.protocol import Limits
 from gigi_crdt.replica import EMPTY_UPDATE
 from gigi_crdt.store import Record
 from gigi_crdt.sync import (
@@ -29,6 +30,7 @@ from gigi_crdt.sync import (
     PeerOnline,
     PresenceChanged,
     ReceiptUpdated,
+    SyncEngine,
     SyncProgress,
     TransferProgress,
     connect_tcp,
@@ -487,3 +489,34 @@ async def test_presence_in_a_conversation_made_after_the_link_came_up(tmp_path: 
             online = await wait_for(bob, lambda e: isinstance(e, PresenceChanged) and e.online)
         assert online == PresenceChanged(conversation, alice.peer_id, "alice", online=True, typing=False)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_conversation_too_large_for_one_frame_leaves_the_link_and_the_others_syncing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its catch-up is over the frame limit, which the writer checks as the peer will: not
+    # sent (logged once), where it used to end the link with an exception out of run_link.
+    limits = Limits(max_frame_bytes=64 * 1024, max_update_bytes=60 * 1024)
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
+        for node in (alice, bob):
+            node.replica.remove_listener(node.engine)
+            node.engine = SyncEngine(node.replica, settings=FAST, limits=limits)
+            node.replica.add_listener(node.engine)
+        big = await alice.replica.create_conversation(ConversationKind.GROUP, title="big", others={bob.peer_id: "b"})
+        small = await alice.replica.create_conversation(
+            ConversationKind.GROUP, title="small", others={bob.peer_id: "b"}
+        )
+        for i in range(200):
+            await alice.replica.send(big, Text(f"message {i} " * 50))
+        assert len(await alice.replica.diff(big, None)) > limits.max_frame_bytes
+        await alice.replica.send(small, Text("fits"))
+        async with trio.open_nursery() as nursery:
+            link(nursery, alice, bob)
+            assert await converged([alice, bob], small, 1)
+            await bob.replica.send(small, Text("and back"))
+            assert await converged([alice, bob], small, 2)
+            assert await bob.replica.conversation_ids() == [small]
+            nursery.cancel_scope.cancel()
+    refusals = [r for r in caplog.records if r.levelname == "ERROR" and big in r.getMessage()]
+    assert len(refusals) == 1
+    assert "exceeds the limit" in refusals[0].getMessage()

@@ -23,6 +23,7 @@ from ..protocol import (
     ConnectionClosed,
     Event,
     Hello,
+    LocalProtocolError,
     NeedData,
     RemoteProtocolError,
     SyncStep2,
@@ -85,6 +86,7 @@ class PeerLink:
         self.shared: set[str] = set()  # conversations this peer may receive
         self.peer_state: dict[str, bytes] = {}  # last state vector the peer told us
         self.lost: str | None = None  # why sending failed, if it did
+        self.unsendable: set[str] = set()  # conversations whose update the peer would refuse (told once)
         self._send, self._receive = trio.open_memory_channel[Event](settings.queue_size)
         self._resync: set[str] = set()
         self._wake = trio.Event()
@@ -141,9 +143,25 @@ class PeerLink:
                 event = await catch_up(conversation, state)
             except trio.EndOfChannel:
                 return
-            await stream.send_all(self.connection.send(event))
+            try:
+                data = self.connection.send(event)
+            except LocalProtocolError as exc:
+                self._refused(event, exc)
+                continue
+            await stream.send_all(data)
             if isinstance(event, Close):
                 return
+
+    def _refused(self, event: Event, error: LocalProtocolError) -> None:
+        """``event`` is ours, but the peer would refuse it (``Connection.send`` checks it as
+        the peer will): a catch-up over the frame limit, say, a conversation of some 400,000
+        signed messages at the default 64 MiB. Not sending it keeps the link, and every
+        other conversation on it, going; the peer goes without this conversation."""
+        if not isinstance(event, SyncStep2 | Update):
+            log.error("not sending %s: %s", type(event).__name__, error.reason)
+        elif event.conversation not in self.unsendable:
+            self.unsendable.add(event.conversation)
+            log.error("not sending %s of %s: %s", type(event).__name__, event.conversation, error.reason)
 
 
 async def read_events(
