@@ -77,7 +77,7 @@ async def rest_freed(directory: Path, conversation: str) -> int:
 def main(variant: str, directory: Path) -> None:
     if variant == "untrimmed":
         for module in (worker_module, replica_module):
-            module.release_free_memory = lambda: None  # type: ignore[attr-defined]
+            module.release_free_memory = lambda: None
     directory.mkdir()
     conversation = write_log(directory)
     growth = trio.run(compaction_growth, directory, conversation)

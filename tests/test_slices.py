@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import replace
 from typing import Any
@@ -357,5 +358,14 @@ def test_a_plan_goes_only_beside_the_update_it_was_made_for(tmp_path: Any, histo
         assert fitting is not None
         store.set_slice_plan(doc.id, merged, fitting)
         assert [row.slices for row in store.load_log(doc.id)] == [fitting]
+        with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as database, database:
+            database.execute("UPDATE yupdates SET metadata = ?", (PLAN_TAG + b"damaged",))
+        assert [row.slices for row in store.load_log(doc.id)] == [None]
+        store.set_slice_plan(doc.id, merged, fitting)  # a damaged plan is replaced
+        assert [row.slices for row in store.load_log(doc.id)] == [fitting]
+        # A row that left structs waiting keeps its mark: its update is cut at gaps, not sliced.
+        store.commit([Record(doc.id, whole, Changes(), waiting=True)])
+        store.set_slice_plan(doc.id, whole, plan)
+        assert [(row.waiting, row.slices) for row in store.load_log(doc.id)][1] == (True, None)
     finally:
         store.close()

@@ -227,12 +227,14 @@ class Store:
 
     def set_slice_plan(self, conversation: str, update: bytes, slices: SlicePlan) -> None:
         """Store ``slices`` beside a row of the conversation's log holding ``update``, if one
-        still does (a compaction may have replaced it since it was planned). The row is
-        found by its bytes, not its row id: SQLite gives a deleted row's id to the next."""
+        still does (a compaction may have replaced it since it was planned), in place of a
+        damaged plan if it had one, never of the mark of a row that left structs waiting.
+        The row is found by its bytes, not its row id: SQLite gives a deleted row's id to
+        the next."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE yupdates SET metadata = ? WHERE path = ? AND metadata IS NULL AND yupdate = ?",
-                (encode_plan(slices), conversation, update),
+                "UPDATE yupdates SET metadata = ? WHERE path = ? AND yupdate = ? AND metadata IS NOT ?",
+                (encode_plan(slices), conversation, update, WAITING),
             )
 
     def purge_expired(self, conversation: str, before_ts: int) -> int:
