@@ -86,7 +86,7 @@ class PeerLink:
         self.shared: set[str] = set()  # conversations this peer may receive
         self.peer_state: dict[str, bytes] = {}  # last state vector the peer told us
         self.lost: str | None = None  # why sending failed, if it did
-        self.unsendable: set[str] = set()  # conversations whose update the peer would refuse (told once)
+        self._unsendable: set[str] = set()  # conversations whose update the peer would refuse (told once)
         self._send, self._receive = trio.open_memory_channel[Event](settings.queue_size)
         self._resync: set[str] = set()
         self._wake = trio.Event()
@@ -159,8 +159,8 @@ class PeerLink:
         other conversation on it, going; the peer goes without this conversation."""
         if not isinstance(event, SyncStep2 | Update):
             log.error("not sending %s: %s", type(event).__name__, error.reason)
-        elif event.conversation not in self.unsendable:
-            self.unsendable.add(event.conversation)
+        elif event.conversation not in self._unsendable:
+            self._unsendable.add(event.conversation)
             log.error("not sending %s of %s: %s", type(event).__name__, event.conversation, error.reason)
 
 
