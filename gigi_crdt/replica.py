@@ -15,7 +15,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, TypeVarTuple
@@ -43,6 +43,7 @@ from .model import (
     HybridClock,
     Message,
     ReceiptKind,
+    UnsafeUpdate,
     Written,
     check_update,
     new_id,
@@ -52,14 +53,14 @@ from .model.gaps import Logged
 from .model.metadata import Member, Metadata, Role
 from .model.ops import check_id, check_nickname
 from .model.signed import is_signed
-from .model.slices import SLICE_BYTES, SlicePlan
+from .model.slices import SLICE_BYTES, SlicePlan, sliced
 from .model.ydecode import clocks_of
 from .model.yupdate import UpdateSummary
 from .protocol import HeadRecord
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
-from .store.compaction import is_snapshot, whole_update
+from .store.compaction import is_snapshot, merge_all, whole_update
 from .store.store import MIN_COMPACTION_BYTES, stored_state_vector
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,21 @@ def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object
         except ValueError:
             log.warning("stored signed record %s/%s is damaged; skipped", root, key)
     return held
+
+
+def _split(update: bytes, part_bytes: int) -> list[bytes]:
+    try:
+        plan = check_update(update, slice_bytes=part_bytes).slices
+    except UnsafeUpdate as exc:  # our own, yet refused: sent whole (if it fits a frame)
+        log.warning("cannot cut an update of %d bytes into parts: %s", len(update), exc)
+        return [update]
+    return [update] if plan is None else list(sliced(update, plan))
+
+
+def _merged_parts(parts: Sequence[bytes]) -> bytes:
+    for part in parts:
+        check_update(part)
+    return merge_all(parts)
 
 
 def _check(update: bytes) -> UpdateSummary:
@@ -444,6 +460,18 @@ class Replica:
                     return EMPTY_UPDATE  # and nothing waits (``stored_state_vector``)
         doc = await self._document(conversation)
         return doc.catch_up(state_vector) or EMPTY_UPDATE
+
+    async def split_update(self, update: bytes, part_bytes: int) -> list[bytes]:
+        """``update`` (of ours, from ``diff``) cut into updates of about ``part_bytes`` that,
+        applied in order, give what it gives (``model.slices``): a step 2 too large for one
+        frame goes in parts (``SyncPart``). ``[update]`` if it cannot be cut (it has a gap)."""
+        return await trio.to_thread.run_sync(run_with_collector_paused, _split, update, part_bytes)
+
+    async def merged_parts(self, parts: Sequence[bytes]) -> bytes:
+        """One update holding a step 2's parts from a peer (``SyncPart``, then the step 2
+        itself), to ``receive``: each part is checked first (``UnsafeUpdate``: none of them
+        is taken), so that pycrdt merges only what passed."""
+        return await trio.to_thread.run_sync(run_with_collector_paused, _merged_parts, parts)
 
     async def _stored_whole(self, conversation: str) -> bytes | None:
         """Everything stored of a conversation whose document is not in memory, as one

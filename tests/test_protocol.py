@@ -36,6 +36,7 @@ from gigi_crdt.protocol import (
     Pong,
     RemoteProtocolError,
     State,
+    SyncPart,
     SyncStep1,
     SyncStep2,
     Update,
@@ -70,6 +71,8 @@ def event_from_json(data: dict[str, Any]) -> Event:
         return SyncStep1(data["conversation"], bytes.fromhex(data["state_vector"]))
     if kind == "SyncStep2":
         return SyncStep2(data["conversation"], bytes.fromhex(data["update"]), tuple(data.get("heads", ())))
+    if kind == "SyncPart":
+        return SyncPart(data["conversation"], bytes.fromhex(data["update"]))
     if kind == "Update":
         return Update(data["conversation"], bytes.fromhex(data["update"]))
     if kind == "Awareness":

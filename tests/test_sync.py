@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack
@@ -491,31 +493,62 @@ async def test_presence_in_a_conversation_made_after_the_link_came_up(tmp_path: 
         nursery.cancel_scope.cancel()
 
 
-async def test_a_conversation_too_large_for_one_frame_leaves_the_link_and_the_others_syncing(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Its catch-up is over the frame limit, which the writer checks as the peer will: not
-    # sent (logged once), where it used to end the link with an exception out of run_link.
+async def small_frames(tmp_path: Path, limits: Limits) -> contextlib.AbstractAsyncContextManager[list[Node]]:
+    """``nodes`` alice and bob whose engines keep ``limits``."""
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[list[Node]]:
+        async with nodes(tmp_path, "alice", "bob") as group:
+            for node in group:
+                node.replica.remove_listener(node.engine)
+                node.engine = SyncEngine(node.replica, settings=FAST, limits=limits)
+                node.replica.add_listener(node.engine)
+            yield group
+
+    return opened()
+
+
+async def test_a_catch_up_too_large_for_one_frame_arrives_in_parts(tmp_path: Path) -> None:
     limits = Limits(max_frame_bytes=64 * 1024, max_update_bytes=60 * 1024)
-    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
-        for node in (alice, bob):
-            node.replica.remove_listener(node.engine)
-            node.engine = SyncEngine(node.replica, settings=FAST, limits=limits)
-            node.replica.add_listener(node.engine)
-        big = await alice.replica.create_conversation(ConversationKind.GROUP, title="big", others={bob.peer_id: "b"})
-        small = await alice.replica.create_conversation(
-            ConversationKind.GROUP, title="small", others={bob.peer_id: "b"}
-        )
-        for i in range(200):
-            await alice.replica.send(big, Text(f"message {i} " * 50))
+    async with await small_frames(tmp_path, limits) as (alice, bob):
+        others = {bob.peer_id: "b"}
+        big = await alice.replica.create_conversation(ConversationKind.GROUP, title="big", others=others)
+        small = await alice.replica.create_conversation(ConversationKind.GROUP, title="small", others=others)
+        # Parts are cut between structs, and yrs squashes a stream bucket's entries into
+        # one struct: 256 messages of about 60 bytes, well under half the update limit.
+        for i in range(1000):
+            await alice.replica.send(big, Text(f"message {i} of a long conversation"))
         assert len(await alice.replica.diff(big, None)) > limits.max_frame_bytes
         await alice.replica.send(small, Text("fits"))
         async with trio.open_nursery() as nursery:
             link(nursery, alice, bob)
+            views = await converged([alice, bob], big, 1000)
+            assert views[0] == views[1]
             assert await converged([alice, bob], small, 1)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_message_too_large_for_one_frame_leaves_the_link_and_the_others_syncing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Neither its live update nor a catch-up cut in parts fits a frame (one struct holds
+    # it): not sent (logged once), where it used to end the link with an exception out of
+    # run_link.
+    limits = Limits(max_frame_bytes=32 * 1024, max_update_bytes=30 * 1024)
+    async with await small_frames(tmp_path, limits) as (alice, bob):
+        others = {bob.peer_id: "b"}
+        big = await alice.replica.create_conversation(ConversationKind.GROUP, title="big", others=others)
+        small = await alice.replica.create_conversation(ConversationKind.GROUP, title="small", others=others)
+        await alice.replica.send(small, Text("fits"))
+        async with trio.open_nursery() as nursery:
+            link(nursery, alice, bob)
+            assert await converged([alice, bob], small, 1)
+            await alice.replica.send(big, Text("x" * 40_000))
             await bob.replica.send(small, Text("and back"))
             assert await converged([alice, bob], small, 2)
-            assert await bob.replica.conversation_ids() == [small]
+            await alice.replica.send(small, Text("and on"))
+            assert await converged([alice, bob], small, 3)
+            assert await bob.replica.history(big) == []  # created before the message, which never came
             nursery.cancel_scope.cancel()
     refusals = [r for r in caplog.records if r.levelname == "ERROR" and big in r.getMessage()]
     assert len(refusals) == 1

@@ -27,9 +27,11 @@ from gigi_crdt.protocol import (
     ConnectionClosed,
     Event,
     Hello,
+    Limits,
     NeedData,
     Ping,
     Pong,
+    SyncPart,
     SyncStep1,
     SyncStep2,
     Update,
@@ -572,6 +574,67 @@ async def test_a_member_sending_a_hostile_update_is_dropped_and_nothing_of_it_sp
         message = await alice.replica.send(chat, Text("still fine"))
         assert await converged([alice, carol], chat, 1) == [[message], [message]]
         assert poison not in to_carol.sent
+        nursery.cancel_scope.cancel()
+
+
+async def mallory_sends(alice: Node, nursery: trio.Nursery, *events: Event) -> tuple[PeerOffline, Close]:
+    """Link a peer that says ``events`` to alice; what alice tells of it, and her Close."""
+    mallory, alice_side = trio.testing.memory_stream_pair()
+    nursery.start_soon(alice.engine.run_link, alice_side)
+    connection = Connection()
+    for event in (Hello("mallory-peer-1", "mallory", 9), *events):
+        await mallory.send_all(connection.send(event))
+    with trio.fail_after(10):
+        offline = await wait_for(alice, lambda e: isinstance(e, PeerOffline) and e.peer_id == "mallory-peer-1")
+        while True:
+            event = connection.next_event()
+            if isinstance(event, NeedData):
+                connection.receive_data(await mallory.receive_some())
+            elif isinstance(event, Close):
+                assert isinstance(offline, PeerOffline)
+                return offline, event
+
+
+async def test_a_step_2_part_that_fails_the_check_ends_the_link_and_nothing_of_the_step_2_is_taken(
+    tmp_path: Path,
+) -> None:
+    (poison,) = hostile_updates(HANG)
+    async with nodes(tmp_path, "alice", "carol", settings=FAST) as (alice, carol), trio.open_nursery() as nursery:
+        chat = await alice.replica.create_conversation(
+            ConversationKind.GROUP, others={carol.peer_id: "carol", "mallory-peer-1": "mallory"}
+        )
+        link(nursery, alice, carol)
+        await joined([alice, carol], chat)
+        # A valid update of carol's as the step 2 that ends the parts: it is not taken either.
+        carols = await carol.replica.send(chat, Text("from carol"))
+        assert await converged([alice, carol], chat, 1) == [[carols], [carols]]
+        before = await alice.replica.state_vector(chat)
+        offline, close = await mallory_sends(
+            alice, nursery, SyncPart(chat, poison), SyncStep2(chat, await carol.replica.diff(chat, None))
+        )
+        assert "update refused" in offline.reason
+        assert close.code is CloseCode.INTERNAL_ERROR
+        assert await alice.replica.state_vector(chat) == before
+        message = await alice.replica.send(chat, Text("still fine"))
+        assert await converged([alice, carol], chat, 2) == [[carols, message], [carols, message]]
+        nursery.cancel_scope.cancel()
+
+
+async def test_step_2_parts_over_the_limit_end_the_link_and_others_go_on(tmp_path: Path) -> None:
+    limits = Limits(max_parts_bytes=100_000)
+    async with nodes(tmp_path, "alice", "carol", settings=FAST) as (alice, carol), trio.open_nursery() as nursery:
+        alice.replica.remove_listener(alice.engine)
+        alice.engine = SyncEngine(alice.replica, settings=FAST, limits=limits)
+        alice.replica.add_listener(alice.engine)
+        chat = await conversation_of(alice, carol)
+        link(nursery, alice, carol)
+        await joined([alice, carol], chat)
+        part = b"\x00" * 40_000  # held unread until the step 2 that ends the parts comes
+        offline, close = await mallory_sends(alice, nursery, *(SyncPart(f"conv-{i}-abcdefgh", part) for i in range(3)))
+        assert "step 2 parts over 100000 bytes" in offline.reason
+        assert close.code is CloseCode.LIMIT_EXCEEDED
+        message = await alice.replica.send(chat, Text("still fine"))
+        assert await converged([alice, carol], chat, 1) == [[message], [message]]
         nursery.cancel_scope.cancel()
 
 

@@ -12,6 +12,7 @@ from .errors import ProtocolError as ProtocolError
 from .errors import RemoteProtocolError as RemoteProtocolError
 from .events import HEADS_CAPABILITY as HEADS_CAPABILITY
 from .events import NEED_DATA as NEED_DATA
+from .events import PARTS_CAPABILITY as PARTS_CAPABILITY
 from .events import Announce as Announce
 from .events import Awareness as Awareness
 from .events import Close as Close
@@ -22,6 +23,7 @@ from .events import Hello as Hello
 from .events import NeedData as NeedData
 from .events import Ping as Ping
 from .events import Pong as Pong
+from .events import SyncPart as SyncPart
 from .events import SyncStep1 as SyncStep1
 from .events import SyncStep2 as SyncStep2
 from .events import Update as Update

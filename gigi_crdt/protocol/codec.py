@@ -28,6 +28,7 @@ from .events import (
     Hello,
     Ping,
     Pong,
+    SyncPart,
     SyncStep1,
     SyncStep2,
     Update,
@@ -57,6 +58,7 @@ class FrameType(enum.IntEnum):
     PING = 5
     PONG = 6
     CLOSE = 7
+    SYNC_PART = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Limits:
     max_frame_bytes: int = 64 * 1024 * 1024
     max_update_bytes: int = 64 * 1024 * 1024 - 1024
     max_conversations: int = 10_000
+    max_parts_bytes: int = 256 * 1024 * 1024
+    """Step 2 parts (``SyncPart``) waiting on one link for the step 2 that ends them."""
     awareness: AwarenessLimits = field(default_factory=AwarenessLimits)
 
 
@@ -99,6 +103,8 @@ def _fields(event: Event) -> list[Any]:
     if isinstance(event, SyncStep2):
         fields = [FrameType.SYNC, event.conversation, encode_sync(SyncKind.STEP2, event.update)]
         return fields + [list(event.heads)] if event.heads else fields
+    if isinstance(event, SyncPart):
+        return [FrameType.SYNC_PART, event.conversation, encode_sync(SyncKind.STEP2, event.update)]
     if isinstance(event, Update):
         return [FrameType.SYNC, event.conversation, encode_sync(SyncKind.UPDATE, event.update)]
     if isinstance(event, Awareness):
@@ -211,6 +217,14 @@ def _sync(fields: list[Any], limits: Limits, _: int | None) -> SyncStep1 | SyncS
     return Update(conversation, data)
 
 
+def _sync_part(fields: list[Any], limits: Limits, _: int | None) -> SyncPart:
+    conversation, payload = _expect(fields, str, bytes)
+    kind, data = decode_sync(payload, max_payload=limits.max_update_bytes)
+    if kind is not SyncKind.STEP2:
+        raise RemoteProtocolError("a step 2 part carries a step 2")
+    return SyncPart(_conversation_id(conversation), data)
+
+
 def _heads(raw: list[Any]) -> tuple[HeadRecord, ...]:
     """The shape of a step 2's heads; their meaning and signatures are the document's to check."""
     if not 0 < len(raw) <= MAX_HEADS:
@@ -265,4 +279,5 @@ _DECODERS: dict[FrameType, Callable[[list[Any], Limits, int | None], Event]] = {
     FrameType.PING: _ping,
     FrameType.PONG: _pong,
     FrameType.CLOSE: _close,
+    FrameType.SYNC_PART: _sync_part,
 }

@@ -32,6 +32,7 @@ from .events import (
     NeedData,
     Ping,
     Pong,
+    SyncPart,
     SyncStep1,
     SyncStep2,
     Update,
@@ -47,7 +48,7 @@ class State(enum.Enum):
     FAILED = "failed"
 
 
-_OPEN_TRAFFIC = (Announce, SyncStep1, SyncStep2, Update, Awareness, Ping, Pong)
+_OPEN_TRAFFIC = (Announce, SyncStep1, SyncStep2, SyncPart, Update, Awareness, Ping, Pong)
 
 # (state, event type) -> next state. Anything not listed is a protocol error.
 TRANSITIONS: dict[tuple[State, type], State] = {

@@ -60,6 +60,20 @@ class SyncStep2:
     heads: tuple[HeadRecord, ...] = ()
 
 
+PARTS_CAPABILITY = "parts"
+"""A HELLO capability: the sender takes a step 2 too large for one frame in parts (``SyncPart``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPart:
+    """A part of the next step 2 for the conversation, which is too large for one frame:
+    a Yjs v1 update of its own, the parts and the step 2 that ends them applied in order
+    (only to a peer with ``PARTS_CAPABILITY``)."""
+
+    conversation: str
+    update: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Update:
     """One live transaction's own update."""
@@ -112,5 +126,5 @@ class NeedData:
 
 NEED_DATA = NeedData()
 
-Event: TypeAlias = Hello | Announce | SyncStep1 | SyncStep2 | Update | Awareness | Ping | Pong | Close
+Event: TypeAlias = Hello | Announce | SyncStep1 | SyncStep2 | SyncPart | Update | Awareness | Ping | Pong | Close
 """Everything that travels as a frame."""

@@ -20,6 +20,7 @@ from ..errors import GigiError, NotAllowed, SchemaError, StoreClosed
 from ..model import Changes
 from ..protocol import (
     HEADS_CAPABILITY,
+    PARTS_CAPABILITY,
     Announce,
     Awareness,
     AwarenessEntry,
@@ -33,6 +34,7 @@ from ..protocol import (
     Ping,
     Pong,
     RemoteProtocolError,
+    SyncPart,
     SyncStep1,
     SyncStep2,
     Update,
@@ -84,6 +86,8 @@ class _Session:
     proof_awaited: set[str] = field(default_factory=set)  # asked a stranger: its step 2 may prove it a member
     asked_missing: dict[str, float] = field(default_factory=dict)  # conversation -> when
     arriving_percent: int = -1  # last told of the large frame under way (-1: none told yet)
+    parts: dict[str, list[bytes]] = field(default_factory=dict)  # step 2 parts held, by conversation
+    parts_bytes: int = 0
 
 
 class SyncEngine:
@@ -177,7 +181,7 @@ class SyncEngine:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, link, stream, nursery.cancel_scope)
-                capabilities = frozenset({HEADS_CAPABILITY})
+                capabilities = frozenset({HEADS_CAPABILITY, PARTS_CAPABILITY})
                 link.offer(Hello(self.replica.peer_id, self.replica.nickname, self._awareness_client_id, capabilities))
                 handshake = trio.CancelScope(deadline=trio.current_time() + self.settings.handshake_timeout)
                 session = _Session(link, nursery, handshake, expected_peer)
@@ -254,6 +258,8 @@ class SyncEngine:
             await self._on_step1(session, event)
         elif isinstance(event, SyncStep2 | Update):
             await self._on_update(session, event)
+        elif isinstance(event, SyncPart):
+            self._on_part(session, event)
         elif isinstance(event, Awareness):
             self._on_awareness(session, event)
         elif isinstance(event, Ping):
@@ -332,22 +338,39 @@ class SyncEngine:
             # vector: a peer that stopped reading costs no diff however often it asks.
             link.mark_resync(step.conversation)
             return
-        if not link.offer(await self._catch_up(link, step.conversation, step.state_vector)):
+        if not link.offer_all(await self._catch_up(link, step.conversation, step.state_vector)):
             link.mark_resync(step.conversation)
 
-    async def _catch_up(self, link: PeerLink, conversation: str, state_vector: bytes) -> SyncStep2:
+    async def _catch_up(self, link: PeerLink, conversation: str, state_vector: bytes) -> list[SyncPart | SyncStep2]:
         """What a peer at ``state_vector`` lacks, with the signed heads that cover it if the
-        peer takes them (``Replica.heads_for``)."""
+        peer takes them (``Replica.heads_for``): a step 2, after the parts it is cut into
+        if it is too large for one frame and the peer takes parts."""
         update = await self.replica.diff(conversation, state_vector)
+        capabilities = link.peer.capabilities if link.peer is not None else frozenset()
         heads: tuple[HeadRecord, ...] = ()
-        if update != EMPTY_UPDATE and link.peer is not None and HEADS_CAPABILITY in link.peer.capabilities:
+        if update != EMPTY_UPDATE and HEADS_CAPABILITY in capabilities:
             heads = await self.replica.heads_for(conversation, state_vector)
-        return SyncStep2(conversation, update, heads)
+        parts: list[bytes] = []
+        if len(update) > self.limits.max_update_bytes and PARTS_CAPABILITY in capabilities:
+            *parts, update = await self.replica.split_update(update, self.limits.max_update_bytes // 2)
+        return [*(SyncPart(conversation, part) for part in parts), SyncStep2(conversation, update, heads)]
+
+    def _on_part(self, session: _Session, part: SyncPart) -> None:
+        """Hold a part of a step 2 too large for one frame until the step 2 that ends it
+        (``_on_update``), within ``Limits.max_parts_bytes`` for the link."""
+        session.parts_bytes += len(part.update)
+        if session.parts_bytes > self.limits.max_parts_bytes:
+            raise RemoteProtocolError(
+                f"step 2 parts over {self.limits.max_parts_bytes} bytes held at once", CloseCode.LIMIT_EXCEEDED
+            )
+        session.parts.setdefault(part.conversation, []).append(part.update)
 
     async def _on_update(self, session: _Session, event: SyncStep2 | Update) -> None:
         link = session.link
         assert link.peer is not None  # the state machine allows no update before Hello
         conversation = event.conversation
+        parts = session.parts.pop(conversation, []) if isinstance(event, SyncStep2) else []
+        session.parts_bytes -= sum(map(len, parts))
         fetched = conversation in session.fetching
         if fetched and isinstance(event, Update):
             return  # the step 2 we asked for is still coming, and holds this update too
@@ -369,9 +392,10 @@ class SyncEngine:
                 self._publish(activity)
 
         try:
+            update = await self.replica.merged_parts([*parts, event.update]) if parts else event.update
             changes = await self.replica.receive(
                 conversation,
-                event.update,
+                update,
                 origin=link.peer.peer_id,
                 acknowledge=False,
                 applied=tell_application,

@@ -10,7 +10,7 @@ never holds up anyone else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -26,6 +26,7 @@ from ..protocol import (
     LocalProtocolError,
     NeedData,
     RemoteProtocolError,
+    SyncPart,
     SyncStep2,
     Update,
 )
@@ -102,6 +103,15 @@ class PeerLink:
         self._wake.set()
         return True
 
+    def offer_all(self, events: Sequence[Event]) -> bool:
+        """Queue ``events`` together, or none of them (``False``: the queue lacks room)."""
+        queue = self._send.statistics()
+        if queue.max_buffer_size - queue.current_buffer_used < len(events):
+            return False
+        for event in events:
+            self.offer(event)
+        return True
+
     def offer_update(self, conversation: str, update: bytes) -> None:
         """Queue a live update, or fall back to a resync if the peer is behind."""
         if conversation in self._resync or not self.offer(Update(conversation, update)):
@@ -124,13 +134,14 @@ class PeerLink:
         self._wake.set()
 
     async def write_queued(
-        self, stream: trio.abc.Stream, catch_up: Callable[[str, bytes], Awaitable[SyncStep2]]
+        self, stream: trio.abc.Stream, catch_up: Callable[[str, bytes], Awaitable[Sequence[Event]]]
     ) -> None:
         """The writer task: send queued events in order, then pending resyncs (``catch_up``
-        makes the step 2 for a conversation and the peer's state vector); ends after a Close."""
+        makes the step 2 for a conversation and the peer's state vector, after its parts
+        if it has any); ends after a Close."""
         while True:
             try:
-                event = self._receive.receive_nowait()
+                events: Sequence[Event] = (self._receive.receive_nowait(),)
             except trio.WouldBlock:
                 if not self._resync:
                     # No await between the empty check and this wait: no wake-up is lost.
@@ -140,24 +151,25 @@ class PeerLink:
                 conversation = self._resync.pop()
                 state = self.peer_state.get(conversation, EMPTY_STATE_VECTOR)
                 # A step 2: it answers a step 1 that overflowed, and completes a fetch.
-                event = await catch_up(conversation, state)
+                events = await catch_up(conversation, state)
             except trio.EndOfChannel:
                 return
-            try:
-                data = self.connection.send(event)
-            except LocalProtocolError as exc:
-                self._refused(event, exc)
-                continue
-            await stream.send_all(data)
-            if isinstance(event, Close):
-                return
+            for event in events:
+                try:
+                    data = self.connection.send(event)
+                except LocalProtocolError as exc:
+                    self._refused(event, exc)
+                    break  # the rest of a step 2's parts would be of no use
+                await stream.send_all(data)
+                if isinstance(event, Close):
+                    return
 
     def _refused(self, event: Event, error: LocalProtocolError) -> None:
         """``event`` is ours, but the peer would refuse it (``Connection.send`` checks it as
         the peer will): a catch-up over the frame limit, say, a conversation of some 400,000
         signed messages at the default 64 MiB. Not sending it keeps the link, and every
         other conversation on it, going; the peer goes without this conversation."""
-        if not isinstance(event, SyncStep2 | Update):
+        if not isinstance(event, SyncStep2 | SyncPart | Update):
             log.error("not sending %s: %s", type(event).__name__, error.reason)
         elif event.conversation not in self._unsendable:
             self._unsendable.add(event.conversation)
