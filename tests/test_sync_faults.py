@@ -19,6 +19,7 @@ from hostile import hostile_updates
 from sync_helpers import Node, converged, drain, ids, joined, link, nodes, until_stored, wait_for
 
 from gigi_crdt import ConversationKind, Text, UnknownConversation
+from gigi_crdt.errors import StorageError
 from gigi_crdt.protocol import (
     Announce,
     Close,
@@ -635,6 +636,39 @@ async def test_step_2_parts_over_the_limit_end_the_link_and_others_go_on(tmp_pat
         assert close.code is CloseCode.LIMIT_EXCEEDED
         message = await alice.replica.send(chat, Text("still fine"))
         assert await converged([alice, carol], chat, 1) == [[message], [message]]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_store_failing_while_the_writer_makes_a_catch_up_ends_that_link_only(tmp_path: Path) -> None:
+    # The writer makes a resync's step 2 itself (a step 1 that found the queue full, a
+    # fetch): a storage error there escaped run_link, which must never raise.
+    async with nodes(tmp_path, "alice", "bob", settings=FAST) as (alice, bob), trio.open_nursery() as nursery:
+        chat = await conversation_of(alice, bob)
+        outcomes: list[LinkOutcome] = []
+
+        async def run(engine: SyncEngine, stream: trio.abc.Stream) -> None:
+            outcomes.append(await engine.run_link(stream))
+
+        left, right = trio.testing.memory_stream_pair()
+        nursery.start_soon(run, alice.engine, left)
+        nursery.start_soon(run, bob.engine, right)
+        await joined([alice, bob], chat)
+        diff = alice.replica.diff
+
+        async def failing(conversation: str, state_vector: bytes | None) -> bytes:
+            raise StorageError("disk gone")
+
+        alice.replica.diff = failing  # type: ignore[method-assign]
+        alice.engine._links[bob.peer_id].mark_resync(chat)
+        with trio.fail_after(10):
+            offline = await wait_for(bob, lambda e: isinstance(e, PeerOffline))
+        assert isinstance(offline, PeerOffline)
+        assert any("cannot make a catch-up: disk gone" in outcome.reason for outcome in outcomes)
+        # The store is back: a new link syncs again.
+        alice.replica.diff = diff  # type: ignore[method-assign]
+        message = await alice.replica.send(chat, Text("back"))
+        link(nursery, alice, bob)
+        assert await converged([alice, bob], chat, 1) == [[message], [message]]
         nursery.cancel_scope.cancel()
 
 

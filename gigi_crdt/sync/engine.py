@@ -244,6 +244,11 @@ class SyncEngine:
             await link.write_queued(stream, functools.partial(self._catch_up, link))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             link.lost = f"connection lost while sending: {exc or type(exc).__name__}"
+        except GigiError as exc:
+            # Our side failed to make a catch-up (the store, say): end this link only, as
+            # the reader does when it fails to store what the peer sent.
+            log.warning("link to %s: cannot make a catch-up: %s", self._name(link), exc)
+            link.lost = f"cannot make a catch-up: {exc}"
         scope.cancel()
 
     # -- handling what the peer says -----------------------------------------------------
