@@ -8,6 +8,7 @@ sleeping.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -669,6 +670,32 @@ async def test_a_store_failing_while_the_writer_makes_a_catch_up_ends_that_link_
         message = await alice.replica.send(chat, Text("back"))
         link(nursery, alice, bob)
         assert await converged([alice, bob], chat, 1) == [[message], [message]]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_document_that_cannot_load_for_anti_entropy_leaves_the_link_and_the_others_syncing(
+    tmp_path: Path,
+) -> None:
+    settings = dataclasses.replace(FAST, anti_entropy_interval=0.05)
+    async with nodes(tmp_path, "alice", "bob", settings=settings) as (alice, bob), trio.open_nursery() as nursery:
+        broken, fine = await conversation_of(alice, bob), await conversation_of(alice, bob)
+        link(nursery, alice, bob)
+        await joined([alice, bob], broken)
+        await joined([alice, bob], fine)
+        state_vector = alice.replica.state_vector
+        asked = trio.Event()
+
+        async def failing(conversation: str) -> bytes:
+            if conversation == broken:
+                asked.set()
+                raise StorageError("disk gone")
+            return await state_vector(conversation)
+
+        alice.replica.state_vector = failing  # type: ignore[method-assign]
+        with trio.fail_after(10):
+            await asked.wait()
+        message = await alice.replica.send(fine, Text("still fine"))
+        assert await converged([alice, bob], fine, 1) == [[message], [message]]
         nursery.cancel_scope.cancel()
 
 

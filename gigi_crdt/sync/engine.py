@@ -519,7 +519,16 @@ class SyncEngine:
             for conversation in sorted(session.fetching):
                 link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
             for conversation in sorted(link.shared):
-                link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+                try:
+                    state_vector = await self.replica.state_vector(conversation)
+                except StoreClosed as exc:  # our replica closed under a link still running
+                    link.lost = f"going away: {exc}"
+                    session.nursery.cancel_scope.cancel()
+                    return
+                except GigiError as exc:  # that document cannot load now: the others go on
+                    log.warning("anti-entropy with %s skips %s: %s", self._name(link), conversation, exc)
+                    continue
+                link.offer(SyncStep1(conversation, state_vector))
 
     # -- bookkeeping -------------------------------------------------------------------
 
