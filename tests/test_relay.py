@@ -28,6 +28,7 @@ from relay_helpers import TOKEN, plain_client, post_as, posts, relay_process, wa
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from gigi_crdt import ConversationKind, NodeConfig, RelayRefused, Text, open_node, open_replica
+from gigi_crdt.errors import StorageError
 from gigi_crdt.identity import Identity
 from gigi_crdt.model.view import Message
 from gigi_crdt.node import Node
@@ -169,6 +170,32 @@ async def test_a_plain_pycrdt_client_and_a_node_share_a_room(tmp_path: Path, rel
         assert await texts_in(alice, group) == ["from gigi-crdt", "from plain pycrdt"]
 
 
+async def test_a_conversation_that_cannot_load_leaves_the_other_rooms_going(tmp_path: Path, relay_port: int) -> None:
+    # Its room's first step 1 needs its state vector: a storage error there escaped the
+    # node's relay link, and so the node.
+    carol = Identity.generate()
+    async with open_node(tmp_path / "alice", nickname="alice", config=via(relay_port)) as alice:
+        replica = alice._replica
+        state_vector = replica.state_vector
+        broken: set[str] = set()
+        asked = trio.Event()
+
+        async def failing(conversation: str) -> bytes:
+            if conversation in broken:
+                asked.set()
+                raise StorageError("disk gone")
+            return await state_vector(conversation)
+
+        replica.state_vector = failing  # type: ignore[method-assign]
+        broken.add(await alice.create_group("broken", {carol.peer_id: "carol"}))  # no checkpoint before its room opens
+        with trio.fail_after(10):
+            await asked.wait()
+        fine = await alice.create_group("fine", {carol.peer_id: "carol"})
+        await alice.send(fine, Text("through the relay"))
+        async with plain_client(relay_port, fine) as doc:
+            await wait_until(doc, lambda: [op["c"]["text"] for op in posts(doc)] == ["through the relay"])
+
+
 JS_CLIENT = Path(__file__).parent / "js"  # package.json, package-lock.json, yclient.mjs
 
 
@@ -299,6 +326,60 @@ async def test_a_message_a_deletion_from_the_room_takes_away_is_announced(tmp_pa
             assert "the script ended" in await link.run(room)
         assert events == [MessageDeleted(conversation, message)]
         assert await bob.history(conversation) == []
+
+
+class HoldingRoom(ScriptedRoom):
+    """A ``ScriptedRoom`` that stays open after its script; ``answered`` is set once it
+    was sent two messages (our step 1, our answer to its)."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        super().__init__(messages)
+        self.answered = trio.Event()
+
+    async def get_message(self) -> bytes | str:
+        if not self._messages:
+            await trio.sleep_forever()
+        return await super().get_message()
+
+    async def send_message(self, message: bytes | str) -> None:
+        await super().send_message(message)
+        if len(self.sent) >= 2:
+            self.answered.set()
+
+
+async def test_a_room_catch_up_our_store_cannot_make_leaves_the_room_with_that_error(tmp_path: Path) -> None:
+    # An update that found the queue full is replaced by a diff from the room's state
+    # vector; a storage error there escaped the room's nursery inside a group.
+    async with open_replica(tmp_path / "a", nickname="alice") as alice:
+        conversation = await alice.create_conversation(ConversationKind.GROUP, others={"carol-peer-0003": "carol"})
+        diff = alice.diff
+        answered_once = False
+
+        async def failing_after_the_first(conversation: str, state_vector: bytes | None) -> bytes:
+            nonlocal answered_once
+            if answered_once:
+                raise StorageError("disk gone")
+            answered_once = True
+            return await diff(conversation, state_vector)
+
+        alice.diff = failing_after_the_first  # type: ignore[method-assign]
+        room = HoldingRoom([encode_sync(SyncKind.STEP1, b"\x00")])
+        link = RoomLink(alice, conversation, "relay-origin-1", lambda _: None, max_update=1 << 20, queue_size=1)
+        failed: list[StorageError] = []
+
+        async def run() -> None:
+            try:
+                await link.run(room)
+            except StorageError as exc:  # as itself, not in a group
+                failed.append(exc)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await room.answered.wait()
+                for update in (b"first", b"second", b"third"):  # the waiting forwarder takes the
+                    link.offer(update)  # first, the queue holds the second: the room is behind
+        assert [str(exc) for exc in failed] == ["disk gone"]
 
 
 def stored_updates(database: Path, room: str) -> list[bytes]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import trio
 
-from ..errors import RelayRefused
+from ..errors import GigiError, RelayRefused
 from ..replica import Replica
 from ..transport.websocket import MAX_MESSAGE_BYTES, RelayAddress, open_room
 from .activity import Activity
@@ -110,6 +110,9 @@ class RelayClient:
                 self._rooms[conversation] = room
                 try:
                     reason = await room.run(channel)
+                except GigiError as exc:  # our side: the conversation's document cannot load now, say
+                    log.warning("left room %s on relay %s: %s", conversation, self._relay, exc)
+                    return False
                 finally:
                     del self._rooms[conversation]
         except RelayRefused as exc:

@@ -91,17 +91,25 @@ class RoomLink:
             await channel.send_message(encode_sync(SyncKind.STEP1, state))
         except ConnectionClosed as exc:
             return f"room closed ({exc.reason})"
+        failed: list[GigiError] = []  # by the forwarder, which then cancels the reader
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward, channel)
+            nursery.start_soon(self._forward, channel, failed, nursery.cancel_scope)
             reason = await self._read(channel)
             nursery.cancel_scope.cancel()
+        if failed:
+            raise failed[0]  # as itself, not in a group: ``RelayLink`` leaves the room on it
         return reason
 
-    async def _forward(self, channel: MessageChannel) -> None:
+    async def _forward(self, channel: MessageChannel, failed: list[GigiError], scope: trio.CancelScope) -> None:
         async for update in self._queued:
             if self._behind and self._room_state is not None:
                 self._behind = False
-                update = await self._replica.diff(self._conversation, self._room_state)
+                try:
+                    update = await self._replica.diff(self._conversation, self._room_state)
+                except GigiError as exc:  # our side (the store): leave the room, rejoin later
+                    failed.append(exc)
+                    scope.cancel()
+                    return
             try:
                 await channel.send_message(encode_sync(SyncKind.UPDATE, update))
             except ConnectionClosed:
