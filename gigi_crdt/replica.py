@@ -43,7 +43,6 @@ from .model import (
     HybridClock,
     Message,
     ReceiptKind,
-    UnsafeUpdate,
     Written,
     check_update,
     new_id,
@@ -60,7 +59,7 @@ from .protocol import HeadRecord
 from .protocol.yproto import decode_state_vector
 from .signatures import Signer
 from .store import ConversationSummary, Record, Store, StoreWorker, index
-from .store.compaction import is_snapshot, merge_all, whole_update
+from .store.compaction import is_snapshot, merge_all, slice_plan, whole_update
 from .store.store import MIN_COMPACTION_BYTES, stored_state_vector
 
 log = logging.getLogger(__name__)
@@ -196,11 +195,7 @@ def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object
 
 
 def _split(update: bytes, part_bytes: int) -> list[bytes]:
-    try:
-        plan = check_update(update, slice_bytes=part_bytes).slices
-    except UnsafeUpdate as exc:  # our own, yet refused: sent whole (if it fits a frame)
-        log.warning("cannot cut an update of %d bytes into parts: %s", len(update), exc)
-        return [update]
+    plan = slice_plan(update, part_bytes)
     return [update] if plan is None else list(sliced(update, plan))
 
 

@@ -72,14 +72,15 @@ def snapshot_and_rest(log: Sequence[Logged], collect_garbage: bool) -> tuple[byt
     return snapshot, still_waiting(snapshot, [logged.update for logged in log if logged.waiting])
 
 
-def slice_plan(snapshot: bytes) -> SlicePlan | None:
-    """How a load applies ``snapshot`` in slices (``model.slices``), if it is large enough
-    to want them: planned once, after compaction, so that loads do not decode it again
-    (0.8 s of Python for 10^5 messages)."""
+def slice_plan(update: bytes, size: int = SLICE_BYTES) -> SlicePlan | None:
+    """How to apply an update of ours in slices of about ``size`` bytes (``model.slices``),
+    if it is larger: a snapshot, planned once after compaction so that loads do not decode
+    it again (0.8 s of Python for 10^5 messages), or a step 2 too large for one frame.
+    ``None`` too if it fails the schema check: it is then applied (or sent) whole."""
     try:
-        return check_update(snapshot, slice_bytes=SLICE_BYTES).slices
-    except UnsafeUpdate as exc:  # it loads whole, as it would without a plan
-        log.warning("a snapshot fails the schema check, so it has no slice plan: %s", exc)
+        return check_update(update, slice_bytes=size).slices
+    except UnsafeUpdate as exc:
+        log.warning("an update of %d bytes fails the schema check, so it has no slice plan: %s", len(update), exc)
         return None
 
 

@@ -239,7 +239,7 @@ class StoreWorker:
             while self._plans_wanted:
                 conversation, snapshot = self._plans_wanted.popitem()
                 # Half a million decoded structs: collected once at the end, not every few ms.
-                slices = await trio.to_thread.run_sync(run_with_collector_paused, slice_plan, snapshot)
+                slices = await trio.to_thread.run_sync(run_with_collector_paused, slice_plan, snapshot, SLICE_BYTES)
                 if slices is None:
                     continue
                 try:
