@@ -4,6 +4,7 @@ directly, under its own client id (or another's), bypassing the model's checks."
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 from pycrdt import Array, Doc, Map
@@ -30,16 +31,16 @@ def forge_member_records(document: bytes, records: dict[str, Any]) -> bytes:
     return forge_records(document, {("members", peer_id): record for peer_id, record in records.items()})
 
 
-def forge_entries(document: bytes, author: str, values: list[dict[str, Any]], client_id: int | None = None) -> bytes:
-    """An update appending raw stream entry ``values`` to ``author``'s stream over
-    ``document``; with ``client_id``, written under that Yjs client id (someone else's)."""
+def forge_entries(document: bytes, author: str, values: list[str], client_id: int | None = None) -> bytes:
+    """An update appending raw stream entry ``values`` (JSON text) to ``author``'s stream
+    over ``document``; with ``client_id``, written under that Yjs client id (someone else's)."""
     doc: Doc[Any] = Doc() if client_id is None else Doc(client_id=client_id)
     doc.apply_update(document)
     before = doc.get_state()
     streams = doc.get("streams", type=Map)
     with doc.transaction():
         for value in values:
-            key = f"{author}/{int(value['s']) // BUCKET_SIZE}"
+            key = f"{author}/{int(json.loads(value)['s']) // BUCKET_SIZE}"
             if key in streams:
                 streams[key].append(value)
             else:

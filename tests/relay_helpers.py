@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -90,20 +91,25 @@ async def plain_client(port: int, room: str) -> AsyncIterator[Doc[Any]]:
 def posts(doc: Doc[Any]) -> list[dict[str, Any]]:
     """Every post in a conversation document, read as plain data, in display order."""
     streams = doc.get("streams", type=Map)
-    found = [op for key in streams.keys() for op in streams[key].to_py() if op["o"] == "post"]
+    stored = [value for key in streams.keys() for value in streams[key].to_py()]
+    found = [op for op in map(json.loads, stored) if op["o"] == "post"]
     return sorted(found, key=lambda op: (op["t"], op["i"]))
 
 
-def post_as(doc: Doc[Any], conversation: str, author: Signer, nickname: str, text: str) -> None:
+def post_as(
+    doc: Doc[Any], conversation: str, author: Signer, nickname: str, text: str, *, as_map: bool = False
+) -> None:
     """Append a text message to ``author``'s stream in our format (first bucket, first
-    entry), chained and with its signed head (the model's functions write the fields)."""
+    entry), chained and with its signed head (the model's functions write the fields);
+    ``as_map``: the entry as a map, as written before entries were JSON text."""
     now = time.time_ns() // 1_000_000 * 1000
     post = Posted("plainpycrdt01", now, nickname, Text(text))
     prev = genesis(conversation, author.peer_id)
     link = link_of(StreamEntry(author.peer_id, 0, post, prev))
     assert link is not None
     with doc.transaction():
-        doc.get("streams", type=Map)[f"{author.peer_id}/0"] = Array([encode_op(post, 0, prev)])
+        value = encode_op(post, 0, prev)
+        doc.get("streams", type=Map)[f"{author.peer_id}/0"] = Array([json.loads(value) if as_map else value])
         clock = client_clock(doc.get_state(), doc.client_id)  # where the head goes: it covers itself
         head = sign_head(author, conversation, Head(0, link, doc.client_id, clock + 1, now))
         doc.get("heads", type=Map)[author.peer_id] = head.record

@@ -14,7 +14,7 @@ from pycrdt import Array, Doc, Map, get_update
 
 from gigi_crdt import FileShare, GroupInvite, NotAllowed, SchemaError, Text, UnknownMessage
 from gigi_crdt.model import BUCKET_SIZE, Conversation, ConversationKind, HybridClock, ReceiptKind, Role
-from gigi_crdt.model.ops import Posted, Tombstone, encode_op
+from gigi_crdt.model.ops import Posted, Tombstone, encode_op, parse_entry
 
 
 def pair() -> tuple[Conversation, Conversation]:
@@ -247,6 +247,7 @@ def test_schema_violating_remote_entries_are_skipped_with_a_warning(caplog: pyte
     streams = rogue.get("streams", type=Map)
     streams[f"{ALICE}/0"].append({"o": "post", "i": "short", "t": "yesterday"})
     streams[f"{ALICE}/0"].append({"o": "post", "i": "valid-id-123", "t": 5, "n": "x", "k": "text", "c": {"text": 7}})
+    streams[f"{ALICE}/0"].append('{"s":1,"o":"post","i":"valid-id-123","t":5,"n":"x","k":"text","c":')
     streams["not a key"] = Array([1, 2, 3])
     with caplog.at_level(logging.WARNING):
         changes = bob.apply_remote(rogue.get_update(bob.state_vector()))
@@ -255,6 +256,16 @@ def test_schema_violating_remote_entries_are_skipped_with_a_warning(caplog: pyte
     assert "skipped" in caplog.text
     bob.apply_remote(alice.post(Text("still fine"), "alice").update)
     assert texts(bob) == ["good", "still fine"]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ['{"s":0,"o":"post"', "[" * 100_000 + "]" * 100_000, '"a string"', "[1]", "1" * 5_000, "", 7],
+    ids=["cut-short", "nested-deep", "string", "array", "huge-number", "empty", "number"],
+)
+def test_a_stored_entry_that_is_not_a_json_object_is_a_schema_error(stored: object) -> None:
+    with pytest.raises(SchemaError, match="stream entry is not"):
+        parse_entry(ALICE, 0, stored)
 
 
 def test_an_entry_missing_below_the_cursor_is_reported_when_it_shows_up() -> None:

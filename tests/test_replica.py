@@ -824,7 +824,7 @@ async def test_fields_added_to_a_signed_record_are_dropped(tmp_path: Path) -> No
         assert await bob.is_member(group, bob.peer_id)
 
 
-def forged_post(seq: int) -> dict[str, object]:
+def forged_post(seq: int) -> str:
     """A post in someone's stream, by someone else: no chain link, no head."""
     return encode_op(Posted("forgedforged01", 1_800_000_000_000_000, "alice", Text("pay bob")), seq)
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from forgery import forge_entries, forge_records, signed_copies
 from forgery import ticking_clock as clock
 from pycrdt import Doc, Map
+from relay_helpers import post_as
 
 from gigi_crdt import SchemaError, Text
 from gigi_crdt.identity import Identity
@@ -43,8 +44,8 @@ def shown(conversation: Conversation) -> list[tuple[str, str | None]]:
     return [(m.author, None if m.content is None else m.content.text) for m in conversation.history()]  # type: ignore[union-attr]
 
 
-def stream_values(conversation: Conversation, author: str) -> list[dict[str, Any]]:
-    """The raw entries of ``author``'s first bucket, as the document holds them."""
+def stream_values(conversation: Conversation, author: str) -> list[str]:
+    """The raw entries of ``author``'s first bucket, as the document holds them (JSON text)."""
     doc: Doc[Any] = Doc()
     doc.apply_update(conversation.diff())
     return list(doc.get("streams", type=Map)[f"{author}/0"].to_py())
@@ -82,20 +83,20 @@ def test_posts_edits_deletions_and_reactions_verify_on_every_peer() -> None:
     assert len(list(fresh.entries())) == len(list(carol.entries())) == 7
 
 
-def _unchained(alice: Conversation, seq: int) -> dict[str, Any]:
+def _unchained(alice: Conversation, seq: int) -> str:
     return encode_op(Posted("forgedforged01", 1_800_000_000_000, "alice", Text("pay bob")), seq)
 
 
-def _chained_to_alices_head(alice: Conversation, seq: int) -> dict[str, Any]:
+def _chained_to_alices_head(alice: Conversation, seq: int) -> str:
     # The forger knows alice's newest link (her head is public): it chains its entry to it.
     head = check_head(alice.id, ALICE.peer_id, _heads(alice)[ALICE.peer_id]).value
     return encode_op(Posted("forgedforged01", 1_800_000_000_000, "alice", Text("pay bob")), seq, head.link)
 
 
-def _alices_entry_altered(alice: Conversation, seq: int) -> dict[str, Any]:
+def _alices_entry_altered(alice: Conversation, seq: int) -> str:
     # alice's genuine newest entry, its text changed: same seq, same prev.
-    genuine = stream_values(alice, ALICE.peer_id)[-1]
-    return genuine | {"c": {"text": "pay bob"}}
+    genuine = json.loads(stream_values(alice, ALICE.peer_id)[-1])
+    return json.dumps(genuine | {"c": {"text": "pay bob"}})
 
 
 def _heads(conversation: Conversation) -> dict[str, Any]:
@@ -149,12 +150,24 @@ def texts_of(entries: list[StreamEntry]) -> list[str | None]:
     return [entry.op.content.text if isinstance(entry.op, Posted) else None for entry in entries]  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("as_map", [False, True], ids=["json-text", "map-as-before-2026-11-28"])
+def test_an_entry_from_another_writer_reads_the_same_as_text_or_as_a_map(as_map: bool) -> None:
+    alice, _, carol = signed_group()
+    doc: Doc[Any] = Doc()
+    doc.apply_update(alice.diff())
+    before = doc.get_state()
+    post_as(doc, alice.id, ALICE, "alice", "written by hand", as_map=as_map)
+    assert isinstance(doc.get("streams", type=Map)[f"{ALICE.peer_id}/0"][0], dict) == as_map
+    assert texts_of(carol.apply_remote(doc.get_update(before)).entries) == ["written by hand"]
+    assert shown(carol) == [(ALICE.peer_id, "written by hand")]
+
+
 def test_a_head_signed_by_someone_else_is_not_the_authors() -> None:
     alice, bob, carol = signed_group()
     post(alice, "hello", bob, carol)
     value = _chained_to_alices_head(alice, 1)
     entry = StreamEntry(ALICE.peer_id, 1, Posted("forgedforged01", 1_800_000_000_000, "alice", Text("pay bob")))
-    link = link_of(StreamEntry(ALICE.peer_id, 1, entry.op, base64.urlsafe_b64decode(value["p"] + "==")))
+    link = link_of(StreamEntry(ALICE.peer_id, 1, entry.op, base64.urlsafe_b64decode(json.loads(value)["p"] + "==")))
     assert link is not None
     by_bob = sign_head(BOB, alice.id, Head(1, link, 1, 1, 1_800_000_000_000)).record
     with pytest.raises(SchemaError, match="not by its author"):
@@ -248,9 +261,9 @@ def test_a_replaced_entry_keeps_its_place_in_the_chain() -> None:
     alice, bob, carol = signed_group()
     written = alice.post(Text("secret"), "alice")
     assert written.message_id is not None
-    original = stream_values(alice, ALICE.peer_id)[0]
+    original = json.loads(stream_values(alice, ALICE.peer_id)[0])
     alice.delete(written.message_id)
-    tombstone = stream_values(alice, ALICE.peer_id)[0]
+    tombstone = json.loads(stream_values(alice, ALICE.peer_id)[0])
     assert tombstone["o"] == "tombstone"
     assert "secret" not in str(tombstone)
     assert tombstone["p"] == original["p"]

@@ -5,12 +5,12 @@ Document layout (root types of the pycrdt ``Doc``)::
     meta     Map   id, kind, title, created_at, retention_days, charter? (signed: see ``signed``)
     members  Map   peer id -> {nick, role, since, left?, removed?, by?, key?, sig?}
                    (members are never deleted; signed records: see ``signed``)
-    streams  Map   "<author>/<bucket>" -> Array of at most BUCKET_SIZE plain op dicts
+    streams  Map   "<author>/<bucket>" -> Array of at most BUCKET_SIZE ops as JSON text (see ``ops``)
     acks     Map   "<member>/<delivered|read>/<author>" -> highest seq of author's stream
     heads    Map   author -> its signed stream head (signed conversations: see ``chain``)
 
 Why this shape: pycrdt slows down with long arrays and with arrays of nested maps, so each
-author appends plain values to its own short buckets; nobody else ever writes there, so a
+author appends plain strings to its own short buckets; nobody else ever writes there, so a
 stream position is stable and receipts can name it. Receipts are per-author counters that
 only their member writes and that only grow, so they converge and never shift under
 concurrent inserts. Finding what a remote update brought costs one length check per

@@ -1,12 +1,17 @@
 """The operations an author appends to its own stream, and their stored form.
 
 Every peer writes only into its own stream (``streams["<author>/<bucket>"]``, arrays of at
-most ``BUCKET_SIZE`` plain dicts), so a stream position ``seq`` names one operation forever:
+most ``BUCKET_SIZE`` entries), so a stream position ``seq`` names one operation forever:
 ``seq = bucket * BUCKET_SIZE + index``. Posting, editing, deleting and reacting are all
 appended operations; a deletion also overwrites the deleted post and its edits in place
 with a ``Tombstone`` (for the post) and ``Redacted`` (for its edits) so their content leaves the document.
 
-Values from remote peers are untrusted: ``parse_op`` accepts only what ``encode_op``
+An entry is stored as the compact JSON text of its fields, not as a Yjs map: yrs holds a
+map value as a hash map with each key and string allocated apart, about 1.6 KB a message
+against 0.2 KB for the same fields as one string, and applies text ten times faster.
+Entries written before 2026-11-28 are maps of the same fields and read the same.
+
+Values from remote peers are untrusted: ``parse_entry`` accepts only what ``encode_op``
 produces and raises ``SchemaError`` for anything else.
 """
 
@@ -33,6 +38,8 @@ _ANCHOR_CHARS = 88  # an Ed25519 signature in base64
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # ``canonical_op``'s form; json.dumps would build an encoder per call (a catch-up hashes 10^5 ops)
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_STORED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_STORED_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +143,8 @@ def split_bucket_key(key: str) -> tuple[str, int]:
 
 def encode_op(
     op: Op, seq: int, prev: bytes | None = None, sealed: bytes | None = None, anchor: bytes | None = None
-) -> dict[str, Any]:
-    """The plain value stored for ``op`` at ``seq`` in its author's stream, with the chain
+) -> str:
+    """The JSON text stored for ``op`` at ``seq`` in its author's stream, with the chain
     fields of a signed conversation (see ``StreamEntry``).
 
     The value names its own sequence number because its position in the bucket can lie
@@ -151,7 +158,7 @@ def encode_op(
         value["h"] = _encode_link(sealed)
     if anchor is not None:
         value["g"] = base64.b64encode(anchor).decode("ascii")
-    return value
+    return _STORED.encode(value)
 
 
 def canonical_op(op: Op, seq: int) -> bytes:
@@ -180,8 +187,7 @@ def _op_fields(op: Op, content: Callable[[Content], tuple[str, dict[str, Any]]])
 
 def parse_entry(author: str, bucket: int, raw: object) -> StreamEntry:
     """Rebuild the entry stored in ``author``'s bucket ``bucket``, or raise ``SchemaError``."""
-    if not isinstance(raw, dict):
-        raise SchemaError("stream entry is not a map")
+    raw = _stored_fields(raw)
     first = bucket * BUCKET_SIZE
     seq = parse_whole(raw.get("s"), first, first + BUCKET_SIZE, f"sequence number in bucket {bucket}")
     prev, sealed, anchor = raw.get("p"), raw.get("h"), raw.get("g")
@@ -193,6 +199,18 @@ def parse_entry(author: str, bucket: int, raw: object) -> StreamEntry:
         None if sealed is None else _decode_link(sealed),
         None if anchor is None else _decode_anchor(anchor),
     )
+
+
+def _stored_fields(raw: object) -> dict[str, Any]:
+    """The fields of a stored entry: JSON text, or a map as written before 2026-11-28."""
+    if isinstance(raw, str):
+        try:
+            raw = _STORED_DECODER.decode(raw)
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+            raise SchemaError("stream entry is not JSON") from None
+    if not isinstance(raw, dict):
+        raise SchemaError("stream entry is not an object")
+    return raw
 
 
 def _encode_link(link: bytes) -> str:
@@ -220,10 +238,8 @@ def _decode_link(value: object) -> bytes:
     return link
 
 
-def parse_op(raw: object) -> Op:
-    """Rebuild an operation from its stored value, or raise ``SchemaError``."""
-    if not isinstance(raw, dict):
-        raise SchemaError("stream entry is not a map")
+def parse_op(raw: dict[str, Any]) -> Op:
+    """Rebuild an operation from a stored entry's fields, or raise ``SchemaError``."""
     name = raw.get("o")
     target = check_id(raw.get("i"), "message id")
     if name == "redacted":

@@ -89,11 +89,22 @@ function posts (doc) {
   for (const [key, bucket] of doc.getMap('streams').entries()) {
     if (!(bucket instanceof Y.Array)) continue
     const author = key.slice(0, key.lastIndexOf('/'))
-    for (const op of bucket.toArray()) {
+    for (const value of bucket.toArray()) {
+      const op = storedFields(value)
       if (op !== null && typeof op === 'object' && op.o === 'post') found.push({ author, op })
     }
   }
   return found.sort((a, b) => a.op.t - b.op.t || (a.op.i < b.op.i ? -1 : a.op.i > b.op.i ? 1 : 0))
+}
+
+/** A stream entry's fields: stored as JSON text (a map in documents written before 2026-11-28). */
+function storedFields (value) {
+  if (typeof value !== 'string') return value
+  try {
+    return JSON.parse(value)
+  } catch {
+    return null
+  }
 }
 
 /** Resolves once ``condition()`` holds, checked after every change of ``doc``. */
@@ -178,7 +189,7 @@ const op = {
 const prev = link16('gigi-crdt stream v1\0', options.room, '\0', member) // the stream's genesis
 const l = link16(prev, link16(canonical(op))).toString('base64')
 doc.transact(() => {
-  streams.set(key, Y.Array.from([{ ...op, p: prev.toString('base64url') }]))
+  streams.set(key, Y.Array.from([JSON.stringify({ ...op, p: prev.toString('base64url') })]))
   // The head comes last: it names this client's clock after the transaction, itself included.
   const k = Y.getState(doc.store, doc.clientID) + 1
   const fields = { s: 0, l, c: doc.clientID, k, t: op.t }
