@@ -15,6 +15,7 @@ import gigi_crdt.model.conversation as conversation_module
 import gigi_crdt.model.slices as slices_module
 import gigi_crdt.replica as replica_module
 import gigi_crdt.store.compaction as compaction_module
+import gigi_crdt.store.store as store_module
 import gigi_crdt.store.worker as worker_module
 from gigi_crdt import Text
 from gigi_crdt.model import Changes, Conversation, ReceiptKind
@@ -344,7 +345,11 @@ async def test_a_damaged_plan_loads_its_update_whole(
     assert any("slice plan" in record.message and "damaged" in record.message for record in caplog.records)
 
 
-def test_a_plan_goes_only_beside_the_update_it_was_made_for(tmp_path: Any, history: tuple[bytes, bytes]) -> None:
+@pytest.mark.parametrize("bound_blob_bytes", [store_module.BOUND_BLOB_BYTES, 0], ids=["bound", "blob-io"])
+def test_a_plan_goes_only_beside_the_update_it_was_made_for(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, history: tuple[bytes, bytes], bound_blob_bytes: int
+) -> None:
+    monkeypatch.setattr(store_module, "BOUND_BLOB_BYTES", bound_blob_bytes)  # 0: every update written as a blob
     whole, merged = history
     plan = check_update(whole, slice_bytes=300).slices
     assert plan is not None
@@ -353,7 +358,7 @@ def test_a_plan_goes_only_beside_the_update_it_was_made_for(tmp_path: Any, histo
     try:
         store.commit([Record(doc.id, merged, Changes(), doc.metadata(), list(doc.members().values()))])
         store.set_slice_plan(doc.id, whole, plan)  # planned for a snapshot since replaced by ``merged``
-        assert [row.slices for row in store.load_log(doc.id)] == [None]
+        assert [(row.update, row.slices) for row in store.load_log(doc.id)] == [(merged, None)]
         fitting = check_update(merged, slice_bytes=300).slices
         assert fitting is not None
         store.set_slice_plan(doc.id, merged, fitting)
@@ -367,5 +372,12 @@ def test_a_plan_goes_only_beside_the_update_it_was_made_for(tmp_path: Any, histo
         store.commit([Record(doc.id, whole, Changes(), waiting=True)])
         store.set_slice_plan(doc.id, whole, plan)
         assert [(row.waiting, row.slices) for row in store.load_log(doc.id)][1] == (True, None)
+        # A compaction's swap writes the snapshot and what came after it again.
+        store.replace_log(doc.id, 0, whole, False)
+        assert [(row.update, row.waiting) for row in store.load_log(doc.id)] == [
+            (whole, False),
+            (merged, False),
+            (whole, True),
+        ]
     finally:
         store.close()

@@ -41,6 +41,11 @@ COMPACTION_RATIO = 0.25
 # missing the pauses between commits that let the log start over.
 WRITER_AUTOCHECKPOINT = 2000
 WAITING = b"waiting"  # yupdates.metadata of an update that left structs waiting for a dependency
+# Updates above this size are written through incremental blob I/O, not bound to the
+# INSERT: SQLite keeps a statement's last bound values until it runs again, and Python
+# caches statements, so a 16 MB snapshot bound once stayed resident, a copy per cached
+# statement, until the next such write (a 50 MB blob: 50 MB held, measured).
+BOUND_BLOB_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +146,7 @@ class Store:
             raise UnknownConversation(f"conversation {record.conversation} has no metadata yet")
         known.add(record.conversation)
         if record.update:
-            db.execute(
-                "INSERT INTO yupdates VALUES (?, ?, ?, ?)",
-                (record.conversation, record.update, _row_metadata(record.waiting, record.slices), time.time()),
-            )
+            _insert_update(db, record.conversation, record.update, _row_metadata(record.waiting, record.slices))
             # A conversation's first update (often a whole catch-up) counts as its snapshot;
             # later ones as log. Deletions are counted: only they leave garbage to collect.
             db.execute(
@@ -217,7 +219,8 @@ class Store:
             db.execute("DELETE FROM ycheckpoints WHERE path = ?", (conversation,))
             now = time.time()
             rows = [(snapshot, None, now)] + ([(waiting, WAITING, now)] if waiting else []) + later
-            db.executemany("INSERT INTO yupdates VALUES (?, ?, ?, ?)", [(conversation, *row) for row in rows])
+            for row in rows:
+                _insert_update(db, conversation, *row)
             remaining = sum(len(row[0]) for row in rows[1:])
             db.execute(
                 "UPDATE conversations SET log_bytes = ?, snapshot_bytes = ?, "
@@ -230,12 +233,15 @@ class Store:
         still does (a compaction may have replaced it since it was planned), in place of a
         damaged plan if it had one, never of the mark of a row that left structs waiting.
         The row is found by its bytes, not its row id: SQLite gives a deleted row's id to
-        the next."""
+        the next. The bytes are compared here, not bound (see ``BOUND_BLOB_BYTES``)."""
         with self._transaction() as db:
-            db.execute(
-                "UPDATE yupdates SET metadata = ? WHERE path = ? AND yupdate = ? AND metadata IS NOT ?",
-                (encode_plan(slices), conversation, update, WAITING),
-            )
+            candidates = db.execute(
+                "SELECT rowid, yupdate FROM yupdates WHERE path = ? AND length(yupdate) = ? AND metadata IS NOT ?",
+                (conversation, len(update), WAITING),
+            ).fetchall()
+            for rowid, stored in candidates:
+                if stored == update:
+                    db.execute("UPDATE yupdates SET metadata = ? WHERE rowid = ?", (encode_plan(slices), rowid))
 
     def purge_expired(self, conversation: str, before_ts: int) -> int:
         """Apply a retention cut to the index; returns how many messages left it."""
@@ -338,6 +344,22 @@ def stored_state_vector(db: sqlite3.Connection, conversation: str) -> bytes | No
     """
     row = db.execute("SELECT state_vector FROM conversations WHERE id = ?", (conversation,)).fetchone()
     return None if row is None or row[0] is None else bytes(row[0])
+
+
+def _insert_update(
+    db: sqlite3.Connection, conversation: str, update: bytes, metadata: bytes | None, timestamp: float | None = None
+) -> None:
+    """Append ``update`` to a conversation's log, a large one without binding it."""
+    when = time.time() if timestamp is None else timestamp
+    if len(update) <= BOUND_BLOB_BYTES:
+        db.execute("INSERT INTO yupdates VALUES (?, ?, ?, ?)", (conversation, update, metadata, when))
+        return
+    cursor = db.execute(
+        "INSERT INTO yupdates VALUES (?, zeroblob(?), ?, ?)", (conversation, len(update), metadata, when)
+    )
+    assert cursor.lastrowid is not None  # an INSERT sets it
+    with db.blobopen("yupdates", "yupdate", cursor.lastrowid) as blob:
+        blob.write(update)
 
 
 def _row_metadata(waiting: bool, slices: SlicePlan | None) -> bytes | None:
