@@ -399,7 +399,7 @@ def _any_values(data: bytes, pos: int, count: int, limits: UpdateLimits, records
     """Skip ``count`` lib0 Any values (decoding.js readAny), each bounded in size and depth;
     keep in ``records`` those that are maps of ``RECORD_ENTRIES`` entries.
 
-    This is the hot loop of a large sync (message bodies are Any maps), so it reads without
+    This is the hot loop of a large sync (every entry is an Any value), so it reads without
     recursion or helper calls: the innermost open container is kept in ``left``/``in_map``
     and the outer ones on ``outer``. Map keys are untagged strings, read inline.
     """
