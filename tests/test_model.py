@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import weakref
 
@@ -266,6 +267,32 @@ def test_schema_violating_remote_entries_are_skipped_with_a_warning(caplog: pyte
 def test_a_stored_entry_that_is_not_a_json_object_is_a_schema_error(stored: object) -> None:
     with pytest.raises(SchemaError, match="stream entry is not"):
         parse_entry(ALICE, 0, stored)
+
+
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
+    max_leaves=12,
+)
+_ENTRY_FIELDS = st.fixed_dictionaries(
+    {
+        "s": st.integers(-2, 300) | _ANY_JSON,
+        "o": st.sampled_from(["post", "edit", "delete", "react", "tombstone", "redacted"]) | _ANY_JSON,
+        "i": st.just("message-00000001") | _ANY_JSON,
+    },
+    optional={key: st.just("text") | _ANY_JSON for key in ("t", "n", "k", "c", "d", "e", "on", "p", "h", "g")},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=_ENTRY_FIELDS, cut=st.integers(0, 400), as_text=st.booleans())
+def test_any_stored_entry_is_an_entry_or_a_schema_error(fields: dict[str, object], cut: int, as_text: bool) -> None:
+    stored = json.dumps(fields)[:cut] if as_text else fields  # text cut anywhere, or a map as before
+    try:
+        entry = parse_entry(ALICE, 0, stored)
+    except SchemaError:
+        return
+    assert 0 <= entry.seq < BUCKET_SIZE
 
 
 def test_an_entry_missing_below_the_cursor_is_reported_when_it_shows_up() -> None:

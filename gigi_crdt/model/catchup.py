@@ -105,12 +105,6 @@ def deletions_past(deletes: Mapping[int, Sequence[tuple[int, int]]], have: Mappi
     return {client: end for client, end in ends.items() if end > have.get(client, 0)}
 
 
-def struct_ends(update: bytes) -> dict[int, int]:
-    """Per client, the clock after the update's last struct (pycrdt's ``get_state`` of an
-    update names only clients whose structs start at clock 0)."""
-    return _ends(_decoded(update))
-
-
 def _ends(decoded: DecodedUpdate) -> dict[int, int]:
     return {client: structs[-1].clock + structs[-1].length for client, structs in decoded.clients.items()}
 
@@ -150,8 +144,10 @@ class RecentUpdates:
         self._bytes = 0
 
     def add(self, update: bytes, ends: Mapping[int, int], state_vector: bytes, pending: Pending | None) -> None:
-        """Keep ``update`` (``ends``: its ``struct_ends``), applied or written by a document
-        now at ``state_vector``; ``pending`` is what the document holds unintegrated:
+        """Keep ``update`` (``ends``: per client, the clock after its last struct; pycrdt's
+        ``get_state`` of an update names only clients whose structs start at clock 0),
+        applied or written by a document now at ``state_vector``; ``pending`` is what the
+        document holds unintegrated:
         carried over a new start, as the base does not count it, yet once integrated a peer
         covering the base may lack it.
 

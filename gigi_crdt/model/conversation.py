@@ -35,11 +35,11 @@ from pycrdt import Array, Doc, Map, Transaction, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
 from ..signatures import Signer
-from .catchup import Pending, RecentUpdates, covers, merge_pending, struct_ends, unintegrated
+from .catchup import Pending, RecentUpdates, covers, merge_pending, unintegrated
 from .chain import AnchorCheck, Chain, commitment, genesis, is_anchor_seq, link_of, verified_entries
 from .clock import TICKS_PER_MS, HybridClock
 from .content import Content, GroupInvite
-from .gaps import Logged, PastGaps, has_gaps, load_document
+from .gaps import Logged, PastGaps, has_gaps, load_document, spans_of
 from .metadata import (
     ConversationKind,
     Member,
@@ -704,9 +704,10 @@ class Conversation:
             self._remember_written()
             self._writing = False
         had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
-        gappy = summary is None or has_gaps(summary, clocks_of(self.state_vector()))
+        spans = spans_of(update, summary)  # decoded once, if no check did it
+        gappy = has_gaps(spans, clocks_of(self.state_vector()))
         self._past_gaps.integrate(update, gappy=gappy, slices=None if summary is None else summary.slices)
-        ends = struct_ends(update) if summary is None else {c: w.clocks[1] for c, w in summary.clients.items()}
+        ends = {client: span.end for client, span in spans.items()}
         self._recent.add(update, ends, self.state_vector(), self._waiting)
         merged = bool(self._outbox)  # yrs emits an update only for a transaction that changed something
         self._outbox.clear()  # never echo a remote update back

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from pycrdt import Doc, merge_updates
 
 from .slices import NOTHING, SlicePlan, joined, section_of, sliced
-from .ydecode import SKIP, clocks_of, decode_with_offsets
+from .ydecode import SKIP, clocks_of, decode_update, decode_with_offsets
 from .yupdate import UpdateSummary
 
 
@@ -40,10 +40,30 @@ class Cut:
     """Per client held, the clock the document must reach before its structs can go in."""
 
 
-def has_gaps(summary: UpdateSummary, state: Mapping[int, int]) -> bool:
-    """Whether the update ``summary`` describes holds structs past a gap for a document at
-    clocks ``state``: a client's section starts past the document's clock, or skips clocks."""
-    return any(writes.skips or writes.clocks[0] > state.get(client, 0) for client, writes in summary.clients.items())
+class Span(NamedTuple):
+    """One client's structs in an update: the clock of the first, the clock after the last,
+    and whether Skip structs leave clocks out between them."""
+
+    first: int
+    end: int
+    skips: bool
+
+
+def spans_of(update: bytes, summary: UpdateSummary | None = None) -> dict[int, Span]:
+    """Per client, its ``Span`` in ``update``: from the ``summary`` ``check_update`` made of
+    it if at hand, else decoded (``UnsafeUpdate`` if it does not decode)."""
+    if summary is not None:
+        return {client: Span(*writes.clocks, bool(writes.skips)) for client, writes in summary.clients.items()}
+    return {
+        client: Span(structs[0].clock, structs[-1].clock + structs[-1].length, any(s.kind == SKIP for s in structs))
+        for client, structs in decode_update(update).clients.items()
+    }
+
+
+def has_gaps(spans: Mapping[int, Span], state: Mapping[int, int]) -> bool:
+    """Whether an update of these ``spans`` holds structs past a gap for a document at
+    clocks ``state``: a client's structs start past the document's clock, or skip clocks."""
+    return any(span.skips or span.first > state.get(client, 0) for client, span in spans.items())
 
 
 def cut_at_gaps(update: bytes, state: Mapping[int, int]) -> Cut:
