@@ -236,8 +236,6 @@ class StoreWorker:
         slices (``Store.set_slice_plan``); return once every plan requested so far is stored
         or given up."""
         async with self._planning:
-            if not self._plans_wanted:
-                return
             while self._plans_wanted:
                 conversation, snapshot = self._plans_wanted.popitem()
                 # Half a million decoded structs: collected once at the end, not every few ms.
@@ -248,8 +246,6 @@ class StoreWorker:
                     await self.write(self.store.set_slice_plan, conversation, snapshot, slices)
                 except GigiError as exc:  # it loads whole, as without a plan: nothing is lost
                     log.warning("storing the slice plan of %s failed: %s", conversation, exc)
-            # The decoded structs were freed in a worker thread's arena, as a compaction's are.
-            await trio.to_thread.run_sync(release_free_memory)
 
     async def _compact_requested(self) -> None:
         while True:
