@@ -260,8 +260,10 @@ async def test_schema_less_database_in_place_is_corrupt_not_recreated(tmp_path: 
 
 
 # What each older version lacked, undone on a current database to make one.
-# Version 3 kept no state vectors beside the log.
-_TO_3 = "ALTER TABLE conversations DROP COLUMN state_vector; "
+# Version 4 kept no stream seq beside a message's shown edit.
+_TO_4 = "ALTER TABLE messages DROP COLUMN edit_seq; "
+# Version 3 kept no state vectors beside the log either.
+_TO_3 = _TO_4 + "ALTER TABLE conversations DROP COLUMN state_vector; "
 OLDER_VERSIONS = {
     # Version 1 had no ``removed`` column in ``members`` and kept a text's fields as JSON
     # (now its body alone), which is still read.
@@ -270,6 +272,7 @@ OLDER_VERSIONS = {
     # Version 2 kept no signed records.
     2: _TO_3 + "DROP TABLE signed_records;",
     3: _TO_3,
+    4: _TO_4,
 }
 
 
@@ -292,10 +295,13 @@ async def test_an_older_database_is_migrated_in_place(tmp_path: Path, version: i
         text = "hello, from JSON" if version == 1 else "hello"
         assert [m.content for m in await replica.history(conversation)] == [Text(text)]
         assert not replica.is_loaded(conversation)
-        await replica.state_vector(conversation)  # not stored by the older version: learnt by loading
-        assert replica.is_loaded(conversation)
+        await replica.state_vector(conversation)  # versions before 4 stored none: learnt by loading
+        assert replica.is_loaded(conversation) == (version < 4)
         await replica.remove_member(conversation, "other-peer-1")  # stores the signed records it holds
         assert (await replica.members(conversation))["other-peer-1"].removed
+        (message,) = await replica.history(conversation)
+        await replica.edit(conversation, message.id, Text("edited"))  # a message's edit keeps its seq
+        assert [m.content for m in await replica.history(conversation)] == [Text("edited")]
         state = await replica.state_vector(conversation)
     async with open_replica(data_dir, nickname="me", signer=identity) as replica:
         assert await replica.state_vector(conversation) == state  # stored with the last write

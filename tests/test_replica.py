@@ -48,7 +48,7 @@ from gigi_crdt.replica import (
     RETENTION_EVERY,
     RETENTION_FIRST,
 )
-from gigi_crdt.store import Record, Store, compaction, worker
+from gigi_crdt.store import Record, Store, compaction, index, worker
 from gigi_crdt.store.compaction import build_snapshot, still_waiting
 from gigi_crdt.store.database import DATABASE_NAME
 
@@ -976,6 +976,29 @@ def test_updates_committed_while_a_log_is_compacted_stay_after_its_snapshot(tmp_
         assert texts(Conversation.from_log(stored, "bob-peer-0002", clock).history()) == ["one", "two"]
     finally:
         store.close()
+
+
+def test_an_edit_indexed_after_a_later_one_of_the_same_message_does_not_replace_it(tmp_path: Path) -> None:
+    # A signed stream releases an author's entries from its head down, so an edit that was
+    # missing can reach the index after a later one (seen in the harness, seed 4): the
+    # index must show the latest edit, as the document does, whatever the arrival order.
+    clock = HybridClock(itertools.count(1_700_000_000_000).__next__)
+    doc, created = Conversation.create(
+        kind=ConversationKind.GROUP, title="g", local_peer="alice-peer-0001", nickname="a", clock=clock
+    )
+    posted = doc.post(Text("original"), "a")
+    assert posted.message_id is not None
+    first, second = (doc.edit(posted.message_id, Text(text)) for text in ("first edit", "second edit"))
+    store = Store.open(tmp_path)
+    try:
+        store.commit([Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))])
+        store.commit([Record(doc.id, posted.update, posted.changes)])
+        store.commit([Record(doc.id, second.update, second.changes)])
+        store.commit([Record(doc.id, first.update, first.changes)])  # found late
+        (shown,) = store.query(lambda db: index.all_messages(db, doc.id))
+    finally:
+        store.close()
+    assert [m.content for m in doc.history()] == [shown.content] == [Text("second edit")]
 
 
 @pytest.mark.parametrize("signed", [False, True])

@@ -22,7 +22,7 @@ from ..errors import StorageError, StoreCorrupt, StoreFull, StoreInUse, StoreRea
 
 DATABASE_NAME = "gigi.sqlite3"
 LOCK_NAME = "gigi.lock"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 YSTORE_VERSION = 2  # pycrdt.store.BaseYStore.version
 
 # Signed records (member records, charters) held as the newest valid ones seen: not derived
@@ -52,7 +52,7 @@ CREATE TABLE members (
 CREATE TABLE messages (
     conv TEXT NOT NULL, id TEXT NOT NULL, author TEXT NOT NULL, seq INTEGER NOT NULL,
     nickname TEXT NOT NULL, ts INTEGER NOT NULL, kind TEXT, content TEXT, body TEXT,
-    edited_at INTEGER, deleted_at INTEGER, UNIQUE (conv, id));
+    edited_at INTEGER, deleted_at INTEGER, edit_seq INTEGER, UNIQUE (conv, id));
 CREATE INDEX messages_order ON messages (conv, ts, id);
 CREATE INDEX messages_unread ON messages (conv, author, seq) WHERE deleted_at IS NULL;
 CREATE TABLE reactions (
@@ -84,11 +84,13 @@ END;
 # From each older version straight to SCHEMA_VERSION, in one transaction.
 _ADD_REMOVED = "ALTER TABLE members ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;"
 _ADD_STATE_VECTOR = "ALTER TABLE conversations ADD COLUMN state_vector BLOB;"  # NULL: load to learn it
+_ADD_EDIT_SEQ = "ALTER TABLE messages ADD COLUMN edit_seq INTEGER;"  # NULL: any edit may replace the shown one
 _TO_CURRENT = f"UPDATE gigi_settings SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
 _MIGRATIONS = {
-    1: _ADD_REMOVED + _SIGNED_RECORDS + _ADD_STATE_VECTOR + _TO_CURRENT,
-    2: _SIGNED_RECORDS + _ADD_STATE_VECTOR + _TO_CURRENT,
-    3: _ADD_STATE_VECTOR + _TO_CURRENT,
+    1: _ADD_REMOVED + _SIGNED_RECORDS + _ADD_STATE_VECTOR + _ADD_EDIT_SEQ + _TO_CURRENT,
+    2: _SIGNED_RECORDS + _ADD_STATE_VECTOR + _ADD_EDIT_SEQ + _TO_CURRENT,
+    3: _ADD_STATE_VECTOR + _ADD_EDIT_SEQ + _TO_CURRENT,
+    4: _ADD_EDIT_SEQ + _TO_CURRENT,
 }
 
 

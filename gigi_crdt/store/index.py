@@ -141,9 +141,13 @@ def _record_change(db: sqlite3.Connection, conv: str, author: str, seq: int, op:
     if row is None:
         return
     if isinstance(op, Edited):
+        # The newest edit stays shown, as in the document, whichever came last: a signed
+        # stream releases an author's entries from the head down, so an edit can come
+        # after a later one of the same message (an entry that was missing, found later).
         db.execute(
-            "UPDATE messages SET kind = ?, content = ?, body = ?, edited_at = ? WHERE rowid = ?",
-            (*_content_columns(op.content), op.timestamp, row),
+            "UPDATE messages SET kind = ?, content = ?, body = ?, edited_at = ?, edit_seq = ? "
+            "WHERE rowid = ? AND (edit_seq IS NULL OR edit_seq < ?)",
+            (*_content_columns(op.content), op.timestamp, seq, row, seq),
         )
     else:
         db.execute(
