@@ -260,8 +260,8 @@ async def test_schema_less_database_in_place_is_corrupt_not_recreated(tmp_path: 
 
 
 # What each older version lacked, undone on a current database to make one.
-# Version 4 kept no stream seq beside a message's shown edit.
-_TO_4 = "ALTER TABLE messages DROP COLUMN edit_seq; "
+# Version 4 kept no stream seq beside a message's shown edit, nor early changes.
+_TO_4 = "ALTER TABLE messages DROP COLUMN edit_seq; DROP TABLE early_changes; "
 # Version 3 kept no state vectors beside the log either.
 _TO_3 = _TO_4 + "ALTER TABLE conversations DROP COLUMN state_vector; "
 OLDER_VERSIONS = {

@@ -1001,6 +1001,37 @@ def test_an_edit_indexed_after_a_later_one_of_the_same_message_does_not_replace_
     assert [m.content for m in doc.history()] == [shown.content] == [Text("second edit")]
 
 
+@pytest.mark.parametrize("last", ["edit", "deletion"])
+def test_a_change_indexed_before_its_post_applies_when_the_post_comes(tmp_path: Path, last: str) -> None:
+    # The same release order with the post missing: its edits (or its deletion) come first.
+    clock = HybridClock(itertools.count(1_700_000_000_000).__next__)
+    doc, created = Conversation.create(
+        kind=ConversationKind.GROUP, title="g", local_peer="alice-peer-0001", nickname="a", clock=clock
+    )
+    posted = doc.post(Text("original"), "a")
+    assert posted.message_id is not None
+    changes = [doc.edit(posted.message_id, Text("edited"))]
+    changes.append(
+        doc.edit(posted.message_id, Text("edited again")) if last == "edit" else doc.delete(posted.message_id)
+    )
+    store = Store.open(tmp_path)
+    try:
+        store.commit([Record(doc.id, created.update, created.changes, doc.metadata(), list(doc.members().values()))])
+        for written in reversed(changes):
+            store.commit([Record(doc.id, written.update, written.changes)])
+        assert store.query(lambda db: index.all_messages(db, doc.id)) == []
+        store.commit([Record(doc.id, posted.update, posted.changes)])
+        shown = store.query(lambda db: index.all_messages(db, doc.id))
+        held = store.query(lambda db: db.execute("SELECT count(*) FROM early_changes").fetchone()[0])
+    finally:
+        store.close()
+    assert [(m.content, m.deleted_at is None) for m in shown] == [
+        (m.content, m.deleted_at is None) for m in doc.history()
+    ]
+    assert shown[0].content == (Text("edited again") if last == "edit" else None)
+    assert held == 0
+
+
 @pytest.mark.parametrize("signed", [False, True])
 async def test_a_message_whose_redaction_waits_leaves_the_index_until_it_comes(tmp_path: Path, signed: bool) -> None:
     alice_key, bob_key = (Identity.generate(), Identity.generate()) if signed else (None, None)

@@ -33,6 +33,14 @@ CREATE TABLE signed_records (
     PRIMARY KEY (conv, root, key)) WITHOUT ROWID;
 """
 
+# Edits and deletions that reached the index before the post they change (an author's
+# entries can come from its head down: see ``index._record_change``), until it comes.
+_EARLY_CHANGES = """
+CREATE TABLE early_changes (
+    conv TEXT NOT NULL, target TEXT NOT NULL, author TEXT NOT NULL, seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL, op TEXT NOT NULL, PRIMARY KEY (conv, target, author, seq)) WITHOUT ROWID;
+"""
+
 _SCHEMA = (
     """
 CREATE TABLE yupdates (path TEXT NOT NULL, yupdate BLOB, metadata BLOB, timestamp REAL NOT NULL);
@@ -79,18 +87,20 @@ CREATE TRIGGER message_text_update AFTER UPDATE OF body ON messages BEGIN
 END;
 """
     + _SIGNED_RECORDS
+    + _EARLY_CHANGES
 )
 
 # From each older version straight to SCHEMA_VERSION, in one transaction.
 _ADD_REMOVED = "ALTER TABLE members ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;"
 _ADD_STATE_VECTOR = "ALTER TABLE conversations ADD COLUMN state_vector BLOB;"  # NULL: load to learn it
-_ADD_EDIT_SEQ = "ALTER TABLE messages ADD COLUMN edit_seq INTEGER;"  # NULL: any edit may replace the shown one
+# Version 5: the seq of a message's shown edit (NULL: any edit may replace it), early changes.
+_ADD_EDIT_ORDER = "ALTER TABLE messages ADD COLUMN edit_seq INTEGER;" + _EARLY_CHANGES
 _TO_CURRENT = f"UPDATE gigi_settings SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
 _MIGRATIONS = {
-    1: _ADD_REMOVED + _SIGNED_RECORDS + _ADD_STATE_VECTOR + _ADD_EDIT_SEQ + _TO_CURRENT,
-    2: _SIGNED_RECORDS + _ADD_STATE_VECTOR + _ADD_EDIT_SEQ + _TO_CURRENT,
-    3: _ADD_STATE_VECTOR + _ADD_EDIT_SEQ + _TO_CURRENT,
-    4: _ADD_EDIT_SEQ + _TO_CURRENT,
+    1: _ADD_REMOVED + _SIGNED_RECORDS + _ADD_STATE_VECTOR + _ADD_EDIT_ORDER + _TO_CURRENT,
+    2: _SIGNED_RECORDS + _ADD_STATE_VECTOR + _ADD_EDIT_ORDER + _TO_CURRENT,
+    3: _ADD_STATE_VECTOR + _ADD_EDIT_ORDER + _TO_CURRENT,
+    4: _ADD_EDIT_ORDER + _TO_CURRENT,
 }
 
 
