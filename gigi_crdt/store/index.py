@@ -156,14 +156,15 @@ def _record_change(db: sqlite3.Connection, conv: str, author: str, seq: int, op:
             (conv, op.target, op.emoji, author, seq, int(op.on)),
         )
         return
-    row = _own_live_row(db, conv, op.target, author)
-    if row is None:
-        if not db.execute("SELECT 1 FROM messages WHERE conv = ? AND id = ?", (conv, op.target)).fetchone():
-            # Its post has not come yet (or expired: then it goes with the retention cut).
-            db.execute(
-                "INSERT OR IGNORE INTO early_changes VALUES (?, ?, ?, ?, ?, ?)",
-                (conv, op.target, author, seq, op.timestamp, encode_op(op, seq)),
-            )
+    found = _message_row(db, conv, op.target, author)
+    if found is None:  # its post has not come yet (or expired: then it goes with the retention cut)
+        db.execute(
+            "INSERT OR IGNORE INTO early_changes VALUES (?, ?, ?, ?, ?, ?)",
+            (conv, op.target, author, seq, op.timestamp, encode_op(op, seq)),
+        )
+        return
+    row, own_and_live = found
+    if not own_and_live:
         return
     if isinstance(op, Edited):
         # The newest edit stays shown, as in the document, whichever came last: a signed
@@ -182,12 +183,14 @@ def _record_change(db: sqlite3.Connection, conv: str, author: str, seq: int, op:
         )
 
 
-def _own_live_row(db: sqlite3.Connection, conv: str, message_id: str, author: str) -> int | None:
+def _message_row(db: sqlite3.Connection, conv: str, message_id: str, author: str) -> tuple[int, bool] | None:
+    """A message's row id, and whether ``author`` wrote it and it is not deleted (only then
+    may ``author`` change it); ``None`` if the index holds no such message."""
     row = db.execute(
-        "SELECT rowid FROM messages WHERE conv = ? AND id = ? AND author = ? AND deleted_at IS NULL",
-        (conv, message_id, author),
+        "SELECT rowid, author = ? AND deleted_at IS NULL FROM messages WHERE conv = ? AND id = ?",
+        (author, conv, message_id),
     ).fetchone()
-    return None if row is None else int(row[0])
+    return None if row is None else (int(row[0]), bool(row[1]))
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # json.dumps would build one per call
