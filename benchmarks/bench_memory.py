@@ -49,7 +49,7 @@ class Outbox:
     def __init__(self) -> None:
         self.updates: list[bytes] = []
 
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
         if origin is None:
             self.updates.append(update)
 

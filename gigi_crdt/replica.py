@@ -78,8 +78,9 @@ Ts = TypeVarTuple("Ts")
 class UpdateListener(Protocol):
     """Something that must hear of each stored update without ever blocking the writer."""
 
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-        """Take note of ``update``; ``origin`` is the peer it came from, ``None`` if local."""
+    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
+        """Take note of ``update``; ``origin`` is the peer it came from, ``None`` if local;
+        ``reached``: other peers that hold it or were sent it already, as far as we know."""
 
 
 def _wall_ms() -> int:
@@ -270,7 +271,7 @@ class Replica:
         self._in_flight: dict[str, int] = {}  # commits not yet settled, per conversation
         self._commits_begun = self._commits_ended = 0  # reads wait for the commits begun before them
         self._offered = 0  # commits whose updates listeners were told of (``_offer_in_order``)
-        self._committed: dict[int, tuple[str, bytes, str | None] | None] = {}
+        self._committed: dict[int, tuple[str, bytes, str | None, frozenset[str]] | None] = {}
         self._commit_ended = trio.Event()
         self._settled: dict[str, trio.Event] = {}
         self._restored: dict[str, float] = {}  # conversation -> when we last wrote signed records back
@@ -537,6 +538,7 @@ class Replica:
         applied: Callable[[Changes], None] | None = None,
         proving: bool = False,
         heads: Iterable[Mapping[str, object]] = (),
+        reached: Iterable[str] = (),
     ) -> Changes:
         """Merge and persist an update from peer ``origin``, then acknowledge it as delivered.
 
@@ -558,12 +560,15 @@ class Replica:
         messages the update took away (``Changes.vanished_messages``) is known only once
         it is committed.
 
-        ``heads`` are signed heads sent beside the update (``heads_for``).
+        ``heads`` are signed heads sent beside the update (``heads_for``); ``reached``, the
+        peers ``origin`` says hold it or were sent it (listeners need not pass it on to them).
         """
         self._receiving += 1
         try:
             with self._in_use(conversation):
-                return await self._receive(conversation, update, origin, acknowledge, applied, proving, heads)
+                return await self._receive(
+                    conversation, update, origin, acknowledge, applied, proving, heads, frozenset(reached)
+                )
         finally:
             self._receiving -= 1
 
@@ -576,6 +581,7 @@ class Replica:
         applied: Callable[[Changes], None] | None,
         proving: bool,
         heads: Iterable[Mapping[str, object]],
+        reached: frozenset[str],
     ) -> Changes:
         if update == EMPTY_UPDATE and not proving and conversation not in self._conversations:
             # A peer that had nothing for us (a catch-up's usual answer): leave it at rest.
@@ -615,6 +621,7 @@ class Replica:
             Written(update if news else b"", changes),
             conversation,
             origin or "",
+            reached,
             waiting=waiting,
             slices=summary.slices,
         )
@@ -1053,14 +1060,15 @@ class Replica:
         written: Written,
         conversation: str | None = None,
         origin: str | None = None,
+        reached: frozenset[str] = frozenset(),
         *,
         waiting: bool = False,
         slices: SlicePlan | None = None,
     ) -> list[str]:
-        """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None: local);
-        ``waiting``: the update left structs waiting for a dependency; ``slices``: how a
-        load applies it in slices (stored beside it). Returns the ids of the messages the
-        commit took out of the index (``Store.commit``)."""
+        """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None:
+        local), ``reached`` the peers it says hold it too; ``waiting``: the update left structs
+        waiting for a dependency; ``slices``: how a load applies it in slices (stored beside
+        it). Returns the ids of the messages the commit took out of the index (``Store.commit``)."""
         if not written.update and not written.changes:
             return []
         conv = conversation or doc.id
@@ -1091,7 +1099,7 @@ class Replica:
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
         ticket = self._commits_begun
         self._commits_begun += 1
-        committed: tuple[str, bytes, str | None] | None = None
+        committed: tuple[str, bytes, str | None, frozenset[str]] | None = None
         try:
             # The document already holds the change: cancelling now would leave it in memory
             # but not on disk (nor in the index). Commits are short; let this one finish.
@@ -1102,7 +1110,7 @@ class Replica:
             elif written.update:
                 self._state_stored.discard(conv)
             if written.update:
-                committed = (conv, written.update, origin or None)
+                committed = (conv, written.update, origin or None, reached)
         except GigiError:
             # The document holds a change the disk does not: reload it from disk. Writes
             # queued on top of this one fail too (the worker refuses their generation).
@@ -1124,7 +1132,7 @@ class Replica:
                 self._worker.request_compaction(conv)
         return vanished
 
-    def _offer_in_order(self, ticket: int, committed: tuple[str, bytes, str | None] | None) -> None:
+    def _offer_in_order(self, ticket: int, committed: tuple[str, bytes, str | None, frozenset[str]] | None) -> None:
         """Tell listeners of committed updates in the order their changes were made.
 
         Commits end in order, but the tasks waiting on them resume in any order, and an

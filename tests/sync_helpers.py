@@ -139,7 +139,7 @@ class Recorder:
     def __init__(self) -> None:
         self.heard: list[tuple[bytes, str | None]] = []
 
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
         self.heard.append((update, origin))
 
     @property

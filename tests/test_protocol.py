@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gigi_crdt.protocol import (
+    MAX_REACHED,
     NEED_DATA,
     Announce,
     Awareness,
@@ -74,7 +75,7 @@ def event_from_json(data: dict[str, Any]) -> Event:
     if kind == "SyncPart":
         return SyncPart(data["conversation"], bytes.fromhex(data["update"]))
     if kind == "Update":
-        return Update(data["conversation"], bytes.fromhex(data["update"]))
+        return Update(data["conversation"], bytes.fromhex(data["update"]), tuple(data.get("reached", ())))
     if kind == "Awareness":
         entries = tuple(AwarenessEntry(e["client_id"], e["clock"], e["state"]) for e in data["entries"])
         return Awareness(data["conversation"], entries)
@@ -569,3 +570,26 @@ def test_fuzz_heads_beside_a_step2(heads: Any) -> None:
     step2 = vector("sync-step2.hex")
     fields = msgpack.unpackb(step2[4:], raw=False)
     check_total(vector("hello.hex") + frame([*fields, heads]), eof=True)
+
+
+@FUZZ
+@given(reached=st.one_of(st.lists(st.one_of(st.text(max_size=70), head_value), max_size=70), head_value))
+def test_fuzz_reached_beside_an_update(reached: Any) -> None:
+    update = vector("update.hex")
+    fields = msgpack.unpackb(update[4:], raw=False)
+    check_total(vector("hello.hex") + frame([*fields, reached]), eof=True)
+
+
+@pytest.mark.parametrize("count", [MAX_REACHED, MAX_REACHED + 1])
+def test_an_update_names_at_most_max_reached_peers(count: int) -> None:
+    reached = tuple(f"peer-{i:04d}-xyz" for i in range(count))
+    fields = msgpack.unpackb(vector("update.hex")[4:], raw=False)
+    events, code = outcome(vector("hello.hex") + frame([*fields, list(reached)]), byte_by_byte=False, eof=False)
+    if count <= MAX_REACHED:
+        assert code is None
+        assert events[-1] == Update(CONV, events[-1].update, reached)
+        sender = Connection()
+        sender.send(hello_event())
+        assert sender.send(events[-1]) == frame([*fields, list(reached)])
+    else:
+        assert code == CloseCode.PROTOCOL_ERROR

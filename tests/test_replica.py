@@ -87,8 +87,8 @@ class LocalWrites(Recorder):
         super().__init__()
         self.written = trio.Event()
 
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-        super().offer(conversation, update, origin)
+    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
+        super().offer(conversation, update, origin, reached)
         if origin is None:
             self.written.set()
 

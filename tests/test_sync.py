@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import random
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Member, Role
 from gigi_crdt.model.signed import sign_member
-from gigi_crdt.protocol import Limits
+from gigi_crdt.protocol import REACH_CAPABILITY, Connection, Hello, Limits, NeedData, Update
 from gigi_crdt.replica import EMPTY_UPDATE
 from gigi_crdt.store import Record
 from gigi_crdt.sync import (
@@ -258,6 +259,97 @@ async def test_mesh_over_memory_streams_converges(tmp_path: Path, size: int) -> 
                 await node.replica.send(conversation, Text(f"{node.replica.nickname} says {round_}"))
         views = await converged(group, conversation, 3 * size)
         assert all(view == views[0] for view in views)
+        nursery.cancel_scope.cancel()
+
+
+class UpdateLog(trio.abc.Stream):
+    """Passes a stream through, keeping the live updates in the frames sent over it."""
+
+    def __init__(self, inner: trio.abc.Stream, into: list[Update]) -> None:
+        self.inner = inner
+        self.into = into
+        self.pending = b""
+        self.connection = Connection()  # reads frames as the peer will
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.connection.receive_data(bytes(data))
+        while not isinstance(event := self.connection.next_event(), NeedData):
+            if isinstance(event, Update):
+                self.into.append(event)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_in_a_full_mesh_each_update_crosses_to_each_peer_once(tmp_path: Path) -> None:
+    """Every member is linked to every other: each update reaches each peer from its author
+    alone, none passes it on (``Update.reached``). Before, a group of n got each update
+    n - 1 times: once from its author, once more from every other member."""
+    names = ["alice", "bob", "carol", "dave"]
+    async with nodes(tmp_path, *names) as group, trio.open_nursery() as nursery:
+        conversation = await group_of(group)
+        heard: dict[str, list[Update]] = {node.peer_id: [] for node in group}
+        for a, b in itertools.combinations(group, 2):
+            link(
+                nursery,
+                a,
+                b,
+                wrap_a=functools.partial(UpdateLog, into=heard[b.peer_id]),
+                wrap_b=functools.partial(UpdateLog, into=heard[a.peer_id]),
+            )
+        await joined(group, conversation)
+        for node in group:
+            await node.replica.send(conversation, Text(f"{node.replica.nickname} says hi"))
+        await converged(group, conversation, len(group))
+        # Links are first in, first out: once everyone holds a message each wrote after
+        # that, anything passed on of the first ones has arrived too.
+        for node in group:
+            await node.replica.send(conversation, Text(f"{node.replica.nickname} again"))
+        await converged(group, conversation, 2 * len(group))
+        for node in group:
+            updates = [event.update for event in heard[node.peer_id]]
+            assert len(updates) >= 2 * (len(group) - 1)  # every post of the others, at least
+            assert len(updates) == len(set(updates)), f"{node.replica.nickname} got an update twice"
+        words = {event.reached for log in heard.values() for event in log}
+        assert len(max(words, key=len)) == len(group) - 2  # the author's other peers
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("capabilities", [frozenset(), frozenset({REACH_CAPABILITY})])
+async def test_who_an_update_reached_goes_only_to_peers_that_take_it(
+    tmp_path: Path, capabilities: frozenset[str]
+) -> None:
+    """alice passes bob's update on to a peer of an older version without the field it
+    would refuse, and to one that takes it with the peers alice knows hold it: bob."""
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob), trio.open_nursery() as nursery:
+        chat = await alice.replica.create_conversation(
+            ConversationKind.GROUP, others={bob.peer_id: "bob", "olden-peer-1": "olden"}
+        )
+        link(nursery, alice, bob)
+        await joined([alice, bob], chat)
+        olden, alice_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(alice.engine.run_link, alice_side)
+        connection = Connection()
+        await olden.send_all(connection.send(Hello("olden-peer-1", "olden", 7, capabilities)))
+        with trio.fail_after(10):
+            await wait_for(alice, lambda e: isinstance(e, PeerOnline) and e.peer_id == "olden-peer-1")
+            update = await bob.replica.send(chat, Text("from bob"))
+            passed_on: list[Update] = []
+            while not passed_on:
+                event = connection.next_event()
+                if isinstance(event, NeedData):
+                    connection.receive_data(await olden.receive_some())
+                elif isinstance(event, Update):
+                    passed_on.append(event)
+        assert update in (m.id for m in await alice.replica.history(chat))
+        assert passed_on[0].reached == (() if not capabilities else (bob.peer_id,))
         nursery.cancel_scope.cancel()
 
 

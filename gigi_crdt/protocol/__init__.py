@@ -3,6 +3,7 @@
 See ``protocols/gigi-sync-v1.md`` for the language-neutral specification.
 """
 
+from .codec import MAX_REACHED as MAX_REACHED
 from .codec import Limits as Limits
 from .connection import Connection as Connection
 from .connection import State as State
@@ -13,6 +14,7 @@ from .errors import RemoteProtocolError as RemoteProtocolError
 from .events import HEADS_CAPABILITY as HEADS_CAPABILITY
 from .events import NEED_DATA as NEED_DATA
 from .events import PARTS_CAPABILITY as PARTS_CAPABILITY
+from .events import REACH_CAPABILITY as REACH_CAPABILITY
 from .events import Announce as Announce
 from .events import Awareness as Awareness
 from .events import Close as Close

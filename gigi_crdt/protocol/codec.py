@@ -46,6 +46,7 @@ MAX_HEADS = 1024
 MAX_HEAD_FIELDS = 16
 MAX_HEAD_KEY_CHARS = 16
 MAX_HEAD_VALUE_CHARS = 256
+MAX_REACHED = 64
 
 
 class FrameType(enum.IntEnum):
@@ -106,7 +107,8 @@ def _fields(event: Event) -> list[Any]:
     if isinstance(event, SyncPart):
         return [FrameType.SYNC_PART, event.conversation, encode_sync(SyncKind.STEP2, event.update)]
     if isinstance(event, Update):
-        return [FrameType.SYNC, event.conversation, encode_sync(SyncKind.UPDATE, event.update)]
+        fields = [FrameType.SYNC, event.conversation, encode_sync(SyncKind.UPDATE, event.update)]
+        return fields + [list(event.reached)] if event.reached else fields
     if isinstance(event, Awareness):
         return [FrameType.AWARENESS, event.conversation, encode_awareness(list(event.entries))]
     if isinstance(event, Ping):
@@ -201,20 +203,19 @@ def _announce(fields: list[Any], limits: Limits, _: int | None) -> Announce:
 
 
 def _sync(fields: list[Any], limits: Limits, _: int | None) -> SyncStep1 | SyncStep2 | Update:
-    heads: tuple[HeadRecord, ...] = ()
-    if len(fields) == 3:  # a step 2's heads (checked below)
-        *fields, raw_heads = _expect(fields, str, bytes, list)
-        heads = _heads(raw_heads)
+    beside: list[Any] | None = None  # a step 2's heads or an update's reached peers
+    if len(fields) == 3:
+        *fields, beside = _expect(fields, str, bytes, list)
     conversation, payload = _expect(fields, str, bytes)
     kind, data = decode_sync(payload, max_payload=limits.max_update_bytes)
     conversation = _conversation_id(conversation)
-    if heads and kind is not SyncKind.STEP2:
-        raise RemoteProtocolError("only a step 2 carries heads")
     if kind is SyncKind.STEP1:
+        if beside is not None:
+            raise RemoteProtocolError("a step 1 carries nothing beside it")
         return SyncStep1(conversation, data)
     if kind is SyncKind.STEP2:
-        return SyncStep2(conversation, data, heads)
-    return Update(conversation, data)
+        return SyncStep2(conversation, data, () if beside is None else _heads(beside))
+    return Update(conversation, data, () if beside is None else _reached(beside))
 
 
 def _sync_part(fields: list[Any], limits: Limits, _: int | None) -> SyncPart:
@@ -241,6 +242,15 @@ def _heads(raw: list[Any]) -> tuple[HeadRecord, ...]:
                 raise RemoteProtocolError(
                     f"head values are integers or strings of at most {MAX_HEAD_VALUE_CHARS} characters"
                 )
+    return tuple(raw)
+
+
+def _reached(raw: list[Any]) -> tuple[str, ...]:
+    if not 0 < len(raw) <= MAX_REACHED:
+        raise RemoteProtocolError(f"an update's reached peers are 1 to {MAX_REACHED} peer ids")
+    for peer in raw:
+        if not isinstance(peer, str) or not _ID.fullmatch(peer):
+            raise RemoteProtocolError("an update's reached peers are peer ids")
     return tuple(raw)
 
 

@@ -74,12 +74,20 @@ class SyncPart:
     update: bytes
 
 
+REACH_CAPABILITY = "reach"
+"""A HELLO capability: the sender takes, beside a live update, the peers it has reached
+(``Update.reached``), and does not pass the update on to them."""
+
+
 @dataclass(frozen=True, slots=True)
 class Update:
-    """One live transaction's own update."""
+    """One live transaction's own update, first-hand or passed on."""
 
     conversation: str
     update: bytes
+    reached: tuple[str, ...] = ()
+    """Peers that hold the update or were sent it already: the receiver need not pass it on
+    to them (only to a peer with ``REACH_CAPABILITY``; empty: not known)."""
 
 
 @dataclass(frozen=True, slots=True)

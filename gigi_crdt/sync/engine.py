@@ -20,7 +20,9 @@ from ..errors import GigiError, NotAllowed, SchemaError, StoreClosed
 from ..model import Changes
 from ..protocol import (
     HEADS_CAPABILITY,
+    MAX_REACHED,
     PARTS_CAPABILITY,
+    REACH_CAPABILITY,
     Announce,
     Awareness,
     AwarenessEntry,
@@ -145,26 +147,39 @@ class SyncEngine:
         entry = AwarenessEntry(self._awareness_client_id, self._presence_clock, state)
         link.offer(Awareness(conversation, (entry,)))
 
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
-        """Pass a stored update on to every linked member but its origin (``UpdateListener``).
+    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
+        """Pass a stored update on to every linked member that lacks it (``UpdateListener``):
+        not to its origin, nor to the peers the origin says it reached.
+
+        Each peer it goes to hears which others have it (``Update.reached``), so that in a
+        mesh where everyone is linked to everyone an update crosses each link once, not
+        once from its author and again from every other member passing it on.
 
         A linked peer that has just become a member (a new conversation, an invitation)
         is told about the conversation instead, and fetches all of it; one that has left
         or been removed gets nothing from now on.
         """
         members = self.replica.loaded_members(conversation) or {}  # stored just now: in memory
+        told = set(reached) | ({origin} if origin else set())
+        targets: list[tuple[str, PeerLink]] = []
         for peer_id, link in self._links.items():
             if peer_id == origin:
                 continue
             member = members.get(peer_id)
             if member is None or not member.active:
                 link.shared.discard(conversation)
-            elif conversation in link.shared:
-                link.offer_update(conversation, update)
-            else:
+            elif conversation not in link.shared:
+                told.add(peer_id)
                 link.shared.add(conversation)
                 link.offer(Announce((conversation,)))
                 self._announce_presence(link, conversation)  # not only at the next renewal
+            elif peer_id not in reached:
+                told.add(peer_id)
+                targets.append((peer_id, link))
+        # Room for the word beside the update: a frame near the limit goes without it.
+        word = sorted(told) if len(update) + REACHED_ROOM <= self.limits.max_frame_bytes else []
+        for peer_id, link in targets:
+            link.offer_update(conversation, update, _reached_word(word, peer_id, link.peer))
 
     # -- links -----------------------------------------------------------------------
 
@@ -181,7 +196,7 @@ class SyncEngine:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, link, stream, nursery.cancel_scope)
-                capabilities = frozenset({HEADS_CAPABILITY, PARTS_CAPABILITY})
+                capabilities = frozenset({HEADS_CAPABILITY, PARTS_CAPABILITY, REACH_CAPABILITY})
                 link.offer(Hello(self.replica.peer_id, self.replica.nickname, self._awareness_client_id, capabilities))
                 handshake = trio.CancelScope(deadline=trio.current_time() + self.settings.handshake_timeout)
                 session = _Session(link, nursery, handshake, expected_peer)
@@ -406,6 +421,7 @@ class SyncEngine:
                 applied=tell_application,
                 proving=proving,
                 heads=event.heads if isinstance(event, SyncStep2) else (),
+                reached=event.reached if isinstance(event, Update) else (),
             )
         except NotAllowed as exc:  # from a non-member, or a conversation new to us that is not ours
             log.warning("%s: %s; not stored", self._name(link), exc)
@@ -551,3 +567,14 @@ class SyncEngine:
     @staticmethod
     def _name(link: PeerLink) -> str:
         return f"{link.peer.nickname} ({link.peer.peer_id})" if link.peer else "an unidentified peer"
+
+
+REACHED_ROOM = 8 * 1024  # the most ``Update.reached`` takes in a frame: MAX_REACHED ids of 64 characters
+
+
+def _reached_word(told: list[str], peer_id: str, peer: Hello | None) -> tuple[str, ...]:
+    """The peers ``told`` (sorted) but ``peer_id`` itself, for a peer that takes them
+    (``REACH_CAPABILITY``); at most ``MAX_REACHED`` of them: any of them is true."""
+    if peer is None or REACH_CAPABILITY not in peer.capabilities:
+        return ()
+    return tuple(p for p in told if p != peer_id)[:MAX_REACHED]

@@ -112,9 +112,9 @@ class PeerLink:
             self.offer(event)
         return True
 
-    def offer_update(self, conversation: str, update: bytes) -> None:
+    def offer_update(self, conversation: str, update: bytes, reached: tuple[str, ...] = ()) -> None:
         """Queue a live update, or fall back to a resync if the peer is behind."""
-        if conversation in self._resync or not self.offer(Update(conversation, update)):
+        if conversation in self._resync or not self.offer(Update(conversation, update, reached)):
             self.mark_resync(conversation)
 
     def is_behind(self, conversation: str) -> bool:

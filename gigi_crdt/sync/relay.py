@@ -58,7 +58,7 @@ class RelayClient:
         self._new: list[str] = []
         self._wake = trio.Event()
 
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
         """Pass a stored update on to its room (``UpdateListener``)."""
         if origin == self.origin:
             return

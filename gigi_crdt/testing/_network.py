@@ -94,7 +94,7 @@ class StoreWatch:
     def __init__(self) -> None:
         self._stored = trio.Event()
 
-    def offer(self, conversation: str, update: bytes, origin: str | None) -> None:
+    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
         self._stored.set()
 
     def arm(self) -> trio.Event:
