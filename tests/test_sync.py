@@ -40,6 +40,7 @@ from gigi_crdt.sync import (
     keep_connected,
     serve_tcp,
 )
+from gigi_crdt.sync.link import PeerLink
 
 
 async def group_of(nodes_: list[Node]) -> str:
@@ -320,6 +321,15 @@ async def test_in_a_full_mesh_each_update_crosses_to_each_peer_once(tmp_path: Pa
         words = {event.reached for log in heard.values() for event in log}
         assert len(max(words, key=len)) == len(group) - 2  # the author's other peers
         nursery.cancel_scope.cancel()
+
+
+def test_a_link_that_is_closed_or_failed_is_not_counted_as_reaching_its_peer() -> None:
+    # The engine names a peer in ``Update.reached`` only if its link still takes events.
+    for end in (PeerLink.close, lambda link: setattr(link, "lost", "connection reset")):
+        link = PeerLink(Connection(), FAST)
+        assert link.accepting
+        end(link)
+        assert not link.accepting
 
 
 @pytest.mark.parametrize("capabilities", [frozenset(), frozenset({REACH_CAPABILITY})])

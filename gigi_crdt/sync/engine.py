@@ -173,7 +173,7 @@ class SyncEngine:
                 link.shared.add(conversation)
                 link.offer(Announce((conversation,)))
                 self._announce_presence(link, conversation)  # not only at the next renewal
-            elif peer_id not in reached:
+            elif peer_id not in reached and link.accepting:  # a link that is ending gets nothing
                 told.add(peer_id)
                 targets.append((peer_id, link))
         # Room for the word beside the update: a frame near the limit goes without it.

@@ -92,6 +92,11 @@ class PeerLink:
         self._resync: set[str] = set()
         self._wake = trio.Event()
 
+    @property
+    def accepting(self) -> bool:
+        """Whether events offered now can still reach the peer: not closed, no send failed."""
+        return self.lost is None and self._send.statistics().open_send_channels > 0
+
     def offer(self, event: Event) -> bool:
         """Queue ``event`` without waiting; ``False`` if the queue is full."""
         try:
