@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import math
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -45,7 +46,6 @@ from .model import (
     ReceiptKind,
     Written,
     check_update,
-    new_id,
 )
 from .model.catchup import RecentUpdates, covers, deletions_past
 from .model.gaps import Logged
@@ -124,7 +124,7 @@ async def open_replica(
         worker = StoreWorker(store)
         stored_id = store.setting("peer_id")
         if stored_id is None:
-            stored_id = check_id(peer_id or new_id(), "peer id")
+            stored_id = check_id(peer_id or secrets.token_urlsafe(12), "peer id")
             store.set_setting("peer_id", stored_id)
         elif peer_id is not None and peer_id != stored_id:
             raise ValueError(f"{data_dir} belongs to peer {stored_id}, not {peer_id}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
+import re
+import time
 import weakref
 
 import pytest
@@ -14,8 +17,10 @@ from model_helpers import ALICE, BOB, CAROL, PEERS, fixed_clock, group
 from pycrdt import Array, Doc, Map, get_update
 
 from gigi_crdt import FileShare, GroupInvite, NotAllowed, SchemaError, Text, UnknownMessage
-from gigi_crdt.model import BUCKET_SIZE, Conversation, ConversationKind, HybridClock, ReceiptKind, Role
+from gigi_crdt.model import BUCKET_SIZE, Conversation, ConversationKind, HybridClock, ReceiptKind, Role, new_id
 from gigi_crdt.model.ops import Posted, Tombstone, encode_op, parse_entry
+
+ID = re.compile(r"[A-Za-z0-9_-]{16}")
 
 
 def pair() -> tuple[Conversation, Conversation]:
@@ -44,6 +49,18 @@ def test_post_reaches_peer_with_author_and_order() -> None:
     alice.apply_remote(reply.update)
     assert texts(alice) == texts(bob) == ["hi", "hello"]
     assert [m.nickname for m in alice.history()] == ["alice", "bob"]
+
+
+def test_message_ids_sort_by_the_time_they_were_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Later ids land at the end of the index's unique (conversation, id) B-tree.
+    made = []
+    for ms in (1_700_000_000_000, 1_700_000_000_001, 1_700_000_060_000, 2**47 - 1):
+        monkeypatch.setattr(time, "time_ns", lambda ms=ms: ms * 1_000_000 + 999_999)
+        made += [new_id() for _ in range(50)]
+    assert all(ID.fullmatch(i) and i[0].isalpha() for i in made)
+    assert len(set(made)) == len(made)  # 48 random bits after the clock
+    by_ms = [made[k : k + 50] for k in range(0, len(made), 50)]
+    assert all(max(earlier) < min(later) for earlier, later in itertools.pairwise(by_ms))
 
 
 def test_all_content_kinds_round_trip() -> None:

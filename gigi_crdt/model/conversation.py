@@ -21,11 +21,14 @@ Nothing outside this module touches the pycrdt structures.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
 import logging
+import os
 import secrets
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -106,9 +109,19 @@ def retention_cutoff(retention_days: int | None, now: int) -> int | None:
     return None if retention_days is None else now - retention_days * DAY_TICKS
 
 
+# base64's alphabet, and the same characters in ASCII order: an id's characters then sort
+# as the bits they encode.
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_IN_ORDER = bytes.maketrans(_BASE64, b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+
+
 def new_id() -> str:
-    """A fresh random id for a message: 96 bits, URL-safe, 16 characters."""
-    return secrets.token_urlsafe(12)
+    """A fresh id for a message, 16 URL-safe characters: a set bit and the wall clock in
+    milliseconds (47 bits: the id starts with a letter, not "-"), then 48 random bits. Ids
+    written later sort later (by each writer's clock), so the index's unique (conversation,
+    id) B-tree takes new rows near its end, not on a random page each."""
+    bits = (2**47 | time.time_ns() // 1_000_000 % 2**47).to_bytes(6, "big") + os.urandom(6)
+    return base64.b64encode(bits).translate(_IN_ORDER).decode("ascii")
 
 
 def new_conversation_id() -> str:

@@ -176,7 +176,7 @@ function signFor (context, data) {
 const streams = doc.getMap('streams')
 const key = `${member}/0`
 if (streams.has(key)) fail(`${key} exists already: this script only writes a member's first bucket`)
-const id = randomBytes(12).toString('base64url') // 16 URL-safe characters, like new_id()
+const id = randomBytes(12).toString('base64url') // 16 URL-safe characters, as new_id() makes (its start with the time)
 const op = {
   s: 0,
   o: 'post',
