@@ -15,6 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from forgery import forge_entries, forge_records, signed_copies
 from forgery import ticking_clock as clock
+from hypothesis import given
+from hypothesis import strategies as st
 from pycrdt import Doc, Map
 from relay_helpers import post_as
 
@@ -23,7 +25,7 @@ from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation
 from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES
 from gigi_crdt.model.chain import ANCHOR_EVERY, Chain, commitment, genesis, link_of, verified_entries
-from gigi_crdt.model.ops import Posted, StreamEntry, canonical_op, encode_op, parse_entry
+from gigi_crdt.model.ops import Posted, StreamEntry, canonical_fields, canonical_op, encode_op, parse_entry
 from gigi_crdt.model.signed import HEAD_FIELDS, Head, check_anchor, check_head, sign_anchor, sign_head
 from gigi_crdt.model.ydecode import RECORD_ENTRIES, decode_any
 from gigi_crdt.model.yupdate import UnsafeUpdate, check_update
@@ -365,3 +367,18 @@ def test_structs_that_waited_are_in_catch_ups_from_recent_updates_once_integrate
     carol.apply_remote(recent)
     assert carol.state_vector() == alice.state_vector()
     assert [text for author, text in shown(carol) if author == BOB.peer_id] == ["one", "two"]
+
+
+@given(
+    text=st.text(),
+    nickname=st.text(max_size=64),
+    message_id=st.from_regex(r"[A-Za-z0-9_-]{8,64}", fullmatch=True),
+    timestamp=st.integers(0, 2**53 - 1),
+    seq=st.integers(0, 2**31),
+)
+def test_a_posts_canonical_json_written_directly_is_the_sorted_one(
+    text: str, nickname: str, message_id: str, timestamp: int, seq: int
+) -> None:
+    # canonical_op writes a text post's keys in order itself; every other op's are sorted.
+    op = Posted(message_id, timestamp, nickname, Text(text))
+    assert canonical_op(op, seq) == canonical_fields(op, seq)
