@@ -323,6 +323,25 @@ async def test_in_a_full_mesh_each_update_crosses_to_each_peer_once(tmp_path: Pa
         nursery.cancel_scope.cancel()
 
 
+async def test_an_update_from_a_relay_is_passed_on_to_linked_peers(tmp_path: Path) -> None:
+    """An update that came from elsewhere than a linked peer (a relay room names its origin
+    "relay:<address>", no peer id) reaches alice's peers all the same: only peer ids go in
+    ``Update.reached``, or the frame would be one they refuse."""
+    async with nodes(tmp_path, "alice", "bob", "carol", "dave") as (alice, bob, carol, dave):
+        conversation = await group_of([alice, bob, carol, dave])
+        await dave.replica.receive(conversation, await alice.replica.diff(conversation, None), origin=alice.peer_id)
+        async with trio.open_nursery() as nursery:
+            link(nursery, alice, bob)
+            link(nursery, alice, carol)
+            await joined([alice, bob, carol], conversation)
+            message = await dave.replica.send(conversation, Text("through the relay"))
+            lacked = await dave.replica.diff(conversation, await alice.replica.state_vector(conversation))
+            await alice.replica.receive(conversation, lacked, origin="relay:wss://relay.example")
+            for peer in (bob, carol):
+                assert await converged([peer], conversation, 1) == [[message]]
+            nursery.cancel_scope.cancel()
+
+
 def test_a_link_that_is_closed_or_failed_is_not_counted_as_reaching_its_peer() -> None:
     # The engine names a peer in ``Update.reached`` only if its link still takes events.
     for end in (PeerLink.close, lambda link: setattr(link, "lost", "connection reset")):

@@ -160,7 +160,8 @@ class SyncEngine:
         or been removed gets nothing from now on.
         """
         members = self.replica.loaded_members(conversation) or {}  # stored just now: in memory
-        told = set(reached) | ({origin} if origin else set())
+        # Only peer ids go in the word: an origin that is no linked peer (a relay's) stays out.
+        told = set(reached) | ({origin} if origin in self._links else set())
         targets: list[tuple[str, PeerLink]] = []
         for peer_id, link in self._links.items():
             if peer_id == origin:
