@@ -32,6 +32,7 @@ from pycrdt import Doc
 
 import gigi_crdt.store.worker as worker_module
 from gigi_crdt import ConversationKind, Replica, Text, open_replica
+from gigi_crdt.replica import StoredUpdate
 
 MIB = 2**20
 
@@ -49,9 +50,9 @@ class Outbox:
     def __init__(self) -> None:
         self.updates: list[bytes] = []
 
-    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
-        if origin is None:
-            self.updates.append(update)
+    def offer(self, stored: StoredUpdate) -> None:
+        if stored.origin is None:
+            self.updates.append(stored.update)
 
 
 async def exchange(a: Replica, b: Replica, outboxes: tuple[Outbox, Outbox], conversation: str) -> None:

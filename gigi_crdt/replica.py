@@ -75,12 +75,26 @@ RETENTION_FIRST = 60.0  # seconds after opening before the first such check
 Ts = TypeVarTuple("Ts")
 
 
+@dataclass(frozen=True, slots=True)
+class StoredUpdate:
+    """An update just committed, as listeners hear of it."""
+
+    conversation: str
+    update: bytes
+    origin: str | None = None
+    """The peer it came from (a relay room's origin for a relay's); ``None`` if written here."""
+    reached: frozenset[str] = frozenset()
+    """Other peers that hold it or were sent it already, as far as ``origin`` said."""
+    ends: Mapping[int, int] | None = None
+    """Per Yjs client, the clock after its last struct in ``update`` (``None``: not known,
+    as for our own writes): a peer whose state vector reaches them all holds its structs."""
+
+
 class UpdateListener(Protocol):
     """Something that must hear of each stored update without ever blocking the writer."""
 
-    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
-        """Take note of ``update``; ``origin`` is the peer it came from, ``None`` if local;
-        ``reached``: other peers that hold it or were sent it already, as far as we know."""
+    def offer(self, stored: StoredUpdate) -> None:
+        """Take note of an update committed just now."""
 
 
 def _wall_ms() -> int:
@@ -271,7 +285,7 @@ class Replica:
         self._in_flight: dict[str, int] = {}  # commits not yet settled, per conversation
         self._commits_begun = self._commits_ended = 0  # reads wait for the commits begun before them
         self._offered = 0  # commits whose updates listeners were told of (``_offer_in_order``)
-        self._committed: dict[int, tuple[str, bytes, str | None, frozenset[str]] | None] = {}
+        self._committed: dict[int, StoredUpdate | None] = {}
         self._commit_ended = trio.Event()
         self._settled: dict[str, trio.Event] = {}
         self._restored: dict[str, float] = {}  # conversation -> when we last wrote signed records back
@@ -622,6 +636,7 @@ class Replica:
             conversation,
             origin or "",
             reached,
+            {client: writes.clocks[1] for client, writes in summary.clients.items()},
             waiting=waiting,
             slices=summary.slices,
         )
@@ -1061,12 +1076,14 @@ class Replica:
         conversation: str | None = None,
         origin: str | None = None,
         reached: frozenset[str] = frozenset(),
+        ends: Mapping[int, int] | None = None,
         *,
         waiting: bool = False,
         slices: SlicePlan | None = None,
     ) -> list[str]:
         """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None:
-        local), ``reached`` the peers it says hold it too; ``waiting``: the update left structs
+        local), ``reached`` the peers it says hold it too, ``ends`` its structs' ends (see
+        ``StoredUpdate``); ``waiting``: the update left structs
         waiting for a dependency; ``slices``: how a load applies it in slices (stored beside
         it). Returns the ids of the messages the commit took out of the index (``Store.commit``)."""
         if not written.update and not written.changes:
@@ -1099,7 +1116,7 @@ class Replica:
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
         ticket = self._commits_begun
         self._commits_begun += 1
-        committed: tuple[str, bytes, str | None, frozenset[str]] | None = None
+        committed: StoredUpdate | None = None
         try:
             # The document already holds the change: cancelling now would leave it in memory
             # but not on disk (nor in the index). Commits are short; let this one finish.
@@ -1110,7 +1127,7 @@ class Replica:
             elif written.update:
                 self._state_stored.discard(conv)
             if written.update:
-                committed = (conv, written.update, origin or None, reached)
+                committed = StoredUpdate(conv, written.update, origin or None, reached, ends)
         except GigiError:
             # The document holds a change the disk does not: reload it from disk. Writes
             # queued on top of this one fail too (the worker refuses their generation).
@@ -1132,7 +1149,7 @@ class Replica:
                 self._worker.request_compaction(conv)
         return vanished
 
-    def _offer_in_order(self, ticket: int, committed: tuple[str, bytes, str | None, frozenset[str]] | None) -> None:
+    def _offer_in_order(self, ticket: int, committed: StoredUpdate | None) -> None:
         """Tell listeners of committed updates in the order their changes were made.
 
         Commits end in order, but the tasks waiting on them resume in any order, and an
@@ -1145,7 +1162,7 @@ class Replica:
             self._offered += 1
             if done is not None:
                 for listener in self._listeners:
-                    listener.offer(*done)
+                    listener.offer(done)
 
     def _hold(self, conversation: str, doc: Conversation) -> None:
         """Keep ``doc`` in memory as a new generation of the conversation."""

@@ -13,6 +13,7 @@ import trio.testing
 
 from gigi_crdt import Replica, UnknownConversation, open_replica
 from gigi_crdt.identity import Identity
+from gigi_crdt.replica import StoredUpdate
 from gigi_crdt.sync import Activity, LinkSettings, SyncEngine
 from gigi_crdt.testing import StoreWatch
 
@@ -139,8 +140,8 @@ class Recorder:
     def __init__(self) -> None:
         self.heard: list[tuple[bytes, str | None]] = []
 
-    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
-        self.heard.append((update, origin))
+    def offer(self, stored: StoredUpdate) -> None:
+        self.heard.append((stored.update, stored.origin))
 
     @property
     def updates(self) -> list[bytes]:

@@ -47,6 +47,7 @@ from gigi_crdt.replica import (
     RESTORE_INTERVAL,
     RETENTION_EVERY,
     RETENTION_FIRST,
+    StoredUpdate,
 )
 from gigi_crdt.store import Record, Store, compaction, index, worker
 from gigi_crdt.store.compaction import build_snapshot, still_waiting
@@ -87,9 +88,9 @@ class LocalWrites(Recorder):
         super().__init__()
         self.written = trio.Event()
 
-    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
-        super().offer(conversation, update, origin, reached)
-        if origin is None:
+    def offer(self, stored: StoredUpdate) -> None:
+        super().offer(stored)
+        if stored.origin is None:
             self.written.set()
 
 

@@ -22,7 +22,7 @@ from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Member, Role
 from gigi_crdt.model.signed import sign_member
-from gigi_crdt.protocol import REACH_CAPABILITY, Connection, Hello, Limits, NeedData, Update
+from gigi_crdt.protocol import REACH_CAPABILITY, Connection, Hello, Limits, NeedData, SyncStep1, Update
 from gigi_crdt.replica import EMPTY_UPDATE
 from gigi_crdt.store import Record
 from gigi_crdt.sync import (
@@ -340,6 +340,42 @@ async def test_an_update_from_a_relay_is_passed_on_to_linked_peers(tmp_path: Pat
             for peer in (bob, carol):
                 assert await converged([peer], conversation, 1) == [[message]]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_catch_up_is_not_passed_on_to_a_peer_whose_state_vector_holds_it(tmp_path: Path) -> None:
+    """carol, back from offline, gets what she missed from alice; bobby's step 1 told her he
+    holds all of it, so she passes none of it on to him (a peer back among many got it from
+    each, and passed the first on to all the others)."""
+    async with nodes(tmp_path, "alice", "carol") as (alice, carol), trio.open_nursery() as nursery:
+        chat = await alice.replica.create_conversation(
+            ConversationKind.GROUP, others={carol.peer_id: "carol", "bobby-peer-1": "bobby"}
+        )
+        async with trio.open_nursery() as first:
+            link(first, alice, carol)
+            await joined([alice, carol], chat)
+            first.cancel_scope.cancel()
+        for i in range(20):
+            await alice.replica.send(chat, Text(f"while carol was away {i}"))
+        bobby, carol_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(carol.engine.run_link, carol_side)
+        connection = Connection()
+        for event in (Hello("bobby-peer-1", "bobby", 7), SyncStep1(chat, await alice.replica.state_vector(chat))):
+            await bobby.send_all(connection.send(event))
+        await trio.testing.wait_all_tasks_blocked()  # carol has taken bobby's step 1
+        link(nursery, alice, carol)
+        await converged([alice, carol], chat, 20)
+        after = await alice.replica.send(chat, Text("after carol came back"))
+        passed_on: list[bytes] = []
+        with trio.fail_after(10):
+            while not passed_on or b"after carol came back" not in passed_on[-1]:
+                event = connection.next_event()
+                if isinstance(event, NeedData):
+                    connection.receive_data(await bobby.receive_some())
+                elif isinstance(event, Update):
+                    passed_on.append(event.update)
+        assert after in (m.id for m in await carol.replica.history(chat))
+        assert not any(b"while carol was away" in update for update in passed_on)
+        nursery.cancel_scope.cancel()
 
 
 def test_a_link_that_is_closed_or_failed_is_not_counted_as_reaching_its_peer() -> None:

@@ -41,7 +41,7 @@ from ..protocol import (
     SyncStep2,
     Update,
 )
-from ..replica import EMPTY_UPDATE, Replica
+from ..replica import EMPTY_UPDATE, Replica, StoredUpdate
 from .activity import (
     Activity,
     EventsDropped,
@@ -147,9 +147,11 @@ class SyncEngine:
         entry = AwarenessEntry(self._awareness_client_id, self._presence_clock, state)
         link.offer(Awareness(conversation, (entry,)))
 
-    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
+    def offer(self, stored: StoredUpdate) -> None:
         """Pass a stored update on to every linked member that lacks it (``UpdateListener``):
-        not to its origin, nor to the peers the origin says it reached.
+        not to its origin, nor to the peers the origin says it reached, nor to those whose
+        last state vector holds its structs (a catch-up passed on, when a peer back from
+        offline gets it from all of them).
 
         Each peer it goes to hears which others have it (``Update.reached``), so that in a
         mesh where everyone is linked to everyone an update crosses each link once, not
@@ -159,6 +161,7 @@ class SyncEngine:
         is told about the conversation instead, and fetches all of it; one that has left
         or been removed gets nothing from now on.
         """
+        conversation, update, origin, reached = stored.conversation, stored.update, stored.origin, stored.reached
         members = self.replica.loaded_members(conversation) or {}  # stored just now: in memory
         # Only peer ids go in the word: an origin that is no linked peer (a relay's) stays out.
         told = set(reached) | ({origin} if origin in self._links else set())
@@ -176,7 +179,8 @@ class SyncEngine:
                 self._announce_presence(link, conversation)  # not only at the next renewal
             elif peer_id not in reached and link.accepting:  # a link that is ending gets nothing
                 told.add(peer_id)
-                targets.append((peer_id, link))
+                if stored.ends is None or not link.holds(conversation, stored.ends):
+                    targets.append((peer_id, link))
         # Room for the word beside the update: a frame near the limit goes without it.
         word = sorted(told) if len(update) + REACHED_ROOM <= self.limits.max_frame_bytes else []
         for peer_id, link in targets:

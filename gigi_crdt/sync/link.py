@@ -10,12 +10,13 @@ never holds up anyone else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from ..errors import ConfigError
+from ..model.ydecode import clocks_of
 from ..protocol import (
     Close,
     CloseCode,
@@ -86,11 +87,25 @@ class PeerLink:
         self.peer: Hello | None = None
         self.shared: set[str] = set()  # conversations this peer may receive
         self.peer_state: dict[str, bytes] = {}  # last state vector the peer told us
+        self._peer_clocks: dict[str, tuple[bytes, dict[int, int]]] = {}  # peer_state's, decoded
         self.lost: str | None = None  # why sending failed, if it did
         self._unsendable: set[str] = set()  # conversations whose update the peer would refuse (told once)
         self._send, self._receive = trio.open_memory_channel[Event](settings.queue_size)
         self._resync: set[str] = set()
         self._wake = trio.Event()
+
+    def holds(self, conversation: str, ends: Mapping[int, int]) -> bool:
+        """Whether the peer's last state vector reaches ``ends`` (per client, the clock after
+        an update's last struct): it holds the update's structs, and so its deletions, which
+        come with the structs of the same write. An update without structs: not known."""
+        state = self.peer_state.get(conversation)
+        if state is None or not ends:
+            return False
+        seen, clocks = self._peer_clocks.get(conversation, (b"", {}))
+        if seen != state:
+            clocks = clocks_of(state)
+            self._peer_clocks[conversation] = (state, clocks)
+        return all(clocks.get(client, 0) >= end for client, end in ends.items())
 
     @property
     def accepting(self) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import trio
 
 from ..errors import GigiError, RelayRefused
-from ..replica import Replica
+from ..replica import Replica, StoredUpdate
 from ..transport.websocket import MAX_MESSAGE_BYTES, RelayAddress, open_room
 from .activity import Activity
 from .room import RoomLink
@@ -58,10 +58,11 @@ class RelayClient:
         self._new: list[str] = []
         self._wake = trio.Event()
 
-    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
+    def offer(self, stored: StoredUpdate) -> None:
         """Pass a stored update on to its room (``UpdateListener``)."""
-        if origin == self.origin:
+        if stored.origin == self.origin:
             return
+        conversation, update = stored.conversation, stored.update
         room = self._rooms.get(conversation)
         if room is not None:
             room.offer(update)

@@ -27,7 +27,7 @@ import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..identity import Identity
-from ..replica import Replica, open_replica
+from ..replica import Replica, StoredUpdate, open_replica
 from ..sync import LinkSettings, SyncEngine
 from ._appview import AppView
 from ._faults import FaultRates, FaultSource, FaultyStream, WireStats
@@ -94,7 +94,7 @@ class StoreWatch:
     def __init__(self) -> None:
         self._stored = trio.Event()
 
-    def offer(self, conversation: str, update: bytes, origin: str | None, reached: frozenset[str]) -> None:
+    def offer(self, stored: StoredUpdate) -> None:
         self._stored.set()
 
     def arm(self) -> trio.Event:
