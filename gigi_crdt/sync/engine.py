@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 5.0
 EVENT_BUFFER = 1024
 MISSING_ASK_INTERVAL = 1.0  # seconds between asks for what a live update waits for
+REACHED_ROOM = 8 * 1024  # the most ``Update.reached`` takes in a frame: MAX_REACHED ids of 64 characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,9 +573,6 @@ class SyncEngine:
     @staticmethod
     def _name(link: PeerLink) -> str:
         return f"{link.peer.nickname} ({link.peer.peer_id})" if link.peer else "an unidentified peer"
-
-
-REACHED_ROOM = 8 * 1024  # the most ``Update.reached`` takes in a frame: MAX_REACHED ids of 64 characters
 
 
 def _reached_word(told: list[str], peer_id: str, peer: Hello | None) -> tuple[str, ...]:
