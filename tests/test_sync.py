@@ -40,6 +40,7 @@ from gigi_crdt.sync import (
     keep_connected,
     serve_tcp,
 )
+from gigi_crdt.sync.engine import REACHED_ROOM
 from gigi_crdt.sync.link import PeerLink
 
 
@@ -650,12 +651,14 @@ async def test_presence_in_a_conversation_made_after_the_link_came_up(tmp_path: 
         nursery.cancel_scope.cancel()
 
 
-async def small_frames(tmp_path: Path, limits: Limits) -> contextlib.AbstractAsyncContextManager[list[Node]]:
-    """``nodes`` alice and bob whose engines keep ``limits``."""
+async def small_frames(
+    tmp_path: Path, limits: Limits, *names: str
+) -> contextlib.AbstractAsyncContextManager[list[Node]]:
+    """``nodes`` (alice and bob, unless ``names``) whose engines keep ``limits``."""
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[list[Node]]:
-        async with nodes(tmp_path, "alice", "bob") as group:
+        async with nodes(tmp_path, *(names or ("alice", "bob"))) as group:
             for node in group:
                 node.replica.remove_listener(node.engine)
                 node.engine = SyncEngine(node.replica, settings=FAST, limits=limits)
@@ -710,3 +713,32 @@ async def test_a_message_too_large_for_one_frame_leaves_the_link_and_the_others_
     refusals = [r for r in caplog.records if r.levelname == "ERROR" and big in r.getMessage()]
     assert len(refusals) == 1
     assert "exceeds the limit" in refusals[0].getMessage()
+
+
+async def test_an_update_too_large_for_the_reached_peers_beside_it_goes_without_them(tmp_path: Path) -> None:
+    # Within REACHED_ROOM of the frame limit, the word could make the frame one the peer
+    # refuses (and the update would not be sent at all): it goes without it.
+    limits = Limits(max_frame_bytes=32 * 1024, max_update_bytes=31 * 1024)
+    async with await small_frames(tmp_path, limits, "alice", "bob", "carol") as group:
+        alice, bob, carol = group
+        chat = await group_of(group)
+        heard: dict[str, list[Update]] = {node.peer_id: [] for node in group}
+        async with trio.open_nursery() as nursery:
+            for a, b in itertools.combinations(group, 2):
+                link(
+                    nursery,
+                    a,
+                    b,
+                    wrap_a=functools.partial(UpdateLog, into=heard[b.peer_id]),
+                    wrap_b=functools.partial(UpdateLog, into=heard[a.peer_id]),
+                )
+            await joined(group, chat)
+            await alice.replica.send(chat, Text("small"))
+            await alice.replica.send(chat, Text("x" * 26_000))
+            await converged(group, chat, 2)
+            nursery.cancel_scope.cancel()
+        small = next(event for event in heard[bob.peer_id] if b"small" in event.update)
+        large = next(event for event in heard[bob.peer_id] if b"x" * 1000 in event.update)
+        assert small.reached == (carol.peer_id,)
+        assert 32 * 1024 - REACHED_ROOM < len(large.update) < 31 * 1024
+        assert large.reached == ()
