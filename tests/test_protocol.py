@@ -71,7 +71,12 @@ def event_from_json(data: dict[str, Any]) -> Event:
     if kind == "SyncStep1":
         return SyncStep1(data["conversation"], bytes.fromhex(data["state_vector"]))
     if kind == "SyncStep2":
-        return SyncStep2(data["conversation"], bytes.fromhex(data["update"]), tuple(data.get("heads", ())))
+        return SyncStep2(
+            data["conversation"],
+            bytes.fromhex(data["update"]),
+            tuple(data.get("heads", ())),
+            tuple(data.get("reached", ())),
+        )
     if kind == "SyncPart":
         return SyncPart(data["conversation"], bytes.fromhex(data["update"]))
     if kind == "Update":

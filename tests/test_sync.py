@@ -16,13 +16,13 @@ import trio
 import trio.testing
 from forgery import forge_member_records
 from pycrdt import Doc
-from sync_helpers import FAST, Node, Recorder, converged, drain, joined, link, nodes, wait_for
+from sync_helpers import FAST, Node, Recorder, converged, drain, joined, link, nodes, until_stored, wait_for
 
 from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Member, Role
 from gigi_crdt.model.signed import sign_member
-from gigi_crdt.protocol import REACH_CAPABILITY, Connection, Hello, Limits, NeedData, SyncStep1, Update
+from gigi_crdt.protocol import REACH_CAPABILITY, Connection, Hello, Limits, NeedData, SyncStep1, SyncStep2, Update
 from gigi_crdt.replica import EMPTY_UPDATE
 from gigi_crdt.store import Record
 from gigi_crdt.sync import (
@@ -377,6 +377,65 @@ async def test_a_catch_up_is_not_passed_on_to_a_peer_whose_state_vector_holds_it
         assert after in (m.id for m in await carol.replica.history(chat))
         assert not any(b"while carol was away" in update for update in passed_on)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_catch_up_names_the_senders_other_peers_that_share_the_conversation(tmp_path: Path) -> None:
+    """carol answers xavier's step 1 naming bob, her other peer in the conversation: bob gets
+    all carol holds from carol herself, so xavier need not pass any of it on to him."""
+    async with nodes(tmp_path, "bob", "carol") as (bob, carol), trio.open_nursery() as nursery:
+        chat = await carol.replica.create_conversation(
+            ConversationKind.GROUP, others={bob.peer_id: "bob", "xavier-peer-1": "xavier"}
+        )
+        link(nursery, carol, bob)
+        await joined([carol, bob], chat)
+        await trio.testing.wait_all_tasks_blocked()
+        xavier, carol_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(carol.engine.run_link, carol_side)
+        connection = Connection()
+        hello = Hello("xavier-peer-1", "xavier", 7, frozenset({REACH_CAPABILITY}))
+        for event in (hello, SyncStep1(chat, b"\x00")):
+            await xavier.send_all(connection.send(event))
+        with trio.fail_after(10):
+            while not isinstance(event := connection.next_event(), SyncStep2):
+                if isinstance(event, NeedData):
+                    connection.receive_data(await xavier.receive_some())
+        assert event.reached == (bob.peer_id,)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_catch_up_is_not_passed_on_to_the_peers_it_names(tmp_path: Path) -> None:
+    """xavier's step 2 to alice names bob (``SyncStep2.reached``): alice stores what it
+    brings and passes none of it on to bob."""
+    async with nodes(tmp_path, "alice", "bob", "dave") as (alice, bob, dave), trio.open_nursery() as nursery:
+        chat = await alice.replica.create_conversation(
+            ConversationKind.GROUP, others={bob.peer_id: "bob", dave.peer_id: "dave", "xavier-peer-1": "xavier"}
+        )
+        await dave.replica.receive(chat, await alice.replica.diff(chat, None), origin=alice.peer_id)
+        to_bob: list[Update] = []
+        link(nursery, alice, bob, wrap_a=functools.partial(UpdateLog, into=to_bob))
+        await joined([alice, bob], chat)
+        for i in range(5):
+            await dave.replica.send(chat, Text(f"dave's, by xavier {i}"))
+        lacked = await dave.replica.diff(chat, await alice.replica.state_vector(chat))
+        xavier, alice_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(alice.engine.run_link, alice_side)
+        connection = Connection()
+        hello = Hello("xavier-peer-1", "xavier", 7, frozenset({REACH_CAPABILITY}))
+        for event in (hello, SyncStep2(chat, lacked, (), (bob.peer_id,))):
+            await xavier.send_all(connection.send(event))
+        await until_stored([alice], lambda: _holds_count(alice, chat, 5))
+        # Links are first in, first out: once bob holds alice's next message, anything
+        # she passed on before it has reached him.
+        after = await alice.replica.send(chat, Text("after xavier"))
+        await until_stored([bob], lambda: _holds_count(bob, chat, 1, after))
+        assert to_bob  # alice's message after
+        assert not any(b"by xavier" in event.update for event in to_bob)
+        nursery.cancel_scope.cancel()
+
+
+async def _holds_count(node: Node, chat: str, count: int, message: str | None = None) -> bool:
+    ids = [m.id for m in await node.replica.history(chat, limit=100)]
+    return len(ids) >= count and (message is None or message in ids)
 
 
 def test_a_link_that_is_closed_or_failed_is_not_counted_as_reaching_its_peer() -> None:

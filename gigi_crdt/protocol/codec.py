@@ -103,7 +103,7 @@ def _fields(event: Event) -> list[Any]:
         return [FrameType.SYNC, event.conversation, encode_sync(SyncKind.STEP1, event.state_vector)]
     if isinstance(event, SyncStep2):
         fields = [FrameType.SYNC, event.conversation, encode_sync(SyncKind.STEP2, event.update)]
-        return fields + [list(event.heads)] if event.heads else fields
+        return fields + ([list(event.heads)] if event.heads else []) + ([list(event.reached)] if event.reached else [])
     if isinstance(event, SyncPart):
         return [FrameType.SYNC_PART, event.conversation, encode_sync(SyncKind.STEP2, event.update)]
     if isinstance(event, Update):
@@ -203,19 +203,29 @@ def _announce(fields: list[Any], limits: Limits, _: int | None) -> Announce:
 
 
 def _sync(fields: list[Any], limits: Limits, _: int | None) -> SyncStep1 | SyncStep2 | Update:
-    beside: list[Any] | None = None  # a step 2's heads or an update's reached peers
-    if len(fields) == 3:
-        *fields, beside = _expect(fields, str, bytes, list)
+    beside: list[list[Any]] = []  # a step 2's heads and reached peers, an update's reached peers
+    if len(fields) in (3, 4):
+        beside = _expect(fields[2:], *(list,) * (len(fields) - 2))
+        fields = fields[:2]
     conversation, payload = _expect(fields, str, bytes)
     kind, data = decode_sync(payload, max_payload=limits.max_update_bytes)
     conversation = _conversation_id(conversation)
     if kind is SyncKind.STEP1:
-        if beside is not None:
+        if beside:
             raise RemoteProtocolError("a step 1 carries nothing beside it")
         return SyncStep1(conversation, data)
     if kind is SyncKind.STEP2:
-        return SyncStep2(conversation, data, () if beside is None else _heads(beside))
-    return Update(conversation, data, () if beside is None else _reached(beside))
+        raw_heads, raw_reached = beside if len(beside) == 2 else (None, None)
+        if len(beside) == 1:  # which one: heads are maps, reached peers strings
+            if beside[0] and all(isinstance(peer, str) for peer in beside[0]):
+                raw_reached = beside[0]
+            else:
+                raw_heads = beside[0]
+        heads = () if raw_heads is None else _heads(raw_heads)
+        return SyncStep2(conversation, data, heads, () if raw_reached is None else _reached(raw_reached))
+    if len(beside) > 1:
+        raise RemoteProtocolError("an update carries at most its reached peers beside it")
+    return Update(conversation, data, _reached(beside[0]) if beside else ())
 
 
 def _sync_part(fields: list[Any], limits: Limits, _: int | None) -> SyncPart:

@@ -58,6 +58,10 @@ class SyncStep2:
     conversation: str
     update: bytes
     heads: tuple[HeadRecord, ...] = ()
+    reached: tuple[str, ...] = ()
+    """The sender's other peers that share the conversation: each gets from the sender all
+    it holds, so the receiver need not pass this on to them (only to a peer with
+    ``REACH_CAPABILITY``; empty: not known)."""
 
 
 PARTS_CAPABILITY = "parts"

@@ -369,8 +369,9 @@ class SyncEngine:
 
     async def _catch_up(self, link: PeerLink, conversation: str, state_vector: bytes) -> list[SyncPart | SyncStep2]:
         """What a peer at ``state_vector`` lacks, with the signed heads that cover it if the
-        peer takes them (``Replica.heads_for``): a step 2, after the parts it is cut into
-        if it is too large for one frame and the peer takes parts."""
+        peer takes them (``Replica.heads_for``) and our other peers that share the
+        conversation (``SyncStep2.reached``): a step 2, after the parts it is cut into if it
+        is too large for one frame and the peer takes parts."""
         update = await self.replica.diff(conversation, state_vector)
         capabilities = link.peer.capabilities if link.peer is not None else frozenset()
         heads: tuple[HeadRecord, ...] = ()
@@ -379,7 +380,15 @@ class SyncEngine:
         parts: list[bytes] = []
         if len(update) > self.limits.max_update_bytes and PARTS_CAPABILITY in capabilities:
             *parts, update = await self.replica.split_update(update, self.limits.max_update_bytes // 2)
-        return [*(SyncPart(conversation, part) for part in parts), SyncStep2(conversation, update, heads)]
+        reached: tuple[str, ...] = ()
+        if update != EMPTY_UPDATE and len(update) + REACHED_ROOM <= self.limits.max_frame_bytes:
+            reached = _reached_word(self._sharing(conversation), link.peer.peer_id if link.peer else "", link.peer)
+        return [*(SyncPart(conversation, part) for part in parts), SyncStep2(conversation, update, heads, reached)]
+
+    def _sharing(self, conversation: str) -> list[str]:
+        """Our linked peers that share ``conversation`` (sorted): each gets from us, in its
+        catch-up and in what we pass on after it, all we hold of it."""
+        return sorted(p for p, link in self._links.items() if conversation in link.shared and link.accepting)
 
     def _on_part(self, session: _Session, part: SyncPart) -> None:
         """Hold a part of a step 2 too large for one frame until the step 2 that ends it
@@ -427,7 +436,7 @@ class SyncEngine:
                 applied=tell_application,
                 proving=proving,
                 heads=event.heads if isinstance(event, SyncStep2) else (),
-                reached=event.reached if isinstance(event, Update) else (),
+                reached=event.reached,
             )
         except NotAllowed as exc:  # from a non-member, or a conversation new to us that is not ours
             log.warning("%s: %s; not stored", self._name(link), exc)
