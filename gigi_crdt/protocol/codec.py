@@ -257,10 +257,10 @@ def _heads(raw: list[Any]) -> tuple[HeadRecord, ...]:
 
 def _reached(raw: list[Any]) -> tuple[str, ...]:
     if not 0 < len(raw) <= MAX_REACHED:
-        raise RemoteProtocolError(f"an update's reached peers are 1 to {MAX_REACHED} peer ids")
+        raise RemoteProtocolError(f"reached peers are 1 to {MAX_REACHED} peer ids")
     for peer in raw:
         if not isinstance(peer, str) or not _ID.fullmatch(peer):
-            raise RemoteProtocolError("an update's reached peers are peer ids")
+            raise RemoteProtocolError("reached peers are peer ids")
     return tuple(raw)
 
 
