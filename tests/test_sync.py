@@ -264,13 +264,12 @@ async def test_mesh_over_memory_streams_converges(tmp_path: Path, size: int) -> 
         nursery.cancel_scope.cancel()
 
 
-class UpdateLog(trio.abc.Stream):
+class UpdateLog(CountingStream):
     """Passes a stream through, keeping the live updates in the frames sent over it."""
 
     def __init__(self, inner: trio.abc.Stream, into: list[Update]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.into = into
-        self.pending = b""
         self.connection = Connection()  # reads frames as the peer will
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -278,16 +277,21 @@ class UpdateLog(trio.abc.Stream):
         while not isinstance(event := self.connection.next_event(), NeedData):
             if isinstance(event, Update):
                 self.into.append(event)
-        await self.inner.send_all(data)
+        await super().send_all(data)
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+def link_mesh_logging_updates(nursery: trio.Nursery, group: list[Node]) -> dict[str, list[Update]]:
+    """Link every node of ``group`` to every other; the live updates each receives, by peer id."""
+    heard: dict[str, list[Update]] = {node.peer_id: [] for node in group}
+    for a, b in itertools.combinations(group, 2):
+        link(
+            nursery,
+            a,
+            b,
+            wrap_a=functools.partial(UpdateLog, into=heard[b.peer_id]),
+            wrap_b=functools.partial(UpdateLog, into=heard[a.peer_id]),
+        )
+    return heard
 
 
 async def test_in_a_full_mesh_each_update_crosses_to_each_peer_once(tmp_path: Path) -> None:
@@ -297,15 +301,7 @@ async def test_in_a_full_mesh_each_update_crosses_to_each_peer_once(tmp_path: Pa
     names = ["alice", "bob", "carol", "dave"]
     async with nodes(tmp_path, *names) as group, trio.open_nursery() as nursery:
         conversation = await group_of(group)
-        heard: dict[str, list[Update]] = {node.peer_id: [] for node in group}
-        for a, b in itertools.combinations(group, 2):
-            link(
-                nursery,
-                a,
-                b,
-                wrap_a=functools.partial(UpdateLog, into=heard[b.peer_id]),
-                wrap_b=functools.partial(UpdateLog, into=heard[a.peer_id]),
-            )
+        heard = link_mesh_logging_updates(nursery, group)
         await joined(group, conversation)
         for node in group:
             await node.replica.send(conversation, Text(f"{node.replica.nickname} says hi"))
@@ -781,16 +777,8 @@ async def test_an_update_too_large_for_the_reached_peers_beside_it_goes_without_
     async with await small_frames(tmp_path, limits, "alice", "bob", "carol") as group:
         alice, bob, carol = group
         chat = await group_of(group)
-        heard: dict[str, list[Update]] = {node.peer_id: [] for node in group}
         async with trio.open_nursery() as nursery:
-            for a, b in itertools.combinations(group, 2):
-                link(
-                    nursery,
-                    a,
-                    b,
-                    wrap_a=functools.partial(UpdateLog, into=heard[b.peer_id]),
-                    wrap_b=functools.partial(UpdateLog, into=heard[a.peer_id]),
-                )
+            heard = link_mesh_logging_updates(nursery, group)
             await joined(group, chat)
             await alice.replica.send(chat, Text("small"))
             await alice.replica.send(chat, Text("x" * 26_000))
