@@ -1083,9 +1083,9 @@ class Replica:
     ) -> list[str]:
         """Commit ``written`` and tell listeners; ``origin`` is the peer it came from (None:
         local), ``reached`` the peers it says hold it too, ``ends`` its structs' ends (see
-        ``StoredUpdate``); ``waiting``: the update left structs
-        waiting for a dependency; ``slices``: how a load applies it in slices (stored beside
-        it). Returns the ids of the messages the commit took out of the index (``Store.commit``)."""
+        ``StoredUpdate``); ``waiting``: the update left structs waiting for a dependency;
+        ``slices``: how a load applies it in slices (stored beside it). Returns the ids of
+        the messages the commit took out of the index (``Store.commit``)."""
         if not written.update and not written.changes:
             return []
         conv = conversation or doc.id

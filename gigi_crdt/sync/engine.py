@@ -166,7 +166,7 @@ class SyncEngine:
         members = self.replica.loaded_members(conversation) or {}  # stored just now: in memory
         # Only peer ids go in the word: an origin that is no linked peer (a relay's) stays out.
         told = set(reached) | ({origin} if origin in self._links else set())
-        targets: list[tuple[str, PeerLink]] = []
+        targets: list[PeerLink] = []
         for peer_id, link in self._links.items():
             if peer_id == origin:
                 continue
@@ -181,11 +181,10 @@ class SyncEngine:
             elif peer_id not in reached and link.accepting:  # a link that is ending gets nothing
                 told.add(peer_id)
                 if stored.ends is None or not link.holds(conversation, stored.ends):
-                    targets.append((peer_id, link))
-        # Room for the word beside the update: a frame near the limit goes without it.
-        word = sorted(told) if len(update) + REACHED_ROOM <= self.limits.max_frame_bytes else []
-        for peer_id, link in targets:
-            link.offer_update(conversation, update, _reached_word(word, peer_id, link.peer))
+                    targets.append(link)
+        word = sorted(told)
+        for link in targets:
+            link.offer_update(conversation, update, self._reached_word(word, link.peer, update))
 
     # -- links -----------------------------------------------------------------------
 
@@ -380,9 +379,7 @@ class SyncEngine:
         parts: list[bytes] = []
         if len(update) > self.limits.max_update_bytes and PARTS_CAPABILITY in capabilities:
             *parts, update = await self.replica.split_update(update, self.limits.max_update_bytes // 2)
-        reached: tuple[str, ...] = ()
-        if update != EMPTY_UPDATE and len(update) + REACHED_ROOM <= self.limits.max_frame_bytes:
-            reached = _reached_word(self._sharing(conversation), link.peer.peer_id if link.peer else "", link.peer)
+        reached = () if update == EMPTY_UPDATE else self._reached_word(self._sharing(conversation), link.peer, update)
         return [*(SyncPart(conversation, part) for part in parts), SyncStep2(conversation, update, heads, reached)]
 
     def _sharing(self, conversation: str) -> list[str]:
@@ -583,10 +580,12 @@ class SyncEngine:
     def _name(link: PeerLink) -> str:
         return f"{link.peer.nickname} ({link.peer.peer_id})" if link.peer else "an unidentified peer"
 
-
-def _reached_word(told: list[str], peer_id: str, peer: Hello | None) -> tuple[str, ...]:
-    """The peers ``told`` (sorted) but ``peer_id`` itself, for a peer that takes them
-    (``REACH_CAPABILITY``); at most ``MAX_REACHED`` of them: any of them is true."""
-    if peer is None or REACH_CAPABILITY not in peer.capabilities:
-        return ()
-    return tuple(p for p in told if p != peer_id)[:MAX_REACHED]
+    def _reached_word(self, told: list[str], peer: Hello | None, update: bytes) -> tuple[str, ...]:
+        """The peers ``told`` (sorted) but ``peer`` itself, beside ``update`` to a peer that
+        takes them (``REACH_CAPABILITY``); at most ``MAX_REACHED`` of them: any of them is
+        true. None beside an update near the frame limit, where they may not fit."""
+        if peer is None or REACH_CAPABILITY not in peer.capabilities:
+            return ()
+        if len(update) + REACHED_ROOM > self.limits.max_frame_bytes:
+            return ()
+        return tuple(p for p in told if p != peer.peer_id)[:MAX_REACHED]
