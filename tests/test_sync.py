@@ -9,6 +9,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import msgpack
 import pytest
@@ -22,7 +23,17 @@ from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Member, Role
 from gigi_crdt.model.signed import sign_member
-from gigi_crdt.protocol import REACH_CAPABILITY, Connection, Hello, Limits, NeedData, SyncStep1, SyncStep2, Update
+from gigi_crdt.protocol import (
+    REACH_CAPABILITY,
+    Connection,
+    Event,
+    Hello,
+    Limits,
+    NeedData,
+    SyncStep1,
+    SyncStep2,
+    Update,
+)
 from gigi_crdt.replica import EMPTY_UPDATE
 from gigi_crdt.store import Record
 from gigi_crdt.sync import (
@@ -356,7 +367,9 @@ async def test_a_catch_up_is_not_passed_on_to_a_peer_whose_state_vector_holds_it
         bobby, carol_side = trio.testing.memory_stream_pair()
         nursery.start_soon(carol.engine.run_link, carol_side)
         connection = Connection()
-        for event in (Hello("bobby-peer-1", "bobby", 7), SyncStep1(chat, await alice.replica.state_vector(chat))):
+        # bobby has nothing for carol (so she asks alice at once) and all alice holds.
+        hello, holds = Hello("bobby-peer-1", "bobby", 7), SyncStep1(chat, await alice.replica.state_vector(chat))
+        for event in (hello, holds, SyncStep2(chat, EMPTY_UPDATE)):
             await bobby.send_all(connection.send(event))
         await trio.testing.wait_all_tasks_blocked()  # carol has taken bobby's step 1
         link(nursery, alice, carol)
@@ -372,6 +385,124 @@ async def test_a_catch_up_is_not_passed_on_to_a_peer_whose_state_vector_holds_it
                     passed_on.append(event.update)
         assert after in (m.id for m in await carol.replica.history(chat))
         assert not any(b"while carol was away" in update for update in passed_on)
+        nursery.cancel_scope.cancel()
+
+
+class Step2Log(CountingStream):
+    """Passes a stream through, keeping the step 2s in the frames sent over it."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.steps: list[SyncStep2] = []
+        self.stepped = trio.Event()  # set once a step 2 has been sent
+        self.connection = Connection()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.connection.receive_data(bytes(data))
+        while not isinstance(event := self.connection.next_event(), NeedData):
+            if isinstance(event, SyncStep2):
+                self.steps.append(event)
+                self.stepped.set()
+        await super().send_all(data)
+
+
+E = TypeVar("E", bound=Event)
+
+
+async def _read_until(stream: trio.abc.Stream, connection: Connection, kind: type[E]) -> E:
+    with trio.fail_after(10):
+        while not isinstance(event := connection.next_event(), kind):
+            if isinstance(event, NeedData):
+                connection.receive_data(await stream.receive_some())
+        return event
+
+
+async def _away_while_alice_writes(alice: Node, carol: Node, others: dict[str, str]) -> str:
+    """A group of alice, carol and ``others`` that carol synced once, then missed 20 messages of."""
+    chat = await alice.replica.create_conversation(ConversationKind.GROUP, others={carol.peer_id: "carol", **others})
+    async with trio.open_nursery() as first:
+        link(first, alice, carol)
+        await joined([alice, carol], chat)
+        first.cancel_scope.cancel()
+    for i in range(20):
+        await alice.replica.send(chat, Text(f"while carol was away {i}"))
+    return chat
+
+
+async def test_a_peer_back_among_several_gets_what_it_missed_from_one_of_them(tmp_path: Path) -> None:
+    """carol, back from offline, links to bobby, then to alice, who both hold what she
+    missed: she asks alice only once bobby's catch-up has merged, so alice sends none of
+    it again (each sent all of it, checked and merged again: n copies among n peers)."""
+    async with nodes(tmp_path, "alice", "carol") as (alice, carol), trio.open_nursery() as nursery:
+        chat = await _away_while_alice_writes(alice, carol, {"bobby-peer-1": "bobby"})
+        bobby, carol_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(carol.engine.run_link, carol_side)
+        connection = Connection()
+        await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
+        asked = await _read_until(bobby, connection, SyncStep1)
+        from_alice, _ = link(nursery, alice, carol, wrap_a=Step2Log)
+        assert isinstance(from_alice, Step2Log)
+        await trio.testing.wait_all_tasks_blocked()
+        await bobby.send_all(connection.send(SyncStep2(chat, await alice.replica.diff(chat, asked.state_vector))))
+        await converged([alice, carol], chat, 20)
+        with trio.fail_after(10):
+            await from_alice.stepped.wait()  # carol asked alice once bobby's catch-up had merged
+        assert [step.conversation for step in from_alice.steps] == [chat]
+        assert not any(b"while carol was away" in step.update for step in from_alice.steps)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_member_fetches_the_conversation_from_one_peer_and_asks_the_others_after(
+    tmp_path: Path,
+) -> None:
+    """carol, added to a group while away, links to alice and bob, who both announce it:
+    she fetches it whole from one of them, and asks the other only for what that one lacked."""
+    async with nodes(tmp_path, "alice", "bob", "carol") as (alice, bob, carol), trio.open_nursery() as nursery:
+        chat = await alice.replica.create_conversation(
+            ConversationKind.GROUP, others={bob.peer_id: "bob", carol.peer_id: "carol"}
+        )
+        async with trio.open_nursery() as first:
+            link(first, alice, bob)
+            await joined([alice, bob], chat)
+            for i in range(20):
+                await alice.replica.send(chat, Text(f"before carol came {i}"))
+            await converged([alice, bob], chat, 20)
+            first.cancel_scope.cancel()
+        logs = []
+        for peer in (alice, bob):
+            sent, _ = link(nursery, peer, carol, wrap_a=Step2Log)
+            assert isinstance(sent, Step2Log)
+            logs.append(sent)
+        await converged([alice, bob, carol], chat, 20)
+        with trio.fail_after(10):
+            for sent in logs:
+                await sent.stepped.wait()
+        whole = [step for sent in logs for step in sent.steps if b"before carol came" in step.update]
+        assert len(whole) == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("bobby_goes", [False, True])
+async def test_a_peer_that_does_not_bring_the_catch_up_holds_no_one_back(tmp_path: Path, bobby_goes: bool) -> None:
+    """bobby takes carol's step 1 and never answers: carol asks alice all the same, once
+    ``catch_up_wait`` has passed, or at once when bobby's link ends."""
+    wait = 3600 if bobby_goes else 0.5
+    async with (
+        nodes(tmp_path, "alice", "carol", settings=dataclasses.replace(FAST, catch_up_wait=wait)) as (alice, carol),
+        trio.open_nursery() as nursery,
+    ):
+        chat = await _away_while_alice_writes(alice, carol, {"bobby-peer-1": "bobby"})
+        bobby, carol_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(carol.engine.run_link, carol_side)
+        connection = Connection()
+        await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
+        await _read_until(bobby, connection, SyncStep1)
+        link(nursery, alice, carol)
+        await trio.testing.wait_all_tasks_blocked()
+        if bobby_goes:
+            await bobby.aclose()
+        with trio.fail_after(10):
+            await converged([alice, carol], chat, 20)
         nursery.cancel_scope.cancel()
 
 

@@ -7,11 +7,13 @@ offered to every linked member of their conversation except the peer they came f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
 import math
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -56,6 +58,7 @@ from .activity import (
 from .limits import RateLimitedStream
 from .link import EMPTY_STATE_VECTOR, LinkSettings, PeerLink, read_events
 from .presence import RENEW_SECONDS, Presence, PresenceTable, local_state
+from .turns import CatchUpTurns
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ class SyncEngine:
         # One awareness client id per engine run, as a Yjs client id is per session.
         self._awareness_client_id = secrets.randbits(53) if awareness_client_id is None else awareness_client_id
         self._links: dict[str, PeerLink] = {}
+        self._turns = CatchUpTurns()
         self._presence = PresenceTable()
         self._presence_clock = 0
         self._typing: set[str] = set()
@@ -211,6 +215,7 @@ class SyncEngine:
                 nursery.cancel_scope.deadline = trio.current_time() + FLUSH_SECONDS
         finally:
             self._unregister(link, link.lost or reason)
+            self._turns.release(link)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
         return LinkOutcome(link.lost or reason, link.peer.peer_id if link.peer else None)
@@ -281,7 +286,12 @@ class SyncEngine:
             await self._on_announce(session, event)
         elif isinstance(event, SyncStep1):
             await self._on_step1(session, event)
-        elif isinstance(event, SyncStep2 | Update):
+        elif isinstance(event, SyncStep2):
+            try:
+                await self._on_update(session, event)
+            finally:
+                self._turns.arrived(event.conversation, link)
+        elif isinstance(event, Update):
             await self._on_update(session, event)
         elif isinstance(event, SyncPart):
             self._on_part(session, event)
@@ -310,11 +320,35 @@ class SyncEngine:
         session.catching_up = set(shared)
         session.catch_up_total = len(shared)
         link.offer(Announce(tuple(shared)))
+        later = []
         for conversation in shared:
-            link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+            if self._turns.try_take(conversation, link):
+                link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+            else:
+                later.append(conversation)
             self._announce_presence(link, conversation)
+        if later:
+            session.nursery.start_soon(self._ask_in_turn, session, later)
         session.nursery.start_soon(self._keep_alive, link)
         session.nursery.start_soon(self._repair_periodically, session)
+
+    async def _ask_in_turn(self, session: _Session, conversations: list[str]) -> None:
+        """Ask for each of ``conversations`` once the catch-up another link is bringing of
+        it has merged (``CatchUpTurns``): the peer then sends only what that one lacked,
+        and a conversation that was new to us is no longer fetched whole."""
+        link = session.link
+        deadline = trio.current_time() + self.settings.catch_up_wait
+        for conversation in conversations:  # in the order the other link's answers come
+            await self._turns.take(conversation, link, deadline)
+            asked = False
+            with self._failing_softly(session, conversation):
+                if conversation in link.shared:
+                    link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+                    asked = True
+                else:
+                    asked = await self._ask_announced(session, conversation, set(await self.replica.conversation_ids()))
+            if not asked:
+                self._turns.arrived(conversation, link)  # nothing asked: nothing to wait for
 
     def _on_awareness(self, session: _Session, awareness: Awareness) -> None:
         link, peer = session.link, session.link.peer
@@ -333,19 +367,31 @@ class SyncEngine:
     async def _on_announce(self, session: _Session, announce: Announce) -> None:
         link = session.link
         known = set(await self.replica.conversation_ids())
+        later = []
         for conversation in announce.conversations:
             if conversation in link.shared or conversation in session.fetching:
                 continue
-            if conversation not in known:
-                # New to us (we were added elsewhere): ask for all of it.
-                session.fetching.add(conversation)
-                session.catching_up.add(conversation)
-                session.catch_up_total += 1
-                link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
-            elif await self._may_share(link, conversation):
-                link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+            if conversation not in known and not self._turns.try_take(conversation, link):
+                later.append(conversation)  # another link is fetching it: ask this one after
             else:
-                await self._ask_outsider(session, conversation)
+                await self._ask_announced(session, conversation, known)
+        if later:
+            session.nursery.start_soon(self._ask_in_turn, session, later)
+
+    async def _ask_announced(self, session: _Session, conversation: str, known: set[str]) -> bool:
+        """Ask for what we lack of a conversation the peer announced: all of it if it is
+        new to us (we were added elsewhere). False if we asked nothing."""
+        link = session.link
+        if conversation not in known:
+            session.fetching.add(conversation)
+            session.catching_up.add(conversation)
+            session.catch_up_total += 1
+            link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
+        elif await self._may_share(link, conversation):
+            link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+        else:
+            return await self._ask_outsider(session, conversation)
+        return True
 
     async def _on_step1(self, session: _Session, step: SyncStep1) -> None:
         link = session.link
@@ -547,16 +593,21 @@ class SyncEngine:
             for conversation in sorted(session.fetching):
                 link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
             for conversation in sorted(link.shared):
-                try:
-                    state_vector = await self.replica.state_vector(conversation)
-                except StoreClosed as exc:  # our replica closed under a link still running
-                    link.lost = f"going away: {exc}"
-                    session.nursery.cancel_scope.cancel()
-                    return
-                except GigiError as exc:  # that document cannot load now: the others go on
-                    log.warning("anti-entropy with %s skips %s: %s", self._name(link), conversation, exc)
-                    continue
-                link.offer(SyncStep1(conversation, state_vector))
+                with self._failing_softly(session, conversation):
+                    link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
+
+    @contextlib.contextmanager
+    def _failing_softly(self, session: _Session, conversation: str) -> Iterator[None]:
+        """Around a task beside the link's reader, which must not fail the link: a
+        document that cannot load now is skipped (the others go on); if our replica has
+        closed under the link, the link ends, going away."""
+        try:
+            yield
+        except StoreClosed as exc:
+            session.link.lost = f"going away: {exc}"
+            session.nursery.cancel_scope.cancel()
+        except GigiError as exc:
+            log.warning("skipping %s with %s: %s", conversation, self._name(session.link), exc)
 
     # -- bookkeeping -------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ class LinkSettings:
         ping_interval: seconds between our PINGs, so that a quiet peer never looks idle.
         idle_timeout: seconds without a byte from the peer before the link is closed.
         anti_entropy_interval: seconds between rounds of state vectors that repair lost frames.
+        catch_up_wait: seconds a new link waits, before it asks for a conversation, for the
+            catch-up another link is bringing of it (``gigi_crdt.sync.turns``).
         queue_size: frames queued for the peer before it is resynced instead.
         max_frames_per_second: frames the peer may send per second, sustained; more ends
             the link with CLOSE 1008 RATE_LIMITED (see ``gigi_crdt.sync.limits``).
@@ -65,6 +67,7 @@ class LinkSettings:
     ping_interval: float = 15.0
     idle_timeout: float = 45.0
     anti_entropy_interval: float = 30.0
+    catch_up_wait: float = 10.0
     queue_size: int = 256
     max_frames_per_second: float = 1000.0
     frame_burst: int = 10_000
