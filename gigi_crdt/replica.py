@@ -182,9 +182,14 @@ def left_waiting(summary: UpdateSummary, state_vector: bytes) -> bool:
     does not count all of its structs, or all the items it deletes: some wait for a
     dependency (or may: a section that ends in a Skip struct counts as waiting, which only
     costs a diff later)."""
-    have = clocks_of(state_vector)  # our own document's: pycrdt made it
-    return any(have.get(client, 0) < writes.clocks[1] for client, writes in summary.clients.items()) or bool(
-        deletions_past(summary.deletes, have)
+    return not held_at(summary, clocks_of(state_vector))  # our own document's: pycrdt made it
+
+
+def held_at(summary: UpdateSummary, have: Mapping[int, int]) -> bool:
+    """Whether a document at clocks ``have`` holds all of the update ``summary`` describes:
+    every struct it writes and every item it deletes."""
+    return all(have.get(client, 0) >= end for client, end in summary.ends.items()) and not deletions_past(
+        summary.deletes, have
     )
 
 
@@ -636,7 +641,7 @@ class Replica:
             conversation,
             origin or "",
             reached,
-            {client: writes.clocks[1] for client, writes in summary.clients.items()},
+            summary.ends,
             waiting=waiting,
             slices=summary.slices,
         )
@@ -691,10 +696,7 @@ class Replica:
         stored = await self._stored_state_vector(conversation)
         if stored is None:
             return False
-        have = clocks_of(stored)
-        if any(writes.clocks[1] > have.get(client, 0) for client, writes in summary.clients.items()):
-            return False
-        return not deletions_past(summary.deletes, have)
+        return held_at(summary, clocks_of(stored))
 
     async def _restore_records(self, conversation: str, doc: Conversation) -> None:
         """Write back signed records someone replaced with older or invalid ones (see

@@ -1332,8 +1332,7 @@ class Conversation:
         for author, held in self.held_heads().items():
             if held.value.client != self.client_id:
                 bounds[held.value.client] = (author, held.value.clock, held.value.at)
-        beyond = [(client, writes.clocks[1]) for client, writes in summary.clients.items() if client in bounds]
-        beyond = [(client, end) for client, end in beyond if end > bounds[client][1]]
+        beyond = [(client, end) for client, end in summary.ends.items() if client in bounds and end > bounds[client][1]]
         if not beyond:
             return
         carried: dict[str, list[Head]] = {}

@@ -121,6 +121,11 @@ class UpdateSummary:
     """How to apply the update in slices (``check_update`` with ``slice_bytes``), if it is large."""
 
     @property
+    def ends(self) -> dict[int, int]:
+        """Per client, the clock after its last struct in the update."""
+        return {client: writes.clocks[1] for client, writes in self.clients.items()}
+
+    @property
     def authors(self) -> frozenset[int]:
         """Client ids that author items or GC structs (Skip structs author nothing)."""
         return frozenset(client for client, writes in self.clients.items() if writes.items or writes.garbage)
