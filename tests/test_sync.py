@@ -9,7 +9,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgpack
 import pytest
@@ -275,19 +275,23 @@ async def test_mesh_over_memory_streams_converges(tmp_path: Path, size: int) -> 
         nursery.cancel_scope.cancel()
 
 
-class UpdateLog(CountingStream):
-    """Passes a stream through, keeping the live updates in the frames sent over it."""
+class SentLog(CountingStream):
+    """Passes a stream through, keeping the events of one kind (live updates unless told)
+    in the frames sent over it."""
 
-    def __init__(self, inner: trio.abc.Stream, into: list[Update]) -> None:
+    def __init__(self, inner: trio.abc.Stream, kind: type[Event] = Update, into: list[Any] | None = None) -> None:
         super().__init__(inner)
-        self.into = into
+        self.kind = kind
+        self.events: list[Any] = [] if into is None else into
+        self.seen = trio.Event()  # set once one has been sent
         self.connection = Connection()  # reads frames as the peer will
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.connection.receive_data(bytes(data))
         while not isinstance(event := self.connection.next_event(), NeedData):
-            if isinstance(event, Update):
-                self.into.append(event)
+            if isinstance(event, self.kind):
+                self.events.append(event)
+                self.seen.set()
         await super().send_all(data)
 
 
@@ -299,8 +303,8 @@ def link_mesh_logging_updates(nursery: trio.Nursery, group: list[Node]) -> dict[
             nursery,
             a,
             b,
-            wrap_a=functools.partial(UpdateLog, into=heard[b.peer_id]),
-            wrap_b=functools.partial(UpdateLog, into=heard[a.peer_id]),
+            wrap_a=functools.partial(SentLog, into=heard[b.peer_id]),
+            wrap_b=functools.partial(SentLog, into=heard[a.peer_id]),
         )
     return heard
 
@@ -350,20 +354,35 @@ async def test_an_update_from_a_relay_is_passed_on_to_linked_peers(tmp_path: Pat
             nursery.cancel_scope.cancel()
 
 
+E = TypeVar("E", bound=Event)
+
+
+async def _read_until(stream: trio.abc.Stream, connection: Connection, kind: type[E]) -> E:
+    with trio.fail_after(10):
+        while not isinstance(event := connection.next_event(), kind):
+            if isinstance(event, NeedData):
+                connection.receive_data(await stream.receive_some())
+        return event
+
+
+async def _away_while_alice_writes(alice: Node, carol: Node, others: dict[str, str]) -> str:
+    """A group of alice, carol and ``others`` that carol synced once, then missed 20 messages of."""
+    chat = await alice.replica.create_conversation(ConversationKind.GROUP, others={carol.peer_id: "carol", **others})
+    async with trio.open_nursery() as first:
+        link(first, alice, carol)
+        await joined([alice, carol], chat)
+        first.cancel_scope.cancel()
+    for i in range(20):
+        await alice.replica.send(chat, Text(f"while carol was away {i}"))
+    return chat
+
+
 async def test_a_catch_up_is_not_passed_on_to_a_peer_whose_state_vector_holds_it(tmp_path: Path) -> None:
     """carol, back from offline, gets what she missed from alice; bobby's step 1 told her he
     holds all of it, so she passes none of it on to him (a peer back among many got it from
     each, and passed the first on to all the others)."""
     async with nodes(tmp_path, "alice", "carol") as (alice, carol), trio.open_nursery() as nursery:
-        chat = await alice.replica.create_conversation(
-            ConversationKind.GROUP, others={carol.peer_id: "carol", "bobby-peer-1": "bobby"}
-        )
-        async with trio.open_nursery() as first:
-            link(first, alice, carol)
-            await joined([alice, carol], chat)
-            first.cancel_scope.cancel()
-        for i in range(20):
-            await alice.replica.send(chat, Text(f"while carol was away {i}"))
+        chat = await _away_while_alice_writes(alice, carol, {"bobby-peer-1": "bobby"})
         bobby, carol_side = trio.testing.memory_stream_pair()
         nursery.start_soon(carol.engine.run_link, carol_side)
         connection = Connection()
@@ -388,47 +407,6 @@ async def test_a_catch_up_is_not_passed_on_to_a_peer_whose_state_vector_holds_it
         nursery.cancel_scope.cancel()
 
 
-class Step2Log(CountingStream):
-    """Passes a stream through, keeping the step 2s in the frames sent over it."""
-
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        super().__init__(inner)
-        self.steps: list[SyncStep2] = []
-        self.stepped = trio.Event()  # set once a step 2 has been sent
-        self.connection = Connection()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.connection.receive_data(bytes(data))
-        while not isinstance(event := self.connection.next_event(), NeedData):
-            if isinstance(event, SyncStep2):
-                self.steps.append(event)
-                self.stepped.set()
-        await super().send_all(data)
-
-
-E = TypeVar("E", bound=Event)
-
-
-async def _read_until(stream: trio.abc.Stream, connection: Connection, kind: type[E]) -> E:
-    with trio.fail_after(10):
-        while not isinstance(event := connection.next_event(), kind):
-            if isinstance(event, NeedData):
-                connection.receive_data(await stream.receive_some())
-        return event
-
-
-async def _away_while_alice_writes(alice: Node, carol: Node, others: dict[str, str]) -> str:
-    """A group of alice, carol and ``others`` that carol synced once, then missed 20 messages of."""
-    chat = await alice.replica.create_conversation(ConversationKind.GROUP, others={carol.peer_id: "carol", **others})
-    async with trio.open_nursery() as first:
-        link(first, alice, carol)
-        await joined([alice, carol], chat)
-        first.cancel_scope.cancel()
-    for i in range(20):
-        await alice.replica.send(chat, Text(f"while carol was away {i}"))
-    return chat
-
-
 async def test_a_peer_back_among_several_gets_what_it_missed_from_one_of_them(tmp_path: Path) -> None:
     """carol, back from offline, links to bobby, then to alice, who both hold what she
     missed: she asks alice only once bobby's catch-up has merged, so alice sends none of
@@ -440,15 +418,15 @@ async def test_a_peer_back_among_several_gets_what_it_missed_from_one_of_them(tm
         connection = Connection()
         await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
         asked = await _read_until(bobby, connection, SyncStep1)
-        from_alice, _ = link(nursery, alice, carol, wrap_a=Step2Log)
-        assert isinstance(from_alice, Step2Log)
+        from_alice, _ = link(nursery, alice, carol, wrap_a=functools.partial(SentLog, kind=SyncStep2))
+        assert isinstance(from_alice, SentLog)
         await trio.testing.wait_all_tasks_blocked()
         await bobby.send_all(connection.send(SyncStep2(chat, await alice.replica.diff(chat, asked.state_vector))))
         await converged([alice, carol], chat, 20)
         with trio.fail_after(10):
-            await from_alice.stepped.wait()  # carol asked alice once bobby's catch-up had merged
-        assert [step.conversation for step in from_alice.steps] == [chat]
-        assert not any(b"while carol was away" in step.update for step in from_alice.steps)
+            await from_alice.seen.wait()  # carol asked alice once bobby's catch-up had merged
+        assert [step.conversation for step in from_alice.events] == [chat]
+        assert not any(b"while carol was away" in step.update for step in from_alice.events)
         nursery.cancel_scope.cancel()
 
 
@@ -470,14 +448,14 @@ async def test_a_new_member_fetches_the_conversation_from_one_peer_and_asks_the_
             first.cancel_scope.cancel()
         logs = []
         for peer in (alice, bob):
-            sent, _ = link(nursery, peer, carol, wrap_a=Step2Log)
-            assert isinstance(sent, Step2Log)
+            sent, _ = link(nursery, peer, carol, wrap_a=functools.partial(SentLog, kind=SyncStep2))
+            assert isinstance(sent, SentLog)
             logs.append(sent)
         await converged([alice, bob, carol], chat, 20)
         with trio.fail_after(10):
             for sent in logs:
-                await sent.stepped.wait()
-        whole = [step for sent in logs for step in sent.steps if b"before carol came" in step.update]
+                await sent.seen.wait()
+        whole = [step for sent in logs for step in sent.events if b"before carol came" in step.update]
         assert len(whole) == 1
         nursery.cancel_scope.cancel()
 
@@ -539,7 +517,7 @@ async def test_a_catch_up_is_not_passed_on_to_the_peers_it_names(tmp_path: Path)
         )
         await dave.replica.receive(chat, await alice.replica.diff(chat, None), origin=alice.peer_id)
         to_bob: list[Update] = []
-        link(nursery, alice, bob, wrap_a=functools.partial(UpdateLog, into=to_bob))
+        link(nursery, alice, bob, wrap_a=functools.partial(SentLog, into=to_bob))
         await joined([alice, bob], chat)
         for i in range(5):
             await dave.replica.send(chat, Text(f"dave's, by xavier {i}"))
