@@ -7,12 +7,14 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 import trio.testing
 
 from gigi_crdt import Replica, UnknownConversation, open_replica
 from gigi_crdt.identity import Identity
+from gigi_crdt.protocol import Connection, Event, NeedData
 from gigi_crdt.replica import StoredUpdate
 from gigi_crdt.sync import Activity, LinkSettings, SyncEngine
 from gigi_crdt.testing import StoreWatch
@@ -64,6 +66,18 @@ def link(
     nursery.start_soon(a.engine.run_link, left_)
     nursery.start_soon(b.engine.run_link, right_)
     return left_, right_
+
+
+E = TypeVar("E", bound=Event)
+
+
+async def read_until(stream: trio.abc.Stream, connection: Connection, kind: type[E]) -> E:
+    """As a raw peer at the end of ``stream``: read frames until one of ``kind`` (within 10 s)."""
+    with trio.fail_after(10):
+        while not isinstance(event := connection.next_event(), kind):
+            if isinstance(event, NeedData):
+                connection.receive_data(await stream.receive_some())
+        return event
 
 
 async def wait_for(node: Node, done: Callable[[Activity], bool]) -> Activity:

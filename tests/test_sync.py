@@ -9,7 +9,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 import pytest
@@ -17,7 +17,19 @@ import trio
 import trio.testing
 from forgery import forge_member_records
 from pycrdt import Doc
-from sync_helpers import FAST, Node, Recorder, converged, drain, joined, link, nodes, until_stored, wait_for
+from sync_helpers import (
+    FAST,
+    Node,
+    Recorder,
+    converged,
+    drain,
+    joined,
+    link,
+    nodes,
+    read_until,
+    until_stored,
+    wait_for,
+)
 
 from gigi_crdt import ConversationKind, NotAllowed, Text
 from gigi_crdt.identity import Identity
@@ -354,17 +366,6 @@ async def test_an_update_from_a_relay_is_passed_on_to_linked_peers(tmp_path: Pat
             nursery.cancel_scope.cancel()
 
 
-E = TypeVar("E", bound=Event)
-
-
-async def _read_until(stream: trio.abc.Stream, connection: Connection, kind: type[E]) -> E:
-    with trio.fail_after(10):
-        while not isinstance(event := connection.next_event(), kind):
-            if isinstance(event, NeedData):
-                connection.receive_data(await stream.receive_some())
-        return event
-
-
 async def _away_while_alice_writes(alice: Node, carol: Node, others: dict[str, str]) -> str:
     """A group of alice, carol and ``others`` that carol synced once, then missed 20 messages of."""
     chat = await alice.replica.create_conversation(ConversationKind.GROUP, others={carol.peer_id: "carol", **others})
@@ -395,13 +396,8 @@ async def test_a_catch_up_is_not_passed_on_to_a_peer_whose_state_vector_holds_it
         await converged([alice, carol], chat, 20)
         after = await alice.replica.send(chat, Text("after carol came back"))
         passed_on: list[bytes] = []
-        with trio.fail_after(10):
-            while not passed_on or b"after carol came back" not in passed_on[-1]:
-                event = connection.next_event()
-                if isinstance(event, NeedData):
-                    connection.receive_data(await bobby.receive_some())
-                elif isinstance(event, Update):
-                    passed_on.append(event.update)
+        while not passed_on or b"after carol came back" not in passed_on[-1]:
+            passed_on.append((await read_until(bobby, connection, Update)).update)
         assert after in (m.id for m in await carol.replica.history(chat))
         assert not any(b"while carol was away" in update for update in passed_on)
         nursery.cancel_scope.cancel()
@@ -417,7 +413,7 @@ async def test_a_peer_back_among_several_gets_what_it_missed_from_one_of_them(tm
         nursery.start_soon(carol.engine.run_link, carol_side)
         connection = Connection()
         await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
-        asked = await _read_until(bobby, connection, SyncStep1)
+        asked = await read_until(bobby, connection, SyncStep1)
         from_alice, _ = link(nursery, alice, carol, wrap_a=functools.partial(SentLog, kind=SyncStep2))
         assert isinstance(from_alice, SentLog)
         await trio.testing.wait_all_tasks_blocked()
@@ -474,7 +470,7 @@ async def test_a_peer_that_does_not_bring_the_catch_up_holds_no_one_back(tmp_pat
         nursery.start_soon(carol.engine.run_link, carol_side)
         connection = Connection()
         await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
-        await _read_until(bobby, connection, SyncStep1)
+        await read_until(bobby, connection, SyncStep1)
         link(nursery, alice, carol)
         await trio.testing.wait_all_tasks_blocked()
         if bobby_goes:
@@ -500,11 +496,8 @@ async def test_a_catch_up_names_the_senders_other_peers_that_share_the_conversat
         hello = Hello("xavier-peer-1", "xavier", 7, frozenset({REACH_CAPABILITY}))
         for event in (hello, SyncStep1(chat, b"\x00")):
             await xavier.send_all(connection.send(event))
-        with trio.fail_after(10):
-            while not isinstance(event := connection.next_event(), SyncStep2):
-                if isinstance(event, NeedData):
-                    connection.receive_data(await xavier.receive_some())
-        assert event.reached == (bob.peer_id,)
+        step = await read_until(xavier, connection, SyncStep2)
+        assert step.reached == (bob.peer_id,)
         nursery.cancel_scope.cancel()
 
 
@@ -571,15 +564,9 @@ async def test_who_an_update_reached_goes_only_to_peers_that_take_it(
         with trio.fail_after(10):
             await wait_for(alice, lambda e: isinstance(e, PeerOnline) and e.peer_id == "olden-peer-1")
             update = await bob.replica.send(chat, Text("from bob"))
-            passed_on: list[Update] = []
-            while not passed_on:
-                event = connection.next_event()
-                if isinstance(event, NeedData):
-                    connection.receive_data(await olden.receive_some())
-                elif isinstance(event, Update):
-                    passed_on.append(event)
+            passed_on = await read_until(olden, connection, Update)
         assert update in (m.id for m in await alice.replica.history(chat))
-        assert passed_on[0].reached == (() if not capabilities else (bob.peer_id,))
+        assert passed_on.reached == (() if not capabilities else (bob.peer_id,))
         nursery.cancel_scope.cancel()
 
 

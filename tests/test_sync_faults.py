@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 from hostile import hostile_updates
-from sync_helpers import Node, converged, drain, ids, joined, link, nodes, until_stored, wait_for
+from sync_helpers import Node, converged, drain, ids, joined, link, nodes, read_until, until_stored, wait_for
 
 from gigi_crdt import ConversationKind, Text, UnknownConversation
 from gigi_crdt.errors import StorageError
@@ -561,16 +561,10 @@ async def test_a_member_sending_a_hostile_update_is_dropped_and_nothing_of_it_sp
             await mallory.send_all(connection.send(event))
         with trio.fail_after(10):
             offline = await wait_for(alice, lambda e: isinstance(e, PeerOffline) and e.peer_id == "mallory-peer-1")
-            closed: list[Event] = []
-            while not closed:
-                event = connection.next_event()
-                if isinstance(event, NeedData):
-                    connection.receive_data(await mallory.receive_some())
-                elif isinstance(event, Close):
-                    closed.append(event)
+            closed = await read_until(mallory, connection, Close)
         assert isinstance(offline, PeerOffline)
         assert "update refused" in offline.reason
-        assert closed[0].code is CloseCode.INTERNAL_ERROR
+        assert closed.code is CloseCode.INTERNAL_ERROR
         assert await alice.replica.state_vector(chat) == before
         # The link to carol carries on, and carries none of it.
         message = await alice.replica.send(chat, Text("still fine"))
@@ -588,13 +582,9 @@ async def mallory_sends(alice: Node, nursery: trio.Nursery, *events: Event) -> t
         await mallory.send_all(connection.send(event))
     with trio.fail_after(10):
         offline = await wait_for(alice, lambda e: isinstance(e, PeerOffline) and e.peer_id == "mallory-peer-1")
-        while True:
-            event = connection.next_event()
-            if isinstance(event, NeedData):
-                connection.receive_data(await mallory.receive_some())
-            elif isinstance(event, Close):
-                assert isinstance(offline, PeerOffline)
-                return offline, event
+        closed = await read_until(mallory, connection, Close)
+    assert isinstance(offline, PeerOffline)
+    return offline, closed
 
 
 async def test_a_step_2_part_that_fails_the_check_ends_the_link_and_nothing_of_the_step_2_is_taken(
