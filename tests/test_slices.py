@@ -13,6 +13,7 @@ from pycrdt import Array, Doc, Map, merge_updates
 
 import gigi_crdt.model.conversation as conversation_module
 import gigi_crdt.model.slices as slices_module
+import gigi_crdt.model.streams as streams_module
 import gigi_crdt.replica as replica_module
 import gigi_crdt.store.compaction as compaction_module
 import gigi_crdt.store.store as store_module
@@ -181,8 +182,8 @@ def by_author(changes: Changes) -> dict[str, list[tuple[int, object]]]:
 
 def test_a_sliced_apply_reports_the_same_changes(whole: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[str] = []
-    parse_entry = conversation_module.parse_entry
-    monkeypatch.setattr(conversation_module, "parse_entry", lambda *args: parsed.append(args[0]) or parse_entry(*args))
+    parse_entry = streams_module.parse_entry
+    monkeypatch.setattr(streams_module, "parse_entry", lambda *args: parsed.append(args[0]) or parse_entry(*args))
     expected, reference = changes_of(whole, check_update(whole))
     whole_parses, parsed[:] = len(parsed), []
     summary = check_update(whole, slice_bytes=40)

@@ -1,14 +1,14 @@
 """Conversation documents over pycrdt: pure data, no I/O, no trio."""
 
+from .changes import Changes as Changes
+from .changes import Written as Written
 from .clock import HybridClock as HybridClock
 from .content import Content as Content
 from .content import FileShare as FileShare
 from .content import GroupInvite as GroupInvite
 from .content import Text as Text
-from .conversation import Changes as Changes
 from .conversation import Conversation as Conversation
-from .conversation import Written as Written
-from .conversation import new_id as new_id
+from .ids import new_id as new_id
 from .metadata import ConversationKind as ConversationKind
 from .metadata import Member as Member
 from .metadata import Metadata as Metadata

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pycrdt import get_update, merge_updates
@@ -191,3 +191,57 @@ class RecentUpdates:
             return b""
         updates = [self._updates[index] for index in sorted(lacked)]
         return get_update(merge_updates(*updates) if len(updates) > 1 else updates[0], state_vector)
+
+
+class CatchUps:
+    """What one document answers a peer's state vector with, and what of it waits."""
+
+    def __init__(self, state_vector: bytes) -> None:
+        self.recent = RecentUpdates(state_vector)
+        """What ``answer`` serves peers that were here lately from."""
+        self.waiting: Pending | None = None
+        """Structs and deletions that wait for a dependency."""
+
+    def add(self, update: bytes, ends: Mapping[int, int], state_vector: bytes) -> None:
+        """Keep an update the document applied or wrote (see ``RecentUpdates.add``)."""
+        self.recent.add(update, ends, state_vector, self.waiting)
+
+    def note_waiting(self, update: bytes, state_vector: bytes) -> bool:
+        """Keep what ``update`` left waiting in a document now at ``state_vector``; True if
+        any of it was not waiting already (see ``Conversation.note_waiting``)."""
+        rest = unintegrated(update, state_vector)
+        if rest is None or (self.waiting is not None and self.waiting.holds(rest)):
+            return False
+        self.waiting = merge_pending(self.waiting, rest)
+        self.recent.add(rest.update, rest.needs, state_vector, self.waiting)
+        return True
+
+    def waits(self, state_vector: bytes) -> bool:
+        """Whether anything waits still in a document now at ``state_vector``."""
+        if self.waiting is not None:
+            self._forget_integrated(clocks_of(state_vector))
+        return self.waiting is not None
+
+    def answer(self, theirs: bytes | None, state_vector: bytes, diff: Callable[[bytes | None], bytes]) -> bytes | None:
+        """What a peer at ``theirs`` lacks of a document at ``state_vector`` whose
+        ``diff`` against a state vector is at hand, or ``None`` for nothing (see
+        ``Conversation.catch_up``)."""
+        ours = clocks_of(state_vector)
+        self._forget_integrated(ours)
+        parts = [self._lacked(theirs, ours, diff), b"" if self.waiting is None else self.waiting.update]
+        parts = [part for part in parts if part]
+        return merge_updates(*parts) if len(parts) > 1 else parts[0] if parts else None
+
+    def _forget_integrated(self, ours: Mapping[int, int]) -> None:
+        if self.waiting is not None and covers(ours, self.waiting.needs):
+            self.waiting = None  # all integrated
+
+    def _lacked(self, theirs: bytes | None, ours: Mapping[int, int], diff: Callable[[bytes | None], bytes]) -> bytes:
+        """What a peer at ``theirs`` lacks of what our clocks ``ours`` count (``b""``: nothing)."""
+        if theirs is None:
+            return diff(None)
+        their_clocks = clocks_of(theirs)
+        if covers(their_clocks, ours):
+            return b""
+        recent = self.recent.lacked_by(their_clocks, theirs)
+        return diff(theirs) if recent is None else recent

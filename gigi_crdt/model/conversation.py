@@ -16,33 +16,33 @@ only their member writes and that only grow, so they converge and never shift un
 concurrent inserts. Finding what a remote update brought costs one length check per
 member, not a scan of history.
 
-Nothing outside this module touches the pycrdt structures.
+``Conversation`` holds its parts as collaborators, each in a module of its own: the
+streams (``streams``), the receipts (``acks``), the signed records (``records``) and which
+entries they verify (``verifier``), what catch-ups answer (``catchup``). Nothing outside
+these modules touches a conversation's pycrdt structures.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
-import json
 import logging
-import os
-import secrets
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pycrdt import Array, Doc, Map, Transaction, merge_updates
 
 from ..errors import NotAllowed, SchemaError, UnknownMessage
 from ..signatures import Signer
-from .catchup import Pending, RecentUpdates, covers, merge_pending, unintegrated
-from .chain import AnchorCheck, Chain, commitment, genesis, is_anchor_seq, link_of, verified_entries
-from .clock import TICKS_PER_MS, HybridClock
+from .acks import Acks
+from .catchup import CatchUps, RecentUpdates
+from .chain import commitment, genesis, is_anchor_seq, link_of
+from .changes import Changes, Written
+from .clock import HybridClock
 from .content import Content, GroupInvite
 from .gaps import Logged, PastGaps, has_gaps, load_document, spans_of
+from .ids import new_conversation_id, new_id
 from .metadata import (
     ConversationKind,
     Member,
@@ -54,8 +54,8 @@ from .metadata import (
     encode_metadata,
     parse_member,
     parse_metadata,
-    parse_receipt,
     receipt_key,
+    retention_cutoff,
 )
 from .ops import (
     BUCKET_SIZE,
@@ -67,22 +67,15 @@ from .ops import (
     Redacted,
     StreamEntry,
     Tombstone,
-    bucket_key,
     check_id,
     check_nickname,
     encode_op,
-    parse_entry,
-    split_bucket_key,
 )
+from .records import SignedRecords
 from .signed import (
     CHARTER,
     Head,
     Signed,
-    check_anchor,
-    check_charter,
-    check_head,
-    check_member,
-    head_key,
     is_creator_key,
     is_signed,
     new_signed_conversation_id,
@@ -91,6 +84,8 @@ from .signed import (
     sign_head,
     sign_member,
 )
+from .streams import Streams
+from .verifier import StreamVerifier
 from .view import Message, fold_history
 from .ydecode import UnsafeUpdate, client_clock, clocks_of, decode_any
 from .yupdate import UpdateSummary
@@ -98,89 +93,7 @@ from .yupdate import UpdateSummary
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
-CHECKED_HEADS_KEPT = 64  # valid heads remembered by signature, so that each is checked once
 SWEEP_EVERY = 64  # remote updates between sweeps for entries integrated without an event
-
-
-def retention_cutoff(retention_days: int | None, now: int) -> int | None:
-    """The timestamp below which a retention of ``retention_days`` has expired messages at
-    timestamp ``now`` (``None``: kept forever)."""
-    return None if retention_days is None else now - retention_days * DAY_TICKS
-
-
-# base64's alphabet, and the same characters in ASCII order: an id's characters then sort
-# as the bits they encode.
-_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_IN_ORDER = bytes.maketrans(_BASE64, b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
-
-
-def new_id() -> str:
-    """A fresh id for a message, 16 URL-safe characters: a set bit and the wall clock in
-    milliseconds (47 bits: the id starts with a letter, not "-"), then 48 random bits. Ids
-    written later sort later (by each writer's clock), so the index's unique (conversation,
-    id) B-tree takes new rows near its end, not on a random page each."""
-    bits = (2**47 | time.time_ns() // 1_000_000 % 2**47).to_bytes(6, "big") + os.urandom(6)
-    return base64.b64encode(bits).translate(_IN_ORDER).decode("ascii")
-
-
-def new_conversation_id() -> str:
-    """A fresh conversation id: 144 bits, URL-safe, 24 characters. It is also the room name
-    on relays, where knowing it is what lets anyone with the relay's token in: unguessable."""
-    return secrets.token_urlsafe(18)
-
-
-@dataclass(slots=True)
-class Changes:
-    """What one transaction (local or remote) changed, as the index needs to know it."""
-
-    entries: list[StreamEntry] = field(default_factory=list)
-    receipts: list[Receipt] = field(default_factory=list)
-    metadata_changed: bool = False
-    complete_upto: dict[str, int] = field(default_factory=dict)
-    """Author -> how much of its stream the document holds with no entry missing below,
-    where that is less than the entries suggest (see ``Conversation.apply_remote``)."""
-    waiting: bool = False
-    """A remote update left structs or deletions waiting for a dependency, not all of
-    which were waiting already (set by ``Replica.receive``)."""
-    vanished: list[tuple[str, int]] = field(default_factory=list)
-    """(author, seq) of entries a remote update deleted with nothing in their place yet:
-    a deletion's redaction deletes and inserts, and the insert may wait (``gaps``), for
-    good if its author lost its store. The document shows no message there meanwhile."""
-    merged: bool = False
-    """A remote update changed the document: yrs integrated structs of it or applied some
-    of its deletions. It may show nowhere else here: a peer's expiry of buckets past
-    retention deletes without writing anything (set by ``Conversation.apply_remote``)."""
-    vanished_messages: list[str] = field(default_factory=list)
-    """The ids of the messages shown until now that ``vanished`` took out of the index
-    (set by ``Replica.receive`` once the update is committed)."""
-    _posted: list[Message] | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __bool__(self) -> bool:
-        return bool(self.entries or self.receipts or self.metadata_changed or self.vanished)
-
-    def posted(self) -> list[Message]:
-        """The messages the entries post, in display order (ask once the entries are final).
-        Made once: a catch-up's 10^5 take a fifth of a second or more, which a replica
-        spends in a worker thread."""
-        if self._posted is None:
-            posted = [
-                Message(entry.op.id, entry.author, entry.op.nickname, entry.op.timestamp, entry.seq, entry.op.content)
-                for entry in self.entries
-                if isinstance(entry.op, Posted)
-            ]
-            posted.sort(key=lambda message: message.sort_key)
-            self._posted = posted
-        return self._posted
-
-
-@dataclass(frozen=True, slots=True)
-class Written:
-    """The result of a local write: the update to persist and forward, and what it changed."""
-
-    update: bytes
-    changes: Changes
-    message_id: str | None = None
 
 
 class Conversation:
@@ -200,58 +113,27 @@ class Conversation:
         self._clock = clock
         self._meta: Map[Any] = doc.get("meta", type=Map)
         self._members: Map[Any] = doc.get("members", type=Map)
-        self._streams: Map[Any] = doc.get("streams", type=Map)
-        self._acks: Map[Any] = doc.get("acks", type=Map)
+        self._streams = Streams(doc)
+        self._acks = Acks(doc, self._local_peer)
         self._heads: Map[Any] = doc.get("heads", type=Map)
         self._outbox: list[bytes] = []
         self._state: bytes | None = None  # the state vector, until the next change
-        self._acked: list[tuple[str, Any]] = []
-        self._appended: list[tuple[str, int, list[Any] | None]] = []
         self._meta_changed = False
         self._member_cache: dict[str, Member] | None = None
         self._member_seen: dict[str, Member] = {}
-        # Signed conversations: per place ((root, key) of a signed record), the record that
-        # holds, and the places where the document shows an older one (see ``_hold_signed``).
-        self._held: dict[tuple[str, str], Signed[Any]] = {}
-        self._stale: set[tuple[str, str]] = set()
-        self._vanished: set[tuple[str, str]] = set()  # held, but the document shows no record there
-        self._unstored: set[tuple[str, str]] = set()  # held since ``take_unstored_records``
+        self._records = SignedRecords()  # signed conversations only
+        self._verifier = StreamVerifier(self._records, self._streams.lengths)
         self._metadata_cache: Metadata | None = None
         self._signed_cache: tuple[str | None] | None = None  # (id,) once read
-        self._cursors = self._stream_lengths()
-        # Signed conversations: per author, what of its stream is verified (see ``chain``).
-        # Entries the document held when it was loaded from our store were verified before
-        # they were stored, but for those the index lacks (``changes_since``).
-        self._chains: dict[str, Chain] = {}
-        self._loaded = dict(self._cursors)
-        self._heads_moved: set[str] = set()
-        # Per author, a valid head newer than the one held that came with an update (in it,
-        # or beside it) but that the document does not show (see ``held_heads``); stored
-        # beside the document as ("carried", author), since it may never show there.
-        self._carried: dict[str, Signed[Head]] = {}
         self._tip: tuple[int, bytes] | None = None  # our newest entry, until our head names it
         self._sealed_clock = 0  # our client's clock after our last head
-        self._checked_heads: dict[tuple[tuple[str, str], str], Signed[Head]] = {}  # see ``check_clients``
-        self._checked_lately: dict[str, Signed[Head]] = {}  # signature -> head (``_carried_heads``)
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
         # garbage collector stops tracking: a list per message made every full collection
         # walk one more object per message written.
         self._own_places: dict[str, tuple[int, ...]] | None = None
-        self._own_receipt_cache: dict[str, int] = {}
-        self._own_new_receipts: list[Receipt] = []
         self._writing = False
-        self._own_bucket: tuple[str, Array[Any]] | None = None
-        self._bucket_places: dict[str, tuple[str, int]] = {}  # validated bucket keys
-        self._buckets_seen: dict[str, tuple[int, Array[Any]]] = {}  # author -> its current bucket
-        # author -> seqs below its cursor whose entry is missing: a replacement (a
-        # deletion's tombstone) is a delete plus an insert, and the insert may wait for a
-        # dependency after the delete applied. Reported when they show up.
-        self._holes: dict[str, set[int]] = self._find_holes()
-        self._shrunk: set[str] = set()  # buckets a remote update deleted entries of
-        self._refills: list[StreamEntry] = []  # entries that filled holes, since the last apply
         self._unchecked_applies = 0
-        self._waiting: Pending | None = None  # structs and deletions that wait for a dependency
-        self._recent = RecentUpdates(doc.get_state())  # see ``catch_up``
+        self._catch_ups = CatchUps(doc.get_state())  # see ``catch_up``
         self._past_gaps = PastGaps(doc, _apply)  # structs that wait for earlier clocks of their client
         # pycrdt's observe wrappers convert every field of every event into Python objects up
         # front (state vectors, delete sets, paths), which more than doubled the cost of a live
@@ -259,10 +141,10 @@ class Conversation:
         # dropping one unsubscribes.
         self._subscriptions = (
             doc._doc.observe(_weakly(self._on_update)),
-            self._acks.integrated.observe(_weakly(self._on_acks)),
+            self._acks.root.integrated.observe(_weakly(self._on_acks)),
             self._members.integrated.observe(_weakly(self._on_meta)),
             self._meta.integrated.observe(_weakly(self._on_meta)),
-            self._streams.integrated.observe_deep(_weakly(self._on_streams)),
+            self._streams.root.integrated.observe_deep(_weakly(self._on_streams)),
             self._heads.integrated.observe(_weakly(self._on_heads)),
         )
         self._member_map()  # remembered from the start: see ``_member_map``
@@ -349,7 +231,7 @@ class Conversation:
         conversation = cls(doc, local_peer, clock, signer)
         conversation._past_gaps = past_gaps
         conversation._hold_stored(held)
-        for author in conversation._cursors:
+        for author in conversation._streams.lengths:
             conversation._observe_last_timestamp(author)
         return conversation
 
@@ -378,7 +260,7 @@ class Conversation:
                 self._metadata_cache = parse_metadata(self._meta.to_py() or {})
             else:
                 self._hold_signed(conversation)
-                charter = self._held.get(("meta", CHARTER))
+                charter = self._records.held.get(("meta", CHARTER))
                 if charter is None:
                     raise SchemaError(f"signed conversation {conversation} has no valid charter")
                 if charter.value.id != conversation:  # someone rewrote the id: no charter names it
@@ -411,7 +293,7 @@ class Conversation:
             conversation = self._signed_id()
             if conversation is not None:
                 self._hold_signed(conversation)
-                self._member_cache = {key: held.value for (root, key), held in self._held.items() if root == "members"}
+                self._member_cache = self._records.members()
             else:
                 self._member_cache = {}
                 for peer_id, raw in self._members.items():
@@ -456,9 +338,7 @@ class Conversation:
         charter = self._meta.get(CHARTER)
         if charter is not None:
             shown["meta", CHARTER] = charter
-        for place, raw in shown.items():
-            self._hold_newest(conversation, place, raw)
-        self._vanished = self._held.keys() - shown.keys()
+        self._records.hold_shown(conversation, shown)
 
     def take_unstored_records(self) -> list[tuple[str, str, dict[str, Any]]]:
         """The signed records that came to hold since the last call, as (root, key, record),
@@ -467,67 +347,19 @@ class Conversation:
         for a dependency, for good if that was lost with a peer that went away, and the
         entries a vanished head verified must stay verified after a restart."""
         self._member_map()
-        places, self._unstored = self._unstored, set()
-        held = {
-            place: self._carried.get(place[1]) if place[0] == "carried" else self._held.get(place) for place in places
-        }
-        return [(root, key, signed.record) for (root, key), signed in held.items() if signed is not None]
+        return self._records.take_unstored()
 
     def _hold_stored(self, stored: Iterable[tuple[str, str, object]]) -> None:
         conversation = self._signed_id()
         if conversation is None:
             return
-        for root, key, raw in stored:
-            if root == "carried":
-                self._carry_stored(conversation, key, raw)
-                continue
-            self._hold_newest(conversation, (root, key), raw)
-            held = self._held.get((root, key))
-            if held is not None and held.record == raw:
-                self._unstored.discard((root, key))  # stored already
+        self._records.hold_stored(conversation, stored)
         self._forget_metadata()
         self._member_map()  # now the document's own records are compared with what was held
 
-    def _carry_stored(self, conversation: str, author: str, raw: object) -> None:
-        try:
-            head = check_head(conversation, author, raw)
-        except SchemaError as exc:
-            log.warning("conversation %s: stored head ignored: %s", conversation, exc)
-            return
-        if head.supersedes(self._carried.get(author)):
-            self._carried[author] = head
-
-    def _hold_newest(self, conversation: str, place: tuple[str, str], raw: object) -> None:
-        held = self._held.get(place)
-        if held is not None and raw == held.record:
-            self._stale.discard(place)  # shown again (someone wrote it back)
-            return
-        try:
-            signed: Signed[Any] | None = self._checked_heads.get((place, _signature_of(raw)))
-            if signed is None or raw != signed.record:  # not checked with the update (see ``check_clients``)
-                signed = _check_signed(conversation, place, raw)
-        except SchemaError as exc:
-            log.warning("conversation %s: signed record ignored: %s", self._meta.get("id"), exc)
-            signed = None
-        if signed is not None and signed.supersedes(held):
-            self._held[place] = signed
-            self._unstored.add(place)
-            if raw == signed.record:
-                self._stale.discard(place)
-            else:  # with fields no signature covers: write it back without them
-                self._stale.add(place)
-        elif held is not None:
-            self._stale.add(place)
-
     def receipts(self) -> list[Receipt]:
         """Every delivered/read counter in the document."""
-        result = []
-        for key, value in self._acks.items():
-            try:
-                result.append(parse_receipt(key, value))
-            except SchemaError as exc:
-                log.warning("receipt %r skipped: %s", key, exc)
-        return result
+        return self._acks.receipts()
 
     def entries(self) -> Iterator[StreamEntry]:
         """Every valid stream entry, each author's in order (for export and index rebuilds).
@@ -536,22 +368,12 @@ class Conversation:
         sync layer accepted, and an author's posts may well arrive before the update that
         made it a member (Yjs applies them independently).
         """
-        buckets: dict[str, list[int]] = {}
-        for key in self._streams.keys():
-            place = self._place(key)
-            if place is None:
-                log.warning("stream %r skipped: not a bucket key", key)
-                continue
-            buckets.setdefault(place[0], []).append(place[1])
-        signed = self._signed_id() is not None
+        conversation = self._signed_id()
         self._member_map()  # hold the heads the document shows
-        for author, numbers in buckets.items():
-            read = (entry for number in sorted(numbers) for entry in self._read_bucket(author, number, 0))
-            if signed:
-                heads = self._heads_of(author)
-                if heads:
-                    starts = [(head.value.seq, head.value.link) for head in heads]
-                    yield from verified_entries(read, starts, self._anchor_check(author, heads[-1]))
+        for author, numbers in self._streams.buckets().items():
+            read = (entry for number in numbers for entry in self._streams.read_bucket(author, number, 0))
+            if conversation is not None:
+                yield from self._verifier.verified(conversation, author, read)
             else:
                 yield from read
 
@@ -581,29 +403,10 @@ class Conversation:
         cutoff = self.retention_cutoff()
         expired: list[str] = []
         if cutoff is not None:
-            last: dict[str, int] = {}
-            for key in self._streams.keys():
-                place = self._place(key)
-                if place is not None:
-                    last[place[0]] = max(last.get(place[0], -1), place[1])
-            for key in list(self._streams.keys()):
-                place = self._place(key)
-                if place is not None and place[1] < last[place[0]] and self._bucket_expired(place, cutoff):
-                    expired.append(key)
+            expired = self._streams.expired(lambda entries: all(_timestamp(entry.op) < cutoff for entry in entries))
         with self._local_transaction():
-            for key in expired:
-                del self._streams[key]
+            self._streams.drop(expired)
         return self._written(Changes())
-
-    def _bucket_expired(self, place: tuple[str, int], cutoff: int) -> bool:
-        entries = list(self._read_bucket(place[0], place[1], 0))
-        return len(entries) == BUCKET_SIZE and all(_timestamp(entry.op) < cutoff for entry in entries)
-
-    def _place(self, key: str) -> tuple[str, int] | None:
-        try:
-            return split_bucket_key(key)
-        except SchemaError:
-            return None
 
     def changes_since(self, indexed: Mapping[str, int]) -> Changes:
         """Entries past ``indexed`` (author -> entries already folded elsewhere), in order.
@@ -613,17 +416,13 @@ class Conversation:
         count, and the index must not count past those still waiting (``complete_upto``).
         """
         changes = Changes()
-        signed = self._signed_id() is not None
-        for author, length in self._cursors.items():
+        conversation = self._signed_id()
+        for author, length in self._streams.lengths.items():
             start = indexed.get(author, 0)
             if length > start:
-                entries = self._read_range(author, start, length)
-                if signed:
-                    chain = self._chain(author)
-                    chain.distrust(start)
-                    chain.add(entries)
-                    entries = self._verify_chain(author, chain)
-                    lowest = chain.lowest_waiting()
+                entries = self._streams.read_range(author, start, length)
+                if conversation is not None:
+                    entries, lowest = self._verifier.since(conversation, author, start, entries)
                     if lowest is not None:
                         changes.complete_upto[author] = lowest
                 changes.entries.extend(entries)
@@ -631,7 +430,7 @@ class Conversation:
 
     def stream_length(self, author: str) -> int:
         """How many entries of ``author``'s stream this replica holds."""
-        return self._cursors.get(author, 0)
+        return self._streams.length(author)
 
     def state_vector(self) -> bytes:
         """The Yjs state vector, for sync step 1."""
@@ -651,12 +450,7 @@ class Conversation:
         carries only those applied). After a reload they wait again: whoever stored the
         update must note it again (the store marks such updates).
         """
-        rest = unintegrated(update, self.state_vector())
-        if rest is None or (self._waiting is not None and self._waiting.holds(rest)):
-            return False
-        self._waiting = merge_pending(self._waiting, rest)
-        self._recent.add(rest.update, rest.needs, self.state_vector(), self._waiting)
-        return True
+        return self._catch_ups.note_waiting(update, self.state_vector())
 
     def catch_up(self, state_vector: bytes | None) -> bytes | None:
         """What a peer with ``state_vector`` lacks, or ``None`` for nothing.
@@ -666,43 +460,23 @@ class Conversation:
         was here lately gets the recent updates it lacks; any other a diff. What waits is
         added to each.
         """
-        ours = clocks_of(self.state_vector())
-        self._forget_integrated(ours)
-        parts = [self._lacked(state_vector, ours), b"" if self._waiting is None else self._waiting.update]
-        parts = [part for part in parts if part]
-        return merge_updates(*parts) if len(parts) > 1 else parts[0] if parts else None
+        return self._catch_ups.answer(state_vector, self.state_vector(), self.diff)
 
     @property
     def recent_updates(self) -> RecentUpdates:
         """What ``catch_up`` answers peers that were here lately from."""
-        return self._recent
+        return self._catch_ups.recent
 
     def continue_recent(self, recent: RecentUpdates) -> None:
         """Take over the ``recent_updates`` of an earlier copy of this document that left
         memory at the state this one was loaded at (``Replica.rest_idle``): peers that were
         here lately still get only what they lack, not a diff with the whole delete set."""
-        self._recent = recent
+        self._catch_ups.recent = recent
 
     @property
     def waits(self) -> bool:
         """Whether structs or deletions wait for a dependency (no state vector counts them)."""
-        if self._waiting is not None:
-            self._forget_integrated(clocks_of(self.state_vector()))
-        return self._waiting is not None
-
-    def _forget_integrated(self, ours: Mapping[int, int]) -> None:
-        if self._waiting is not None and covers(ours, self._waiting.needs):
-            self._waiting = None  # all integrated
-
-    def _lacked(self, state_vector: bytes | None, ours: Mapping[int, int]) -> bytes:
-        """What a peer at ``state_vector`` lacks of what our clocks ``ours`` count (``b""``: nothing)."""
-        if state_vector is None:
-            return self.diff()
-        theirs = clocks_of(state_vector)
-        if covers(theirs, ours):
-            return b""
-        recent = self._recent.lacked_by(theirs, state_vector)
-        return self.diff(state_vector) if recent is None else recent
+        return self._catch_ups.waits(self.state_vector())
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """What a peer with ``state_vector`` lacks (the whole document for ``None``)."""
@@ -716,80 +490,49 @@ class Conversation:
         if self._writing:  # a local write failed after it changed the document
             self._remember_written()
             self._writing = False
-        had_waiting = self._waiting is not None  # only then can yrs integrate anything silently
+        had_waiting = self._catch_ups.waiting is not None  # only then can yrs integrate anything silently
         spans = spans_of(update, summary)  # decoded once, if no check did it
         gappy = has_gaps(spans, clocks_of(self.state_vector()))
         self._past_gaps.integrate(update, gappy=gappy, slices=None if summary is None else summary.slices)
         ends = {client: span.end for client, span in spans.items()}
-        self._recent.add(update, ends, self.state_vector(), self._waiting)
+        self._catch_ups.add(update, ends, self.state_vector())
         merged = bool(self._outbox)  # yrs emits an update only for a transaction that changed something
         self._outbox.clear()  # never echo a remote update back
         changes = self._drain(Changes(merged=merged))
-        found = self._take_appended()
-        if self._shrunk:
-            changes.vanished = self._take_vanished()
+        found = self._streams.take_appended(self._verifier.unverified)
+        if self._streams.shrunk:
+            changes.vanished = self._streams.take_vanished()
         self._unchecked_applies += 1
         # Entries yrs integrated without an event show up as a gap at the author's next
-        # event (handled in ``_take_appended``); an author with no next event is found by
+        # event (handled in ``Streams.take_appended``); an author with no next event is found by
         # this sweep, run on quiet updates (anti-entropy, duplicates) and every so often.
         if not (found or changes) or self._unchecked_applies >= SWEEP_EVERY:
             self._unchecked_applies = 0
-            for author, entries in self._unannounced().items():
+            for author, entries in self._streams.take_unannounced(self._member_map()).items():
                 found[author] = found.get(author, []) + entries
-            for author, entries in self._filled_holes().items():
+            for author, entries in self._streams.take_filled_holes().items():
                 found[author] = entries + found.get(author, [])
         if had_waiting:  # members, metadata and heads have no later event to reveal a silent change
             changes.metadata_changed |= self._metadata_moved()
-            self._heads_moved.update(self._heads.keys())
+            self._records.heads_moved.update(self._heads.keys())
         self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
-        conversation = self._signed_id()
-        if conversation is not None:
-            found = self._verify(found, changes)
-            self._add_redactions(found)
-        self._refills.clear()
+        if self._signed_id() is not None:
+            conversation = self.id  # SchemaError if no valid charter names it
+            self._records.hold_heads(conversation, self._heads)
+            found = self._verifier.verify(conversation, found, changes.complete_upto)
+            self._verifier.add_redactions(found, self._streams.refills)
+        self._streams.refills.clear()
         for author, entries in found.items():
             changes.entries.extend(entries)
             self._clock.observe(max(_timestamp(entry.op) for entry in entries))
-            if self._holes.get(author):
-                lowest = min(self._holes[author])
+            lowest = self._streams.lowest_hole(author)
+            if lowest is not None:
                 changes.complete_upto[author] = min(changes.complete_upto.get(author, lowest), lowest)
         return changes
 
-    def _verify(self, found: dict[str, list[StreamEntry]], changes: Changes) -> dict[str, list[StreamEntry]]:
-        """Of the entries found, and those that waited, the ones a chain from their
-        author's head now reaches (see ``chain``); ``changes`` learns where an author's
-        stream has entries still waiting, so that the index does not count past them."""
-        verified: dict[str, list[StreamEntry]] = {}
-        self._hold_heads()
-        for author in found.keys() | self._heads_moved:
-            chain = self._chain(author)
-            chain.add(found.get(author, ()))
-            entries = self._verify_chain(author, chain)
-            if entries:
-                verified[author] = entries
-            lowest = chain.lowest_waiting()
-            if lowest is not None:
-                changes.complete_upto[author] = lowest
-        self._heads_moved.clear()
-        return verified
-
-    def _add_redactions(self, found: dict[str, list[StreamEntry]]) -> None:
-        """Add to ``found`` the redactions that filled holes where a verified entry was: a
-        chain verifies a seq once (``Chain.add`` takes no second candidate), but the index
-        dropped the message when its entry vanished (``Changes.vanished``) and needs the
-        tombstone to show it again."""
-        for entry in self._refills:
-            chain = self._chains.get(entry.author)
-            if isinstance(entry.op, Tombstone | Redacted) and chain is not None and chain.is_verified(entry.seq):
-                entries = found.setdefault(entry.author, [])
-                if entry not in entries:
-                    entries.append(entry)
-                    entries.sort(key=lambda e: e.seq)
-
     def held_heads(self) -> dict[str, Signed[Head]]:
         """The newest valid head seen of each author (none if the conversation is unsigned)."""
-        authors = [author for root, author in self._held if root == "heads"] + list(self._carried)
-        return {author: self._heads_of(author)[-1] for author in dict.fromkeys(authors)}
+        return self._records.held_heads()
 
     def unshown_heads(self) -> list[Signed[Head]]:
         """The newest valid heads seen that the document does not show, to send beside a
@@ -798,101 +541,6 @@ class Conversation:
         the heads that cover them. A head it shows is the last struct its client wrote, so
         a diff carries it along with any struct of that client."""
         return [head for author, head in self.held_heads().items() if self._heads.get(author) != head.record]
-
-    def _heads_of(self, author: str) -> list[Signed[Head]]:
-        """The head held of ``author`` and, after it, a newer one that came with an update
-        but that the document does not show: a walk starts from each (the newer one's
-        entries may not have come yet)."""
-        heads = [head for head in (self._held.get(("heads", author)),) if head is not None]
-        carried = self._carried.get(author)
-        if carried is not None:
-            if carried.supersedes(heads[0] if heads else None):
-                heads.append(carried)
-            else:
-                del self._carried[author]  # the document shows it, or a newer one, now
-        return heads
-
-    def _hold_heads(self) -> None:
-        """Hold the heads that changed (``_hold_signed`` does it for every signed record,
-        but only after membership changes: heads change with every entry), and the newest
-        heads the update carried, shown or not (its own delete set may hide them)."""
-        for (place, _), head in self._checked_heads.items():
-            author = place[1]
-            if head.supersedes(self._held.get(place)) and head.supersedes(self._carried.get(author)):
-                self._carried[author] = head
-                self._unstored.add(("carried", author))
-                self._heads_moved.add(author)
-        conversation = self.id
-        for author in self._heads_moved:
-            place = ("heads", author)
-            raw = self._heads.get(author)
-            if raw is not None:
-                self._vanished.discard(place)
-                self._hold_newest(conversation, place, raw)
-            elif place in self._held:
-                self._vanished.add(place)
-        self._checked_heads = {}
-
-    def _verify_chain(self, author: str, chain: Chain) -> list[StreamEntry]:
-        heads = self._heads_of(author)
-        if not heads:
-            return chain.verify()
-        for head in heads:
-            chain.expect(head.value.seq, head.value.link)
-        return chain.verify(self._anchor_check(author, heads[-1]))
-
-    def _anchor_check(self, author: str, head: Signed[Head]) -> AnchorCheck:
-        conversation, key = self.id, head_key(head)
-
-        def check(entry: StreamEntry) -> bool:
-            # ``Chain`` asks only of entries with both
-            assert entry.prev is not None
-            assert entry.anchor is not None
-            return check_anchor(conversation, author, key, entry.seq, entry.prev, entry.anchor)
-
-        return check
-
-    def _chain(self, author: str) -> Chain:
-        chain = self._chains.get(author)
-        if chain is None:
-            chain = self._chains[author] = Chain()
-            chain.trust(0, self._loaded.get(author, 0))
-        return chain
-
-    def _filled_holes(self) -> dict[str, list[StreamEntry]]:
-        """Entries that showed up, without an event, where a hole was."""
-        filled: dict[str, list[StreamEntry]] = {}
-        for author, holes in self._holes.items():
-            for bucket in sorted({seq // BUCKET_SIZE for seq in holes}):
-                for entry in self._read_bucket(author, bucket, 0):
-                    if entry.seq in holes:
-                        holes.discard(entry.seq)
-                        filled.setdefault(author, []).append(entry)
-                        self._refills.append(entry)
-        self._holes = {author: holes for author, holes in self._holes.items() if holes}
-        return filled
-
-    def _unannounced(self) -> dict[str, list[StreamEntry]]:
-        """Entries that arrived without any event: yrs integrates structs that waited for a
-        dependency when a later update is applied, and emits no event for them. One length
-        check per member and known author; reads only what is missing."""
-        missing: dict[str, list[StreamEntry]] = {}
-        authors = self._cursors.keys() | self._member_map().keys()
-        with self._doc.transaction():  # one transaction for all the length checks
-            for author in authors:
-                start = end = self._cursors.get(author, 0)
-                while True:
-                    bucket = end // BUCKET_SIZE
-                    length = self._current_length(author, bucket)
-                    end = max(end, bucket * BUCKET_SIZE + length)
-                    if length < BUCKET_SIZE or end % BUCKET_SIZE:
-                        break
-                if end > start:
-                    entries = self._read_range(author, start, end)
-                    self._cursors[author] = end
-                    if entries:
-                        missing[author] = entries
-        return missing
 
     def _metadata_moved(self) -> bool:
         """Re-read members and metadata, which yrs may also have changed without an event;
@@ -905,138 +553,17 @@ class Conversation:
         except SchemaError:
             return False
 
-    def _current_length(self, author: str, bucket: int) -> int:
-        """Length of an author's bucket, keeping the array at hand (its last bucket is read
-        after every remote update)."""
-        cached = self._buckets_seen.get(author)
-        if cached is None or cached[0] != bucket:
-            array = self._streams.get(bucket_key(author, bucket))
-            if not isinstance(array, Array):
-                return 0
-            self._buckets_seen[author] = cached = (bucket, array)
-        return min(len(cached[1]), BUCKET_SIZE)
-
     def _on_streams(self, events: list[Any]) -> None:
-        # Runs inside the transaction: note where entries landed; new buckets are read after.
-        if self._writing:
-            return  # our own entries are in the write's ``changes`` already
-        for event in events:
-            if hasattr(event, "keys"):
-                for key, change in event.keys.items():
-                    if change.get("action") == "add":
-                        self._appended.append((key, 0, None))
-                    if self._own_bucket is not None and key == self._own_bucket[0]:
-                        self._own_bucket = None  # someone replaced it: look it up again
-                    self._buckets_seen.clear()
-                continue
-            position = 0
-            for step in event.delta:
-                if "retain" in step:
-                    position += step["retain"]
-                elif "insert" in step:
-                    self._appended.append((event.path[0], position, step["insert"]))
-                    position += len(step["insert"])
-                elif "delete" in step:
-                    self._shrunk.add(event.path[0])
+        # Runs inside the transaction (see ``Streams.note``).
+        if not self._writing:  # our own entries are in the write's ``changes`` already
+            self._streams.note(events)
 
     def _observe_last_timestamp(self, author: str) -> None:
         """Let the clock follow the newest timestamp an author has written."""
-        seq = self._cursors.get(author, 0) - 1
+        seq = self._streams.length(author) - 1
         if seq >= 0:
-            for entry in self._read_bucket(author, seq // BUCKET_SIZE, seq % BUCKET_SIZE):
+            for entry in self._streams.read_bucket(author, seq // BUCKET_SIZE, seq % BUCKET_SIZE):
                 self._clock.observe(_timestamp(entry.op))
-
-    def _take_appended(self) -> dict[str, list[StreamEntry]]:
-        """New stream entries since the last call, by author, each author's in order
-        (entries that filled a hole first)."""
-        found: dict[str, list[StreamEntry]] = {}
-        late: dict[str, list[StreamEntry]] = {}
-        # A bucket that came new is read whole, once: with what later transactions (the
-        # slices of one update, see ``slices``) appended to it.
-        whole = {key for key, _, values in self._appended if values is None}
-        read: set[str] = set()
-        for key, position, values in self._appended:
-            if key in whole and (values is not None or key in read):
-                continue
-            read.add(key)
-            place = self._bucket_places.get(key)
-            if place is None:
-                try:
-                    place = self._bucket_places[key] = split_bucket_key(key)
-                except SchemaError as exc:
-                    log.warning("stream %r skipped: %s", key, exc)
-                    continue
-            author, bucket = place
-            if values is None:
-                array = self._streams.get(key)
-                values = json.loads(str(array)) if isinstance(array, Array) else []
-            for offset, raw in enumerate(values):
-                if position + offset >= BUCKET_SIZE:
-                    continue  # past a bucket's end
-                try:
-                    entry = parse_entry(author, bucket, raw)
-                except SchemaError as exc:
-                    log.warning("stream entry %s/%d skipped: %s", author, bucket * BUCKET_SIZE + position + offset, exc)
-                    continue
-                if entry.seq >= self._cursors.get(author, 0):  # not an in-place redaction of a known entry
-                    found.setdefault(author, []).append(entry)
-                elif entry.seq in self._holes.get(author, ()):
-                    self._holes[author].discard(entry.seq)
-                    late.setdefault(author, []).append(entry)
-                    self._refills.append(entry)
-                elif author in self._chains and not self._chains[author].is_verified(entry.seq):
-                    late.setdefault(author, []).append(entry)  # another candidate for that seq
-        self._appended.clear()
-        for author, entries in found.items():
-            if len(entries) > 1:
-                entries.sort(key=lambda entry: entry.seq)
-            start = self._cursors.get(author, 0)
-            if entries[0].seq != start or entries[-1].seq - start + 1 != len(entries):
-                # A gap: yrs integrated some entries without an event (structs that waited
-                # for a dependency are retried silently). The document itself is the truth.
-                end = entries[-1].seq + 1
-                found[author] = entries = self._read_range(author, start, end)
-            else:
-                end = entries[-1].seq + 1
-            self._cursors[author] = max(start, end)
-        for author, entries in late.items():
-            found[author] = sorted(entries, key=lambda entry: entry.seq) + found.get(author, [])
-        return {author: entries for author, entries in found.items() if entries}
-
-    def _take_vanished(self) -> list[tuple[str, int]]:
-        """Entries of the buckets a remote update deleted from that are gone, with nothing
-        in their place (see ``Changes.vanished``); remembered as holes, reported when filled."""
-        vanished: list[tuple[str, int]] = []
-        for key in self._shrunk:
-            place = self._place(key)
-            if place is None:
-                continue
-            author, bucket = place
-            end = min((bucket + 1) * BUCKET_SIZE, self._cursors.get(author, 0))
-            missing = sorted(self._bucket_lacks(author, bucket, end) - self._holes.get(author, set()))
-            if missing:
-                self._holes.setdefault(author, set()).update(missing)
-                vanished.extend((author, seq) for seq in missing)
-        self._shrunk.clear()
-        return vanished
-
-    def _read_range(self, author: str, start: int, end: int) -> list[StreamEntry]:
-        """The valid entries of ``author``'s stream with ``start <= seq < end``."""
-        entries: list[StreamEntry] = []
-        for bucket in range(start // BUCKET_SIZE, (end - 1) // BUCKET_SIZE + 1):
-            first = max(start - bucket * BUCKET_SIZE, 0)
-            limit = min(end - bucket * BUCKET_SIZE, BUCKET_SIZE) - first
-            found = list(self._read_bucket(author, bucket, first, limit))
-            lowest = bucket * BUCKET_SIZE + first
-            if [entry.seq for entry in found] != list(range(lowest, lowest + limit)):
-                # Positions lie while a replacement waits (see ``encode_op``): filter by seq,
-                # and remember the holes.
-                found = [e for e in self._read_bucket(author, bucket, 0) if start <= e.seq < end]
-                if self._bucket_length(author, bucket) < first + limit:  # short: not just malformed values
-                    missing = set(range(lowest, lowest + limit)) - {e.seq for e in found}
-                    self._holes.setdefault(author, set()).update(missing)
-            entries.extend(found)
-        return entries
 
     # -- local writes --------------------------------------------------------------
 
@@ -1051,7 +578,7 @@ class Conversation:
         op = Posted(new_id(), self._clock.tick(), check_nickname(nickname), content)
         with self._local_transaction():
             entry = self._append_in_transaction(op)
-            self._advance(ReceiptKind.READ, read_upto)
+            self._acks.advance(ReceiptKind.READ, read_upto, self._raw_transaction())
         self._note_own_post(op.id, entry.seq)
         return self._written(Changes(entries=[entry]), op.id)
 
@@ -1085,38 +612,19 @@ class Conversation:
     def mark(self, kind: ReceiptKind, upto: Mapping[str, int]) -> Written:
         """Move the local peer's receipts forward to ``upto`` (author -> seq); never back."""
         with self._local_transaction():
-            self._advance(kind, upto)
+            self._acks.advance(kind, upto, self._raw_transaction())
         return self._written(Changes())
 
     def undelivered(self) -> dict[str, int]:
         """Author -> its last seq held, for the other authors whose streams this replica
         holds past its own delivered receipt (a replica that closed before writing a
         receipt owes it still: delivered means stored)."""
-        own, local = self._own_receipts(), self._local_peer
+        own, local = self._acks.own(), self._local_peer
         return {
             author: length - 1
-            for author, length in self._cursors.items()
+            for author, length in self._streams.lengths.items()
             if author != local and length - 1 > own.get(receipt_key(local, ReceiptKind.DELIVERED, author), -1)
         }
-
-    def _advance(self, kind: ReceiptKind, upto: Mapping[str, int]) -> None:
-        for author, seq in upto.items():
-            key = receipt_key(self._local_peer, kind, check_id(author, "peer id"))
-            if seq > self._own_receipts().get(key, -1):
-                self._acks.integrated.insert(self._raw_transaction(), key, seq)
-                self._own_receipt_cache[key] = seq
-                self._own_new_receipts.append(Receipt(self._local_peer, kind, author, seq))
-
-    def _own_receipts(self) -> dict[str, int]:
-        """The local peer's counters (only it writes them, so a cache stays true)."""
-        if not self._own_receipt_cache:
-            prefix = f"{self._local_peer}/"
-            for receipt in self.receipts():
-                if receipt.member == self._local_peer:
-                    key = receipt_key(receipt.member, receipt.kind, receipt.author)
-                    self._own_receipt_cache[key] = receipt.seq
-            self._own_receipt_cache.setdefault(prefix, -1)  # marks the cache as loaded
-        return self._own_receipt_cache
 
     def set_title(self, title: str) -> Written:
         """Rename the conversation (admins only in groups; its creator only, if signed)."""
@@ -1179,7 +687,7 @@ class Conversation:
         not give back on a fresh load, or waits for a dependency (then only it knows what
         waits): it must stay in memory (see ``Replica.rest_idle``)."""
         self._member_map()  # first: signed records it has not seen yet count as unstored
-        return self._writing or self.waits or bool(self._unstored)
+        return self._writing or self.waits or self._records.has_unstored
 
     def has_stale_records(self) -> bool:
         """True if ``restore_records`` would write something back."""
@@ -1194,20 +702,13 @@ class Conversation:
         roots = self._signed_roots()
         with self._local_transaction():
             for root, key in stale:
-                roots[root][key] = dict(self._held[root, key].record)
+                roots[root][key] = dict(self._records.held[root, key].record)
         return self._written(Changes())
 
     def _stale_places(self) -> set[tuple[str, str]]:
         """Checked on every remote update: reads the document only after signed records changed."""
         self._member_map()
-        # A record can vanish for a while when its overwrite waits for a dependency (see
-        # ``_member_map``); with nothing waiting, it was deleted.
-        stale = self._stale | self._vanished if self._waiting is None else self._stale
-        # Only its author writes a head back. A copy by anyone else races with the author's
-        # next head and, where Yjs orders the copy last, deletes that head from every
-        # document: the one record covering the author's latest structs under its client id,
-        # which peers then refuse (``check_clients``) until a newer head comes.
-        return {place for place in stale if place[0] != "heads" or place[1] == self._local_peer}
+        return self._records.stale(self._catch_ups.waiting is not None, self._local_peer)
 
     def _signed_roots(self) -> dict[str, Map[Any]]:
         return {"members": self._members, "meta": self._meta, "heads": self._heads}
@@ -1227,7 +728,7 @@ class Conversation:
     def _record_time(self, place: tuple[str, str]) -> int:
         """A timestamp for a new signed record at ``place``: after every record seen there,
         so that the new one holds (see ``signed``)."""
-        held = self._held.get(place)
+        held = self._records.held.get(place)
         if held is not None:
             self._clock.observe(held.version)
         return self._clock.tick()
@@ -1242,31 +743,16 @@ class Conversation:
     def _append_in_transaction(self, op: Op) -> StreamEntry:
         conversation = self._signed_id()
         seq, prev = self._own_tip(conversation)
-        bucket, index = divmod(seq, BUCKET_SIZE)
-        key = bucket_key(self._local_peer, bucket)
         anchor = None
         if conversation is not None and prev is not None and is_anchor_seq(seq):
             anchor = self._sign(lambda signer: sign_anchor(signer, conversation, seq, prev))
-        value = encode_op(op, seq, prev, anchor=anchor)
-        if index == 0:
-            self._streams[key] = Array([value])
-        else:
-            if self._own_bucket is None or self._own_bucket[0] != key:
-                self._own_bucket = (key, self._streams[key])
-            # Array.append re-reads the length and goes through slice assignment, and a map
-            # lookup per message costs as much again: insert at the known index into the
-            # cached bucket (together a third of a live message's cost). The position is
-            # not the seq if someone else put entries into our bucket or took some out.
-            raw = self._own_bucket[1].integrated
-            transaction = self._raw_transaction()
-            raw.insert(transaction, min(index, raw.len(transaction)), value)
-        self._cursors[self._local_peer] = max(self._cursors.get(self._local_peer, 0), seq + 1)
+        self._streams.append(self._local_peer, seq, encode_op(op, seq, prev, anchor=anchor), self._raw_transaction())
         entry = StreamEntry(self._local_peer, seq, op, prev, anchor=anchor)
         if conversation is not None:
             link = link_of(entry)
             assert link is not None  # we wrote it with its prev
             self._tip = (seq, link)
-            self._chain(self._local_peer).trust(seq, seq + 1)
+            self._verifier.trust_own(self._local_peer, seq)
         return entry
 
     def _own_tip(self, conversation: str | None) -> tuple[int, bytes | None]:
@@ -1276,7 +762,7 @@ class Conversation:
         into our stream: written after those, ours would leave a seq out of the chain.
         """
         if conversation is None:
-            return self._cursors.get(self._local_peer, 0), None
+            return self._streams.length(self._local_peer), None
         seq, link = self._newest_own(conversation)
         return seq + 1, link
 
@@ -1284,10 +770,10 @@ class Conversation:
         """Seq and link of our newest entry: -1 and the genesis before the first."""
         if self._tip is not None:
             return self._tip
-        held = self._held.get(("heads", self._local_peer))
+        held = self._records.held.get(("heads", self._local_peer))
         if held is not None:
             return held.value.seq, held.value.link
-        return self._cursors.get(self._local_peer, 0) - 1, genesis(conversation, self._local_peer)
+        return self._streams.length(self._local_peer) - 1, genesis(conversation, self._local_peer)
 
     def _seal(self) -> None:
         """End a transaction of ours with our head (see ``signed``): our newest entry, and
@@ -1303,8 +789,7 @@ class Conversation:
         at = self._record_time(("heads", self._local_peer))
         head = sign_head(self._signer, conversation, Head(seq, link, client, clock + 1, at))
         self._heads[self._local_peer] = dict(head.record)
-        self._held["heads", self._local_peer] = head
-        self._unstored.add(("heads", self._local_peer))
+        self._records.hold_own_head(self._local_peer, head)
         self._sealed_clock, self._tip = clock + 1, None
 
     def check_clients(
@@ -1323,11 +808,9 @@ class Conversation:
         signed_id = self._signed_id()
         if signed_id is None and conversation is not None and is_signed(conversation):
             signed_id = conversation  # a document that holds nothing yet
+        carried: dict[str, list[Head]] = {}
         if signed_id is not None:
-            # Kept for ``_hold_newest``, so that the heads are checked once, not again when held.
-            self._checked_heads = self._carried_heads(
-                signed_id, itertools.chain(map(decode_any, summary.records), heads)
-            )
+            carried = self._records.check_carried(signed_id, itertools.chain(map(decode_any, summary.records), heads))
         bounds = {self.client_id: (self._local_peer, client_clock(self.state_vector(), self.client_id), 0)}
         for author, held in self.held_heads().items():
             if held.value.client != self.client_id:
@@ -1335,39 +818,11 @@ class Conversation:
         beyond = [(client, end) for client, end in summary.ends.items() if client in bounds and end > bounds[client][1]]
         if not beyond:
             return
-        carried: dict[str, list[Head]] = {}
-        for ((_, author), _), head in self._checked_heads.items():  # none if unsigned
-            carried.setdefault(author, []).append(head.value)
         for client, end in beyond:
             author, clock, at = bounds[client]
             newer = carried.get(author, []) if author != self._local_peer else []
             if not any(h.clock >= end if h.client == client else h.at > at for h in newer):
                 raise UnsafeUpdate(f"structs under {author}'s Yjs client id {client} past clock {clock}, unsigned")
-
-    def _carried_heads(
-        self, conversation: str, records: Iterable[object]
-    ) -> dict[tuple[tuple[str, str], str], Signed[Head]]:
-        """The valid heads among ``records`` (an update's, and those beside it), by place and
-        signature. A head checked lately is not checked again: updates carry the same heads
-        over and over (duplicates, catch-ups resent until they land, structs that wait), and
-        a signature check costs more than all the rest of a small update."""
-        carried: dict[tuple[tuple[str, str], str], Signed[Head]] = {}
-        for record in records:
-            author = record.get("by") if isinstance(record, Mapping) else None
-            if not isinstance(author, str):
-                continue
-            signature = _signature_of(record)
-            head = self._checked_lately.get(signature)
-            if head is None or head.record != record:
-                try:
-                    head = check_head(conversation, author, record)
-                except SchemaError:
-                    continue
-                if len(self._checked_lately) >= CHECKED_HEADS_KEPT:
-                    del self._checked_lately[next(iter(self._checked_lately))]  # the oldest
-                self._checked_lately[signature] = head
-            carried[("heads", author), signature] = head
-        return carried
 
     def _replace(self, seq: int, op: Tombstone | Redacted) -> None:
         """Overwrite one of our entries in place; in a signed conversation the new one
@@ -1383,18 +838,10 @@ class Conversation:
         """Our entry at ``seq`` (a post of ``message_id`` or an edit of it): its bucket, its
         position there and itself. The position is the seq's unless someone else put
         entries into our bucket or took some out."""
-        bucket, index = divmod(seq, BUCKET_SIZE)
-        array = self._streams[bucket_key(self._local_peer, bucket)]
-        values = list(enumerate(array))
-        values.sort(key=lambda value: value[0] != index)  # the usual place first
-        for position, raw in values:
-            try:
-                entry = parse_entry(self._local_peer, bucket, raw)
-            except SchemaError:
-                continue
-            if entry.seq == seq and _concerns(entry.op, message_id):
-                return array, position, entry
-        raise UnknownMessage(f"no entry of ours at seq {seq} for message {message_id}")
+        try:
+            return self._streams.find(self._local_peer, seq, lambda entry: _concerns(entry.op, message_id))
+        except KeyError:
+            raise UnknownMessage(f"no entry of ours at seq {seq} for message {message_id}") from None
 
     @contextlib.contextmanager
     def _local_transaction(self) -> Iterator[Transaction]:
@@ -1414,8 +861,7 @@ class Conversation:
 
     def _written(self, changes: Changes, message_id: str | None = None) -> Written:
         update = self._remember_written()
-        changes.receipts.extend(self._own_new_receipts)
-        self._own_new_receipts.clear()
+        changes.receipts.extend(self._acks.take_own())
         self._writing = False
         self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
         return Written(update, self._drain(changes), message_id)
@@ -1431,17 +877,11 @@ class Conversation:
             # them out of the update cost a seventh of a send.
             client = self._doc.client_id
             ends = {client: client_clock(state, client)} if update[0] else {}
-            self._recent.add(update, ends, state, self._waiting)
+            self._catch_ups.add(update, ends, state)
         return update
 
     def _drain(self, changes: Changes) -> Changes:
-        # The last value of each: an update applied in slices (``slices``) may move one twice.
-        for key, value in dict(self._acked).items():
-            try:
-                changes.receipts.append(parse_receipt(key, value))
-            except SchemaError as exc:
-                log.warning("receipt %r skipped: %s", key, exc)
-        self._acked.clear()
+        changes.receipts.extend(self._acks.take_remote())
         changes.metadata_changed = changes.metadata_changed or self._meta_changed
         self._meta_changed = False
         return changes
@@ -1452,16 +892,13 @@ class Conversation:
         self._state = None
 
     def _on_acks(self, event: Any) -> None:
-        if self._writing:
-            return  # our own receipts: ``_advance`` already noted them, parsed
-        for key, change in event.keys.items():
-            if "newValue" in change:
-                self._acked.append((key, change["newValue"]))
+        if not self._writing:  # our own receipts: ``Acks.advance`` noted them already
+            self._acks.note(event)
 
     def _on_heads(self, event: Any) -> None:
         if self._writing:
             return  # our own head: ``_seal`` holds it already
-        self._heads_moved.update(event.keys)
+        self._records.heads_moved.update(event.keys)
 
     def _on_meta(self, event: Any) -> None:
         self._meta_changed = True
@@ -1502,92 +939,13 @@ class Conversation:
         """Where each of the local peer's posts and their edits stand (built on first use)."""
         if self._own_places is None:
             self._own_places = {}
-            for number in range(self._cursors.get(self._local_peer, 0) // BUCKET_SIZE + 1):
-                for entry in self._read_bucket(self._local_peer, number, 0):
+            for number in range(self._streams.length(self._local_peer) // BUCKET_SIZE + 1):
+                for entry in self._streams.read_bucket(self._local_peer, number, 0):
                     if isinstance(entry.op, Posted | Tombstone):
                         self._own_places[entry.op.id] = (entry.seq,)
                     elif isinstance(entry.op, Edited | Redacted) and entry.op.target in self._own_places:
                         self._own_places[entry.op.target] += (entry.seq,)
         return self._own_places
-
-    def _bucket_length(self, author: str, bucket: int) -> int:
-        array = self._streams.get(bucket_key(author, bucket))
-        return min(len(array), BUCKET_SIZE) if isinstance(array, Array) else 0
-
-    def _read_bucket(self, author: str, bucket: int, start: int, limit: int | None = None) -> Iterator[StreamEntry]:
-        array = self._streams.get(bucket_key(author, bucket))
-        if not isinstance(array, Array):
-            return
-        if len(array) > BUCKET_SIZE:
-            log.warning("stream bucket %s/%d is over-long; extra entries ignored", author, bucket)
-        end = min(len(array), BUCKET_SIZE) if limit is None else min(len(array), BUCKET_SIZE, start + limit)
-        if end - start > 8:
-            # One JSON round trip through Rust beats converting a long run item by item.
-            raw_items = json.loads(str(array))[start:end]
-        else:
-            raw_items = [array[index] for index in range(start, end)]
-        for offset, raw in enumerate(raw_items):
-            try:
-                yield parse_entry(author, bucket, raw)
-            except SchemaError as exc:
-                log.warning("stream entry %s/%d skipped: %s", author, bucket * BUCKET_SIZE + start + offset, exc)
-
-    def _find_holes(self) -> dict[str, set[int]]:
-        """Seqs an author's stream lacks below its last entry: entries deleted while their
-        replacement waits (see ``Changes.vanished``), found again after a reload. Only a
-        bucket shorter than its entries' seqs say is read whole."""
-        last_bucket: dict[str, int] = {}
-        for key in self._streams.keys():
-            place = self._place(key)
-            if place is not None:
-                last_bucket[place[0]] = max(last_bucket.get(place[0], -1), place[1])
-        holes: dict[str, set[int]] = {}
-        for author, last in last_bucket.items():
-            for bucket in range(last + 1):
-                length = self._bucket_length(author, bucket)
-                if not length:
-                    continue
-                if bucket < last:
-                    end = (bucket + 1) * BUCKET_SIZE
-                else:
-                    tail = list(self._read_bucket(author, bucket, length - 1))
-                    end = tail[-1].seq + 1 if tail else 0
-                missing = self._bucket_lacks(author, bucket, end)
-                if missing:
-                    holes.setdefault(author, set()).update(missing)
-        return holes
-
-    def _bucket_lacks(self, author: str, bucket: int, end: int) -> set[int]:
-        """Seqs from the bucket's first up to ``end`` whose entry it lacks; the bucket is
-        read only if it is shorter than that."""
-        start = bucket * BUCKET_SIZE
-        if self._bucket_length(author, bucket) >= end - start:
-            return set()
-        return set(range(start, end)) - {entry.seq for entry in self._read_bucket(author, bucket, 0)}
-
-    def _stream_lengths(self) -> dict[str, int]:
-        lengths: dict[str, int] = {}
-        for key in self._streams.keys():
-            try:
-                author, number = split_bucket_key(key)
-            except SchemaError:
-                continue
-            end = number * BUCKET_SIZE + self._bucket_length(author, number)
-            lengths[author] = max(lengths.get(author, 0), end)
-        return lengths
-
-
-def _check_signed(conversation: str, place: tuple[str, str], raw: object) -> Signed[Any]:
-    """The signed record ``raw`` found at ``place`` ((root, key)), checked; ``SchemaError``
-    if it is not valid, or no signed record belongs there."""
-    root, key = place
-    if root == "members":
-        return check_member(conversation, key, raw)
-    if place == ("meta", CHARTER):
-        return check_charter(conversation, raw)
-    if root == "heads":
-        return check_head(conversation, key, raw)
-    raise SchemaError(f"no signed record belongs at {root}[{key!r}]")
 
 
 def _weakly(method: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -1615,11 +973,6 @@ def _apply(doc: Doc[Any], update: bytes) -> None:
         if type(exc).__name__ == "PanicException":
             raise SchemaError(f"Yjs update rejected by yrs: {exc}") from None
         raise
-
-
-def _signature_of(raw: object) -> str:
-    signature = raw.get("sig") if isinstance(raw, dict) else None
-    return signature if isinstance(signature, str) else ""
 
 
 def _concerns(op: Op, message_id: str) -> bool:

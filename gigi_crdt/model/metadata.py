@@ -9,11 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SchemaError
+from .clock import TICKS_PER_MS
 from .ops import check_id, check_nickname, parse_timestamp
 
 log = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 200
+DAY_TICKS = 24 * 60 * 60 * 1000 * TICKS_PER_MS
+
+
+def retention_cutoff(retention_days: int | None, now: int) -> int | None:
+    """The timestamp below which a retention of ``retention_days`` has expired messages at
+    timestamp ``now`` (``None``: kept forever)."""
+    return None if retention_days is None else now - retention_days * DAY_TICKS
 
 
 class ConversationKind(enum.StrEnum):

@@ -25,7 +25,7 @@ from ..model import (
     Text,
 )
 from ..model.content import content_fields, decode_content, searchable_text
-from ..model.conversation import DAY_TICKS, retention_cutoff
+from ..model.metadata import DAY_TICKS, retention_cutoff
 from ..model.ops import BUCKET_SIZE, Deleted, Edited, Posted, Reacted, Tombstone, encode_op, parse_entry
 from ..model.view import SortKey
 
