@@ -68,7 +68,7 @@ from _common import ALICE, ALICE_KEY, BOB, BOB_KEY, TwoPeers, compact, ms, perce
 from pycrdt import Channel, Doc, Provider
 from pycrdt.websocket import WebsocketServer
 
-import gigi_crdt.replica as replica_module
+import gigi_crdt.replica._replica as replica_module
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, Text
 from gigi_crdt.model.catchup import RECENT_BYTES

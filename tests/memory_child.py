@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-import gigi_crdt.replica as replica_module
+import gigi_crdt.replica._replica as replica_module
 import gigi_crdt.store.worker as worker_module
 from gigi_crdt import ConversationKind, Text, open_replica
 from gigi_crdt._memory import release_free_memory

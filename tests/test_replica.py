@@ -19,6 +19,7 @@ from hostile import hostile_updates
 from pycrdt import Doc, Map, get_update, merge_updates
 from sync_helpers import Recorder
 
+import gigi_crdt.replica._replica as replica_module
 from gigi_crdt import (
     ConversationKind,
     GigiError,
@@ -31,7 +32,6 @@ from gigi_crdt import (
     UnknownConversation,
     open_replica,
 )
-from gigi_crdt import replica as replica_module
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Changes, Conversation, HybridClock, UnsafeUpdate
 from gigi_crdt.model.catchup import RECENT_UPDATE_BYTES

@@ -14,7 +14,7 @@ from pycrdt import Array, Doc, Map, merge_updates
 import gigi_crdt.model.conversation as conversation_module
 import gigi_crdt.model.slices as slices_module
 import gigi_crdt.model.streams as streams_module
-import gigi_crdt.replica as replica_module
+import gigi_crdt.replica._replica as replica_module
 import gigi_crdt.store.compaction as compaction_module
 import gigi_crdt.store.store as store_module
 import gigi_crdt.store.worker as worker_module

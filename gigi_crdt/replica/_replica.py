@@ -24,9 +24,9 @@ from typing import Any, Protocol, TypeVar, TypeVarTuple
 import trio
 from pycrdt import merge_updates
 
-from ._collector import run_with_collector_paused
-from ._memory import release_free_memory
-from .errors import (
+from .._collector import run_with_collector_paused
+from .._memory import release_free_memory
+from ..errors import (
     GigiError,
     NotAllowed,
     SchemaError,
@@ -36,7 +36,7 @@ from .errors import (
     UnknownMessage,
     single_errors_unwrapped,
 )
-from .model import (
+from ..model import (
     Changes,
     Content,
     Conversation,
@@ -47,20 +47,20 @@ from .model import (
     Written,
     check_update,
 )
-from .model.catchup import RecentUpdates, covers, deletions_past
-from .model.gaps import Logged
-from .model.metadata import Member, Metadata, Role
-from .model.ops import check_id, check_nickname
-from .model.signed import is_signed
-from .model.slices import SLICE_BYTES, SlicePlan, sliced
-from .model.ydecode import clocks_of
-from .model.yupdate import UpdateSummary
-from .protocol import HeadRecord
-from .protocol.yproto import decode_state_vector
-from .signatures import Signer
-from .store import ConversationSummary, Record, Store, StoreWorker, index
-from .store.compaction import is_snapshot, merge_all, slice_plan, whole_update
-from .store.store import MIN_COMPACTION_BYTES, stored_state_vector
+from ..model.catchup import RecentUpdates, covers, deletions_past
+from ..model.gaps import Logged
+from ..model.metadata import Member, Metadata, Role
+from ..model.ops import check_id, check_nickname
+from ..model.signed import is_signed
+from ..model.slices import SLICE_BYTES, SlicePlan, sliced
+from ..model.ydecode import clocks_of
+from ..model.yupdate import UpdateSummary
+from ..protocol import HeadRecord
+from ..protocol.yproto import decode_state_vector
+from ..signatures import Signer
+from ..store import ConversationSummary, Record, Store, StoreWorker, index
+from ..store.compaction import is_snapshot, merge_all, slice_plan, whole_update
+from ..store.store import MIN_COMPACTION_BYTES, stored_state_vector
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,20 @@
+"""The local-first replica (``_replica``): re-exports only."""
+
+from ._replica import ACKNOWLEDGE_DELAY as ACKNOWLEDGE_DELAY
+from ._replica import ACKNOWLEDGE_RETRY as ACKNOWLEDGE_RETRY
+from ._replica import EMPTY_UPDATE as EMPTY_UPDATE
+from ._replica import FLUSH_SECONDS as FLUSH_SECONDS
+from ._replica import HEAD_ROOTS as HEAD_ROOTS
+from ._replica import IN_THREAD_BYTES as IN_THREAD_BYTES
+from ._replica import REST_AFTER as REST_AFTER
+from ._replica import RESTING_RECENT_BYTES as RESTING_RECENT_BYTES
+from ._replica import RESTORE_INTERVAL as RESTORE_INTERVAL
+from ._replica import RETENTION_EVERY as RETENTION_EVERY
+from ._replica import RETENTION_FIRST as RETENTION_FIRST
+from ._replica import Replica as Replica
+from ._replica import StoredUpdate as StoredUpdate
+from ._replica import UpdateListener as UpdateListener
+from ._replica import check_remote_update as check_remote_update
+from ._replica import held_at as held_at
+from ._replica import left_waiting as left_waiting
+from ._replica import open_replica as open_replica
