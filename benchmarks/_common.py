@@ -82,7 +82,7 @@ class TwoPeers:
         )
 
     def closing_record(self) -> Record:
-        """What alice's replica keeps beside her log as it writes (``Replica._persist``): the
+        """What alice's replica keeps beside her log as it writes (``Documents.persist``): the
         signed records she holds, and her state vector, which peers are answered from."""
         signed = [(root, key, json.dumps(record)) for root, key, record in self.alice.take_unstored_records()]
         return Record(self.alice.id, b"", Changes(), signed=signed, state_vector=self.alice.state_vector())

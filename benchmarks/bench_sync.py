@@ -68,7 +68,7 @@ from _common import ALICE, ALICE_KEY, BOB, BOB_KEY, TwoPeers, compact, ms, perce
 from pycrdt import Channel, Doc, Provider
 from pycrdt.websocket import WebsocketServer
 
-import gigi_crdt.replica._replica as replica_module
+import gigi_crdt.replica._receiving as receiving_module
 from gigi_crdt.identity import Identity
 from gigi_crdt.model import Conversation, ConversationKind, Text
 from gigi_crdt.model.catchup import RECENT_BYTES
@@ -517,9 +517,9 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
     apply_remote = Conversation.apply_remote
     b_apply = Timed(apply_remote)
     Conversation.apply_remote = b_apply.wrap_sync()  # type: ignore[method-assign]
-    check = replica_module.check_remote_update
+    check = receiving_module.check_remote_update  # type: ignore[attr-defined]
     b_check = Timed(check)
-    replica_module.check_remote_update = b_check.wrap_async()
+    receiving_module.check_remote_update = b_check.wrap_async()  # type: ignore[attr-defined]
 
     gc.collect()
     synced = b.tap.expect(is_synced)
@@ -530,7 +530,7 @@ async def gigi_initial_sync(nursery: trio.Nursery, base: Path, built: Built) -> 
         _, at = await synced.wait(600)
     finally:
         Conversation.apply_remote = apply_remote  # type: ignore[method-assign]
-        replica_module.check_remote_update = check
+        receiving_module.check_remote_update = check  # type: ignore[attr-defined]
     total = at - start
     # Restore the plain methods for the parts that follow.
     del a.replica._document, a.replica.diff, b.replica.receive
@@ -1154,7 +1154,7 @@ async def bench_crowd(base: Path, peers: int, per_peer: int, rate: float, second
         gc.collect()
         rss_end = rss_bytes()
         samples.append((seconds, rss_end))
-        recent = sum(doc._recent._bytes for doc in hub.replica._conversations.values())
+        recent = sum(doc._recent._bytes for doc in hub.replica._documents._conversations.values())
         await process.stdin.send_all(b"stop\n")
         peers_sent: dict[str, float] = {}
         peers_received: dict[str, float] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-import gigi_crdt.replica._replica as replica_module
+import gigi_crdt.replica._documents as documents_module
 import gigi_crdt.store.worker as worker_module
 from gigi_crdt import ConversationKind, Text, open_replica
 from gigi_crdt._memory import release_free_memory
@@ -93,7 +93,7 @@ def commit_held(directory: Path, conversation: str) -> int:
 
 def main(variant: str, directory: Path) -> None:
     if variant == "untrimmed":
-        for module in (worker_module, replica_module):
+        for module in (worker_module, documents_module):
             module.release_free_memory = lambda: None
     directory.mkdir()
     conversation = write_log(directory)

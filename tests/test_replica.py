@@ -19,7 +19,7 @@ from hostile import hostile_updates
 from pycrdt import Doc, Map, get_update, merge_updates
 from sync_helpers import Recorder
 
-import gigi_crdt.replica._replica as replica_module
+import gigi_crdt.replica._updates as updates_module
 from gigi_crdt import (
     ConversationKind,
     GigiError,
@@ -108,7 +108,7 @@ async def test_messages_survive_reopening(tmp_path: Path) -> None:
         assert again.peer_id == peer_id
         # Served from the index: no document is loaded for this.
         assert texts(await again.history(conversation)) == [f"m{i}" for i in range(5)]
-        assert again._conversations == {}
+        assert again._documents._conversations == {}
         assert texts(await again.export(conversation)) == [f"m{i}" for i in range(5)]
         await again.send(conversation, Text("after reopening"))
         assert texts(await again.history(conversation, limit=2)) == ["m4", "after reopening"]
@@ -1278,11 +1278,11 @@ async def test_a_large_update_merges_in_a_thread_while_other_conversations_are_s
         await alice.send(second, Text("meanwhile"))
         live = await alice.diff(second, await bob.state_vector(second))
         assert len(catch_up) > len(live)
-        monkeypatch.setattr(replica_module, "IN_THREAD_BYTES", len(live))  # only the catch-up is large
+        monkeypatch.setattr(updates_module, "IN_THREAD_BYTES", len(live))  # only the catch-up is large
         # Holds the catch-up's worker thread before it merges, as a large update would.
         released = threading.Event()
         touched_while_held: list[bool] = []
-        check_and_apply = replica_module._check_and_apply
+        check_and_apply = updates_module._check_and_apply
 
         def held(doc: Conversation, conversation: str, update: bytes, *rest: Any) -> Changes:
             if update == catch_up:
@@ -1292,7 +1292,7 @@ async def test_a_large_update_merges_in_a_thread_while_other_conversations_are_s
                 touched_while_held.append(doc.state_vector() != state)
             return check_and_apply(doc, conversation, update, *rest)
 
-        monkeypatch.setattr(replica_module, "_check_and_apply", held)
+        monkeypatch.setattr(updates_module, "_check_and_apply", held)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(bob.receive, first, catch_up)
@@ -1315,16 +1315,16 @@ async def test_a_receive_cancelled_while_its_thread_merges_still_stores_what_was
     async with direct_pair(tmp_path) as (alice, bob, conversation):
         await alice.send(conversation, Text("merged, then cancelled"))
         update = await alice.diff(conversation, await bob.state_vector(conversation))
-        monkeypatch.setattr(replica_module, "IN_THREAD_BYTES", 0)
+        monkeypatch.setattr(updates_module, "IN_THREAD_BYTES", 0)
         entered, released = threading.Event(), threading.Event()
-        check_and_apply = replica_module._check_and_apply
+        check_and_apply = updates_module._check_and_apply
 
         def held(*args: Any) -> Changes:
             entered.set()
             released.wait()
             return check_and_apply(*args)
 
-        monkeypatch.setattr(replica_module, "_check_and_apply", held)
+        monkeypatch.setattr(updates_module, "_check_and_apply", held)
         try:
             with trio.CancelScope() as receiving:
                 async with trio.open_nursery() as nursery:

@@ -14,7 +14,7 @@ from pycrdt import Array, Doc, Map, merge_updates
 import gigi_crdt.model.conversation as conversation_module
 import gigi_crdt.model.slices as slices_module
 import gigi_crdt.model.streams as streams_module
-import gigi_crdt.replica._replica as replica_module
+import gigi_crdt.replica._updates as updates_module
 import gigi_crdt.store.compaction as compaction_module
 import gigi_crdt.store.store as store_module
 import gigi_crdt.store.worker as worker_module
@@ -226,9 +226,9 @@ def applies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def slice_at(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     """Updates over ``size`` bytes are merged in threads, in slices, and compaction plans
     snapshots over it in slices."""
-    for module in (replica_module, compaction_module, worker_module):
+    for module in (updates_module, compaction_module, worker_module):
         monkeypatch.setattr(module, "SLICE_BYTES", size)
-    monkeypatch.setattr(replica_module, "IN_THREAD_BYTES", size)
+    monkeypatch.setattr(updates_module, "IN_THREAD_BYTES", size)
 
 
 async def test_a_replica_merges_a_large_update_in_slices_and_loads_it_so(
