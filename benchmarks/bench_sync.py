@@ -1154,7 +1154,7 @@ async def bench_crowd(base: Path, peers: int, per_peer: int, rate: float, second
         gc.collect()
         rss_end = rss_bytes()
         samples.append((seconds, rss_end))
-        recent = sum(doc._recent._bytes for doc in hub.replica._documents._conversations.values())
+        recent = sum(doc.recent_updates.size for doc in hub.replica._documents._conversations.values())
         await process.stdin.send_all(b"stop\n")
         peers_sent: dict[str, float] = {}
         peers_received: dict[str, float] = {}

@@ -29,7 +29,7 @@ from ..store import Record, StoreWorker, index
 from ..store.compaction import is_snapshot, whole_update
 from ..store.store import MIN_COMPACTION_BYTES, stored_state_vector
 from ._receipts import DeliveredReceipts
-from ._updates import Merges, StoredUpdate, UpdateListener, _authors, _parse_held
+from ._updates import Merges, StoredUpdate, UpdateListener, authors_of, parse_held
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class Documents:
         """Read a conversation's document from the store and hold it (``document``)."""
         await self.settle(conversation)
         log = await self._worker.read(self._store.load_log, conversation)
-        held = _parse_held(await self._worker.read(self._store.signed_records, conversation))
+        held = parse_held(await self._worker.read(self._store.signed_records, conversation))
         # If it rested, everything it wrote is in the log: it may write on under its client id.
         rest = self._resting.pop(conversation, None)
         client_id = None if rest is None else rest.client_id
@@ -327,7 +327,7 @@ class Documents:
         signed = [(root, key, json.dumps(record)) for root, key, record in doc.take_unstored_records()]
         # Not told from the store while a delivered receipt is owed: loading the document
         # is what writes it (``document``), should the replica close before it does.
-        owes = conv in self._receipts or bool(_authors(written.changes) - {self._peer_id})
+        owes = conv in self._receipts or bool(authors_of(written.changes) - {self._peer_id})
         record = Record(
             conv,
             written.update,

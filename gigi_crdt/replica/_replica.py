@@ -36,11 +36,11 @@ from ._receiving import Receiver
 from ._updates import (
     EMPTY_UPDATE,
     UpdateListener,
-    _authors,
-    _merged_parts,
-    _parse_held,
-    _plain,
-    _split,
+    authors_of,
+    merge_checked_parts,
+    parse_held,
+    plain_head,
+    split_in_parts,
 )
 
 log = logging.getLogger(__name__)
@@ -239,13 +239,13 @@ class Replica:
         """``update`` (of ours, from ``diff``) cut into updates of about ``part_bytes`` that,
         applied in order, give what it gives (``model.slices``): a step 2 too large for one
         frame goes in parts (``SyncPart``). ``[update]`` if it cannot be cut (it has a gap)."""
-        return await trio.to_thread.run_sync(run_with_collector_paused, _split, update, part_bytes)
+        return await trio.to_thread.run_sync(run_with_collector_paused, split_in_parts, update, part_bytes)
 
     async def merged_parts(self, parts: Sequence[bytes]) -> bytes:
         """One update holding a step 2's parts from a peer (``SyncPart``, then the step 2
         itself), to ``receive``: each part is checked first (``UnsafeUpdate``: none of them
         is taken), so that pycrdt merges only what passed."""
-        return await trio.to_thread.run_sync(run_with_collector_paused, _merged_parts, parts)
+        return await trio.to_thread.run_sync(run_with_collector_paused, merge_checked_parts, parts)
 
     async def heads_for(self, conversation: str, state_vector: bytes) -> tuple[HeadRecord, ...]:
         """The signed heads to send beside what a peer with ``state_vector`` lacks (``diff``):
@@ -259,9 +259,9 @@ class Replica:
         """
         if conversation not in self._documents and not clocks_of(state_vector):
             # Held in the document's place ("heads") or beside it ("carried": see ``take_unstored_records``).
-            rows = _parse_held(await self._worker.read(self._store.signed_records, conversation))
+            rows = parse_held(await self._worker.read(self._store.signed_records, conversation))
             return tuple(
-                _plain(record) for root, _, record in rows if root in HEAD_ROOTS and isinstance(record, Mapping)
+                plain_head(record) for root, _, record in rows if root in HEAD_ROOTS and isinstance(record, Mapping)
             )
         doc = await self._document(conversation)
         heads = doc.unshown_heads()
@@ -269,7 +269,9 @@ class Replica:
             return ()
         theirs, ours = decode_state_vector(state_vector), decode_state_vector(doc.state_vector())
         return tuple(
-            _plain(head.record) for head in heads if ours.get(head.value.client, 0) > theirs.get(head.value.client, 0)
+            plain_head(head.record)
+            for head in heads
+            if ours.get(head.value.client, 0) > theirs.get(head.value.client, 0)
         )
 
     async def receive(
@@ -318,7 +320,7 @@ class Replica:
 
     async def acknowledge(self, conversation: str, changes: Changes) -> None:
         """Mark what ``changes`` brought as delivered (only call once it is stored)."""
-        await self._acknowledge_authors(conversation, _authors(changes) - {self.peer_id})
+        await self._acknowledge_authors(conversation, authors_of(changes) - {self.peer_id})
 
     def acknowledge_nowait(self, conversation: str, changes: Changes) -> None:
         """``acknowledge``, queued: written in the background, soon, and on closing at the
@@ -327,7 +329,7 @@ class Replica:
         together in the next write, so a busy conversation writes (and sends) one receipt
         per disk flush, not one per update, and the caller (a peer's reader loop) does not
         wait for the disk."""
-        self._receipts.queue(conversation, _authors(changes) - {self.peer_id})
+        self._receipts.queue(conversation, authors_of(changes) - {self.peer_id})
 
     @property
     def acknowledging(self) -> bool:

@@ -76,16 +76,16 @@ def held_at(summary: UpdateSummary, have: Mapping[int, int]) -> bool:
     )
 
 
-def _authors(changes: Changes) -> set[str]:
+def authors_of(changes: Changes) -> set[str]:
     return {entry.author for entry in changes.entries}
 
 
-def _plain(record: Mapping[str, Any]) -> HeadRecord:
+def plain_head(record: Mapping[str, Any]) -> HeadRecord:
     """A head as it travels beside a catch-up: Yjs gives its integers back as floats."""
     return {key: int(value) if isinstance(value, float) else value for key, value in record.items()}
 
 
-def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object]]:
+def parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object]]:
     """Stored signed records, for ``Conversation.from_updates``; a damaged row is skipped
     (the document's own records still count: only what was held beyond them is lost)."""
     held: list[tuple[str, str, object]] = []
@@ -97,12 +97,12 @@ def _parse_held(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, object
     return held
 
 
-def _split(update: bytes, part_bytes: int) -> list[bytes]:
+def split_in_parts(update: bytes, part_bytes: int) -> list[bytes]:
     plan = slice_plan(update, part_bytes)
     return [update] if plan is None else list(sliced(update, plan))
 
 
-def _merged_parts(parts: Sequence[bytes]) -> bytes:
+def merge_checked_parts(parts: Sequence[bytes]) -> bytes:
     for part in parts:
         check_update(part)
     return merge_all(parts)
