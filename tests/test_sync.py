@@ -64,7 +64,7 @@ from gigi_crdt.sync import (
     serve_tcp,
 )
 from gigi_crdt.sync.engine import REACHED_ROOM
-from gigi_crdt.sync.link import PeerLink
+from gigi_crdt.sync.link import PeerLink, read_events
 
 
 async def group_of(nodes_: list[Node]) -> str:
@@ -134,6 +134,37 @@ async def test_a_large_catch_up_is_reported_as_it_arrives(tmp_path: Path) -> Non
         assert len(frame) > 1
         assert received == sorted(set(received))
         assert {e.total for e in frame} == {received[-1]}
+
+
+async def test_a_large_frame_begun_by_the_read_that_ends_another_is_told_of_before_its_end() -> None:
+    # Reads do not follow frames: one may end a large frame and bring much of the next.
+    # That part is told of once the first frame is handled, not only the next one's end.
+    sender = Connection()
+    hello = sender.send(Hello("alice-peer-01", "alice", 1))
+    first, second = (sender.send(Update(f"{'c' * 23}{n}", bytes(100_000))) for n in range(2))
+    handled: list[type[Event]] = []
+    told: list[tuple[type[Event] | None, int, int]] = []
+
+    async def handle(event: Event) -> None:
+        handled.append(type(event))
+
+    def arriving(received: int, total: int) -> None:
+        told.append((handled[-1] if handled else None, received, total))
+
+    sending, receiving = trio.testing.memory_stream_one_way_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_events, receiving, Connection(), handle, 10.0, arriving)
+        # The reader takes at most RECEIVE_CHUNK at a time: the end of ``first`` and 20 KB
+        # of ``second`` come in one read.
+        for chunk in (hello + first[:60_000], first[60_000:] + second[:20_000], second[20_000:]):
+            await sending.send_all(chunk)
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert handled == [Hello, Update, Update]
+    ends = [entry for entry in told if entry[1] == entry[2]]
+    assert [total for _, _, total in ends] == [len(hello), len(first), len(second)]
+    # After the first Update was handled, before the rest of the second came:
+    assert (Update, 20_000, len(second)) in told
 
 
 async def test_reconnect_sends_only_the_delta(tmp_path: Path) -> None:

@@ -207,19 +207,26 @@ async def read_events(
     arriving: Callable[[int, int], None] | None = None,
 ) -> str:
     """The reader loop: feed bytes to the protocol and hand each event over; returns why it
-    ended. ``arriving`` hears, after each read, how much of the frame under way is in
-    (``Connection.frame_under_way``)."""
+    ended. ``arriving`` hears, after each read and before waiting for the next, how much
+    of the frame under way is in (``Connection.frame_under_way``): after a read, which may
+    complete a frame; before the next, of the frame that follows the ones the read
+    completed (their read may have brought a large part of it)."""
+
+    def tell_arriving() -> None:
+        under_way = connection.frame_under_way()
+        if arriving is not None and under_way is not None:
+            arriving(*under_way)
+
     while True:
         event = connection.next_event()
         if isinstance(event, NeedData):
+            tell_arriving()
             with trio.move_on_after(idle_timeout) as idle:
                 data = await stream.receive_some(RECEIVE_CHUNK)
             if idle.cancelled_caught:
                 raise RemoteProtocolError(f"no traffic for {idle_timeout:g} s", CloseCode.TIMEOUT)
             connection.receive_data(data)
-            under_way = connection.frame_under_way()
-            if arriving is not None and under_way is not None:
-                arriving(*under_way)
+            tell_arriving()
             continue
         if isinstance(event, ConnectionClosed):
             return "closed by the peer" if event.clean else "the stream ended"
