@@ -489,11 +489,11 @@ async def test_a_new_member_fetches_the_conversation_from_one_peer_and_asks_the_
 
 @pytest.mark.parametrize("bobby_goes", [False, True])
 async def test_a_peer_that_does_not_bring_the_catch_up_holds_no_one_back(tmp_path: Path, bobby_goes: bool) -> None:
-    """bobby takes carol's step 1 and never answers: carol asks alice all the same, once
-    ``catch_up_wait`` has passed, or at once when bobby's link ends."""
-    wait = 3600 if bobby_goes else 0.5
+    """bobby takes carol's step 1 and never answers (and his link stays up): carol asks
+    alice all the same, once ``catch_up_wait`` has passed, or at once when bobby's link ends."""
+    settings = dataclasses.replace(FAST, catch_up_wait=3600 if bobby_goes else 0.5, idle_timeout=3600)
     async with (
-        nodes(tmp_path, "alice", "carol", settings=dataclasses.replace(FAST, catch_up_wait=wait)) as (alice, carol),
+        nodes(tmp_path, "alice", "carol", settings=settings) as (alice, carol),
         trio.open_nursery() as nursery,
     ):
         chat = await _away_while_alice_writes(alice, carol, {"bobby-peer-1": "bobby"})
@@ -509,6 +509,29 @@ async def test_a_peer_that_does_not_bring_the_catch_up_holds_no_one_back(tmp_pat
         with trio.fail_after(10):
             await converged([alice, carol], chat, 20)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_let_its_catch_up_turn_run_out_is_not_waited_for_again(tmp_path: Path) -> None:
+    """bobby took carol's step 1 and never answered, so carol asked alice only once
+    ``catch_up_wait`` had passed. When they all link again, carol asks alice at once,
+    though she would now wait an hour for bobby's catch-up (and his link stays up)."""
+    settings = dataclasses.replace(FAST, catch_up_wait=0.5, idle_timeout=3600)
+    async with nodes(tmp_path, "alice", "carol", settings=settings) as (alice, carol):
+        chat = await _away_while_alice_writes(alice, carol, {"bobby-peer-1": "bobby"})
+        for held in (20, 40):
+            async with trio.open_nursery() as nursery:
+                bobby, carol_side = trio.testing.memory_stream_pair()
+                nursery.start_soon(carol.engine.run_link, carol_side)
+                connection = Connection()
+                await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
+                await read_until(bobby, connection, SyncStep1)
+                link(nursery, alice, carol)
+                with trio.fail_after(10):
+                    await converged([alice, carol], chat, held)
+                nursery.cancel_scope.cancel()
+            carol.engine.settings = dataclasses.replace(settings, catch_up_wait=3600)
+            for i in range(20):
+                await alice.replica.send(chat, Text(f"while carol was away again {i}"))
 
 
 async def test_a_catch_up_names_the_senders_other_peers_that_share_the_conversation(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ class SyncEngine:
         # One awareness client id per engine run, as a Yjs client id is per session.
         self._awareness_client_id = secrets.randbits(53) if awareness_client_id is None else awareness_client_id
         self._links: dict[str, PeerLink] = {}
-        self._turns = CatchUpTurns()
+        self._turns = CatchUpTurns(self.settings.catch_up_wait)
         self._presence = PresenceTable()
         self._presence_clock = 0
         self._typing: set[str] = set()
@@ -322,7 +322,7 @@ class SyncEngine:
         link.offer(Announce(tuple(shared)))
         later = []
         for conversation in shared:
-            if self._turns.try_take(conversation, link):
+            if self._turns.try_take(conversation, link, hello.peer_id):
                 link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
             else:
                 later.append(conversation)
@@ -337,9 +337,10 @@ class SyncEngine:
         it has merged (``CatchUpTurns``): the peer then sends only what that one lacked,
         and a conversation that was new to us is no longer fetched whole."""
         link = session.link
+        assert link.peer is not None  # after its hello
         deadline = trio.current_time() + self.settings.catch_up_wait
         for conversation in conversations:  # in the order the other link's answers come
-            await self._turns.take(conversation, link, deadline)
+            await self._turns.take(conversation, link, link.peer.peer_id, deadline)
             asked = False
             with self._failing_softly(session, conversation):
                 if conversation in link.shared:
@@ -366,12 +367,13 @@ class SyncEngine:
 
     async def _on_announce(self, session: _Session, announce: Announce) -> None:
         link = session.link
+        assert link.peer is not None  # the protocol allows an announce only after a hello
         known = set(await self.replica.conversation_ids())
         later = []
         for conversation in announce.conversations:
             if conversation in link.shared or conversation in session.fetching:
                 continue
-            if conversation not in known and not self._turns.try_take(conversation, link):
+            if conversation not in known and not self._turns.try_take(conversation, link, link.peer.peer_id):
                 later.append(conversation)  # another link is fetching it: ask this one after
             else:
                 await self._ask_announced(session, conversation, known)
