@@ -317,30 +317,9 @@ class Documents:
         if not written.update and not written.changes:
             return []
         conv = conversation or doc.id
-        generation = self._generations.get(conv, 0)
         if self._conversations.get(conv) is not doc:
             raise StorageError(f"conversation {conv} was reloaded after a failed write; try again")
-        meta: Metadata | None = None
-        members: tuple[Member, ...] = ()
-        if written.changes.metadata_changed:
-            meta, members = doc.metadata(), tuple(doc.members().values())
-        signed = [(root, key, json.dumps(record)) for root, key, record in doc.take_unstored_records()]
-        # Not told from the store while a delivered receipt is owed: loading the document
-        # is what writes it (``document``), should the replica close before it does.
-        owes = conv in self._receipts or bool(authors_of(written.changes) - {self._peer_id})
-        record = Record(
-            conv,
-            written.update,
-            written.changes,
-            meta,
-            members,
-            doc.retention_cutoff(),
-            generation,
-            waiting,
-            slices,
-            signed,
-            doc.state_vector() if written.update and not doc.waits and not owes else None,
-        )
+        record = self._record_of(doc, written, conv, waiting, slices)
         self._in_flight[conv] = self._in_flight.get(conv, 0) + 1
         ticket = self._commits_begun
         self._commits_begun += 1
@@ -370,12 +349,43 @@ class Documents:
             self._commit_ended.set()
             self._commit_ended = trio.Event()
             self._offer_in_order(ticket, committed)
-        self._unchecked_bytes[conv] = self._unchecked_bytes.get(conv, 0) + len(written.update)
+        await self._compact_if_grown(conv, len(written.update))
+        return vanished
+
+    def _record_of(
+        self, doc: Conversation, written: Written, conv: str, waiting: bool, slices: SlicePlan | None
+    ) -> Record:
+        """What ``persist`` commits of ``written``: the update, the index's changes, and
+        what is kept beside the document (signed records, its state vector)."""
+        meta: Metadata | None = None
+        members: tuple[Member, ...] = ()
+        if written.changes.metadata_changed:
+            meta, members = doc.metadata(), tuple(doc.members().values())
+        signed = [(root, key, json.dumps(record)) for root, key, record in doc.take_unstored_records()]
+        # Not told from the store while a delivered receipt is owed: loading the document
+        # is what writes it (``document``), should the replica close before it does.
+        owes = conv in self._receipts or bool(authors_of(written.changes) - {self._peer_id})
+        return Record(
+            conv,
+            written.update,
+            written.changes,
+            meta,
+            members,
+            doc.retention_cutoff(),
+            self._generations.get(conv, 0),
+            waiting,
+            slices,
+            signed,
+            doc.state_vector() if written.update and not doc.waits and not owes else None,
+        )
+
+    async def _compact_if_grown(self, conv: str, written_bytes: int) -> None:
+        """Ask for a compaction once the log may have grown enough to need one."""
+        self._unchecked_bytes[conv] = self._unchecked_bytes.get(conv, 0) + written_bytes
         if self._unchecked_bytes[conv] >= MIN_COMPACTION_BYTES:
             self._unchecked_bytes[conv] = 0
             if await self._worker.read(self._store.needs_compaction, conv):
                 self._worker.request_compaction(conv)
-        return vanished
 
     def _offer_in_order(self, ticket: int, committed: StoredUpdate | None) -> None:
         """Tell listeners of committed updates in the order their changes were made.

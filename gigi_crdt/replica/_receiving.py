@@ -53,32 +53,15 @@ class Receiver:
         reached: frozenset[str],
     ) -> Changes:
         """``Replica.receive``, the conversation's document kept from resting meanwhile."""
-        if update == EMPTY_UPDATE and not proving and conversation not in self._documents:
-            # A peer that had nothing for us (a catch-up's usual answer): leave it at rest.
-            if (
-                self._documents.rests(conversation)
-                or await self._documents.read(index.metadata, conversation) is not None
-            ):
-                return Changes()
+        if update == EMPTY_UPDATE and not proving and await self._known_at_rest(conversation):
+            return Changes()  # a peer that had nothing for us (a catch-up's usual answer)
         summary = await check_remote_update(update)
         heads = tuple(heads)
         # Heads sent beside may verify entries the document holds (a head it lost): load it.
         if not (proving or heads) and conversation not in self._documents:
             if await self._holds_all(conversation, summary):
                 return Changes()
-        new = False
-        try:
-            doc = await self._documents.document(conversation)
-        except UnknownConversation:
-            doc, new = Conversation.from_updates([], self._peer_id, self._clock, self._signer), True
-            self._documents.hold(conversation, doc)
-        try:
-            changes = await self._documents.merges.merge(conversation, doc, update, summary, heads)
-            if (new or proving) and not (doc.is_member(self._peer_id) and (origin is None or doc.is_member(origin))):
-                raise NotAllowed(f"{origin} sent an update of {conversation} that does not list us both as members")
-        except GigiError:
-            self._documents.release(conversation, doc)  # it may be half-applied: reload what is on disk
-            raise
+        doc, changes = await self._merge(conversation, update, summary, heads, origin, proving)
         state_vector = doc.state_vector()
         waiting = left_waiting(summary, state_vector)
         if waiting:
@@ -103,6 +86,43 @@ class Receiver:
         if acknowledge:
             await self._acknowledge(conversation, changes)
         return changes
+
+    async def _known_at_rest(self, conversation: str) -> bool:
+        """Whether the conversation is ours and its document not in memory (it rests, or
+        was not loaded since the replica opened): an update that brings nothing leaves it
+        there."""
+        if conversation in self._documents:
+            return False
+        if self._documents.rests(conversation):
+            return True
+        return await self._documents.read(index.metadata, conversation) is not None
+
+    async def _merge(
+        self,
+        conversation: str,
+        update: bytes,
+        summary: UpdateSummary,
+        heads: tuple[Mapping[str, object], ...],
+        origin: str | None,
+        proving: bool,
+    ) -> tuple[Conversation, Changes]:
+        """Merge a checked update into the conversation's document, or into a new one if
+        the conversation is new to us (which must then list us and ``origin`` as members,
+        as must the document of an update ``proving`` that ``origin`` is one)."""
+        new = False
+        try:
+            doc = await self._documents.document(conversation)
+        except UnknownConversation:
+            doc, new = Conversation.from_updates([], self._peer_id, self._clock, self._signer), True
+            self._documents.hold(conversation, doc)
+        try:
+            changes = await self._documents.merges.merge(conversation, doc, update, summary, heads)
+            if (new or proving) and not (doc.is_member(self._peer_id) and (origin is None or doc.is_member(origin))):
+                raise NotAllowed(f"{origin} sent an update of {conversation} that does not list us both as members")
+        except GigiError:
+            self._documents.release(conversation, doc)  # it may be half-applied: reload what is on disk
+            raise
+        return doc, changes
 
     async def _holds_all(self, conversation: str, summary: UpdateSummary) -> bool:
         """Whether a document not in memory holds everything the update ``summary``
