@@ -301,7 +301,7 @@ class CountingStream(trio.abc.Stream):
         await self.inner.aclose()
 
 
-@pytest.mark.parametrize("size", [3, 10])
+@pytest.mark.parametrize("size", [2, 3, 10])
 async def test_mesh_over_memory_streams_converges(tmp_path: Path, size: int) -> None:
     names = [f"peer{i}" for i in range(size)]
     async with nodes(tmp_path, *names) as group, trio.open_nursery() as nursery:
@@ -742,6 +742,27 @@ async def test_a_stranger_that_cannot_prove_membership_leaves_nothing(tmp_path: 
         assert await bob.replica.state_vector(conversation) == before
         assert not await bob.replica.is_member(conversation, mallory.peer_id)
         assert mallory.peer_id not in await bob.replica.members(conversation)
+
+
+@pytest.mark.parametrize("size", [2, 3, 10])
+async def test_a_line_over_loopback_tcp_converges(tmp_path: Path, size: int) -> None:
+    names = [f"peer{i}" for i in range(size)]
+    async with nodes(tmp_path, *names) as group, trio.open_nursery() as nursery:
+        conversation = await group_of(group)
+        # Each node dials the one before it: updates must be passed on from peer to peer.
+        for listening, dialling in itertools.pairwise(group):
+            listeners = await nursery.start(serve_tcp, listening.engine)
+            port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(
+                functools.partial(keep_connected, dialling.engine, lambda p=port: connect_tcp("127.0.0.1", p))
+            )
+        await joined(group, conversation)
+        for round_ in range(3):
+            for node in group:
+                await node.replica.send(conversation, Text(f"{node.replica.nickname} says {round_}"))
+        views = await converged(group, conversation, 3 * size)
+        assert all(view == views[0] for view in views)
+        nursery.cancel_scope.cancel()
 
 
 async def test_over_real_tcp_with_reconnect(tmp_path: Path) -> None:
