@@ -16,10 +16,11 @@ only their member writes and that only grow, so they converge and never shift un
 concurrent inserts. Finding what a remote update brought costs one length check per
 member, not a scan of history.
 
-``Conversation`` holds its parts as collaborators, each in a module of its own: the
-streams (``streams``), the receipts (``acks``), the signed records (``records``) and which
-entries they verify (``verifier``), what catch-ups answer (``catchup``). Nothing outside
-these modules touches a conversation's pycrdt structures.
+``Conversation`` holds its parts as collaborators, each in a module of its own: its
+metadata and members (``roster``), the streams (``streams``), the receipts (``acks``),
+the signed records (``records``) and which entries they verify (``verifier``), what
+catch-ups answer (``catchup``). Nothing outside these modules touches a conversation's
+pycrdt structures.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ from .metadata import (
     Role,
     encode_member,
     encode_metadata,
-    parse_member,
     parse_metadata,
     receipt_key,
     retention_cutoff,
@@ -72,6 +72,7 @@ from .ops import (
     encode_op,
 )
 from .records import SignedRecords
+from .roster import Roster
 from .signed import (
     CHARTER,
     Head,
@@ -118,13 +119,8 @@ class Conversation:
         self._heads: Map[Any] = doc.get("heads", type=Map)
         self._outbox: list[bytes] = []
         self._state: bytes | None = None  # the state vector, until the next change
-        self._meta_changed = False
-        self._member_cache: dict[str, Member] | None = None
-        self._member_seen: dict[str, Member] = {}
         self._records = SignedRecords()  # signed conversations only
         self._verifier = StreamVerifier(self._records, self._streams.lengths)
-        self._metadata_cache: Metadata | None = None
-        self._signed_cache: tuple[str | None] | None = None  # (id,) once read
         self._tip: tuple[int, bytes] | None = None  # our newest entry, until our head names it
         self._sealed_clock = 0  # our client's clock after our last head
         # message id -> seqs of the local peer's post and its edits. Tuples of ints, which the
@@ -147,7 +143,7 @@ class Conversation:
             self._streams.root.integrated.observe_deep(_weakly(self._on_streams)),
             self._heads.integrated.observe(_weakly(self._on_heads)),
         )
-        self._member_map()  # remembered from the start: see ``_member_map``
+        self._roster = Roster(self._meta, self._members, self._heads, self._records)
 
     # -- creation and loading ------------------------------------------------------
 
@@ -183,7 +179,7 @@ class Conversation:
             charter = conversation._sign(lambda signer: sign_charter(signer, meta, now))
         with conversation._local_transaction():
             conversation._meta.update(encode_metadata(meta))
-            conversation._forget_metadata()  # read empty before; observers tell only at the commit
+            conversation._roster.forget()  # read empty before; observers tell only at the commit
             if charter is not None:
                 conversation._meta[CHARTER] = charter
             conversation._members[local_peer] = conversation._record(
@@ -254,27 +250,15 @@ class Conversation:
 
     def metadata(self) -> Metadata:
         """Kind, title, creation time and retention; ``SchemaError`` if the document has none."""
-        if self._metadata_cache is None:
-            conversation = self._signed_id()
-            if conversation is None:
-                self._metadata_cache = parse_metadata(self._meta.to_py() or {})
-            else:
-                self._hold_signed(conversation)
-                charter = self._records.held.get(("meta", CHARTER))
-                if charter is None:
-                    raise SchemaError(f"signed conversation {conversation} has no valid charter")
-                if charter.value.id != conversation:  # someone rewrote the id: no charter names it
-                    raise SchemaError(f"the document's id changed from {charter.value.id} to {conversation}")
-                self._metadata_cache = charter.value
-        return self._metadata_cache
+        return self._roster.metadata()
 
     def members(self) -> dict[str, Member]:
         """Everyone who is or was a member, by peer id; malformed records are skipped."""
-        return dict(self._member_map())
+        return dict(self._roster.members())
 
     def member(self, peer_id: str) -> Member | None:
         """``peer_id``'s member record, if it has one (no copy of the member map)."""
-        return self._member_map().get(peer_id)
+        return self._roster.members().get(peer_id)
 
     def is_member(self, peer_id: str) -> bool:
         """True if ``peer_id`` is a current member."""
@@ -286,76 +270,22 @@ class Conversation:
         member = self.member(peer_id)
         return member is not None and member.has_left
 
-    def _member_map(self) -> dict[str, Member]:
-        """The cached member map (rebuilt after membership changes); do not mutate."""
-        if self._member_cache is None:
-            previous = self._member_seen
-            conversation = self._signed_id()
-            if conversation is not None:
-                self._hold_signed(conversation)
-                self._member_cache = self._records.members()
-            else:
-                self._member_cache = {}
-                for peer_id, raw in self._members.items():
-                    try:
-                        self._member_cache[peer_id] = parse_member(peer_id, raw)
-                    except SchemaError as exc:
-                        log.warning("conversation member %r skipped: %s", peer_id, exc)
-            # Member records are only ever overwritten, never deleted, yet a key can vanish
-            # for a while: an overwrite is an insert plus a delete of the old value, and yrs
-            # applies the delete at once when it comes in another peer's update (whose
-            # transaction picked it up) while the insert still waits for a dependency. Until
-            # the new record shows, the last one seen is the truth: forgetting the member
-            # would refuse the very peer whose updates hold the missing insert.
-            for peer_id, member in previous.items():
-                self._member_cache.setdefault(peer_id, member)
-            self._member_seen = self._member_cache
-        return self._member_cache
-
-    def _signed_id(self) -> str | None:
-        """The conversation's id if it is signed (see ``signed``), else None."""
-        # Read on every write, twice: through pycrdt a map read costs three transactions.
-        if self._signed_cache is None:
-            conversation = self._meta.get("id")
-            self._signed_cache = (conversation if isinstance(conversation, str) and is_signed(conversation) else None,)
-        return self._signed_cache[0]
-
-    def _forget_metadata(self) -> None:
-        """Drop what was read of members and metadata: the document may show others now."""
-        self._member_cache = self._metadata_cache = self._signed_cache = None
-
-    def _hold_signed(self, conversation: str) -> None:
-        """Hold, per member and for the charter, the newest valid signed record seen.
-
-        A record the document shows but which is not valid, or older than one seen before
-        (a replay), is ignored, and its place is noted as stale: ``restore_records``
-        writes the newer record back, so that peers that never saw it learn it. Only records
-        seen are held: this runs after every change (local writes, remote updates), since the
-        next change may overwrite a record in the document.
-        """
-        shown: dict[tuple[str, str], object] = {("members", peer_id): raw for peer_id, raw in self._members.items()}
-        shown.update((("heads", author), raw) for author, raw in self._heads.items())
-        charter = self._meta.get(CHARTER)
-        if charter is not None:
-            shown["meta", CHARTER] = charter
-        self._records.hold_shown(conversation, shown)
-
     def take_unstored_records(self) -> list[tuple[str, str, dict[str, Any]]]:
         """The signed records that came to hold since the last call, as (root, key, record),
         to store beside the document (see ``from_updates``). The document may show older
         ones, or none: yrs applies an overwrite's delete at once while its insert may wait
         for a dependency, for good if that was lost with a peer that went away, and the
         entries a vanished head verified must stay verified after a restart."""
-        self._member_map()
+        self._roster.members()
         return self._records.take_unstored()
 
     def _hold_stored(self, stored: Iterable[tuple[str, str, object]]) -> None:
-        conversation = self._signed_id()
+        conversation = self._roster.signed_id()
         if conversation is None:
             return
         self._records.hold_stored(conversation, stored)
-        self._forget_metadata()
-        self._member_map()  # now the document's own records are compared with what was held
+        self._roster.forget()
+        self._roster.members()  # now the document's own records are compared with what was held
 
     def receipts(self) -> list[Receipt]:
         """Every delivered/read counter in the document."""
@@ -368,8 +298,8 @@ class Conversation:
         sync layer accepted, and an author's posts may well arrive before the update that
         made it a member (Yjs applies them independently).
         """
-        conversation = self._signed_id()
-        self._member_map()  # hold the heads the document shows
+        conversation = self._roster.signed_id()
+        self._roster.members()  # hold the heads the document shows
         for author, numbers in self._streams.buckets().items():
             read = (entry for number in numbers for entry in self._streams.read_bucket(author, number, 0))
             if conversation is not None:
@@ -416,7 +346,7 @@ class Conversation:
         count, and the index must not count past those still waiting (``complete_upto``).
         """
         changes = Changes()
-        conversation = self._signed_id()
+        conversation = self._roster.signed_id()
         for author, length in self._streams.lengths.items():
             start = indexed.get(author, 0)
             if length > start:
@@ -508,15 +438,15 @@ class Conversation:
         # this sweep, run on quiet updates (anti-entropy, duplicates) and every so often.
         if not (found or changes) or self._unchecked_applies >= SWEEP_EVERY:
             self._unchecked_applies = 0
-            for author, entries in self._streams.take_unannounced(self._member_map()).items():
+            for author, entries in self._streams.take_unannounced(self._roster.members()).items():
                 found[author] = found.get(author, []) + entries
             for author, entries in self._streams.take_filled_holes().items():
                 found[author] = entries + found.get(author, [])
         if had_waiting:  # members, metadata and heads have no later event to reveal a silent change
-            changes.metadata_changed |= self._metadata_moved()
+            changes.metadata_changed |= self._roster.moved()
             self._records.heads_moved.update(self._heads.keys())
-        self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
-        if self._signed_id() is not None:
+        self._roster.members()  # see ``Roster.hold_signed``: every signed record must be seen as it comes
+        if self._roster.signed_id() is not None:
             conversation = self.id  # SchemaError if no valid charter names it
             self._records.hold_heads(conversation, self._heads)
             found = self._verifier.verify(conversation, found, changes.complete_upto)
@@ -541,17 +471,6 @@ class Conversation:
         the heads that cover them. A head it shows is the last struct its client wrote, so
         a diff carries it along with any struct of that client."""
         return [head for author, head in self.held_heads().items() if self._heads.get(author) != head.record]
-
-    def _metadata_moved(self) -> bool:
-        """Re-read members and metadata, which yrs may also have changed without an event;
-        True if they differ from what was last reported."""
-        members, metadata = self._member_cache, self._metadata_cache
-        self._forget_metadata()
-        try:
-            moved = members is not None and self._member_map() != members
-            return moved or (metadata is not None and self.metadata() != metadata)
-        except SchemaError:
-            return False
 
     def _on_streams(self, events: list[Any]) -> None:
         # Runs inside the transaction (see ``Streams.note``).
@@ -633,7 +552,7 @@ class Conversation:
         renamed = Metadata(meta.id, meta.kind, title, meta.created_at, meta.retention_days)
         parse_metadata(encode_metadata(renamed))
         charter = None
-        if self._signed_id() is not None:
+        if self._roster.signed_id() is not None:
             charter = self._sign(lambda signer: sign_charter(signer, renamed, self._record_time(("meta", CHARTER))))
         with self._local_transaction():
             self._meta["title"] = title
@@ -686,7 +605,7 @@ class Conversation:
         """Whether this document holds something its stored log and signed records would
         not give back on a fresh load, or waits for a dependency (then only it knows what
         waits): it must stay in memory (see ``Replica.rest_idle``)."""
-        self._member_map()  # first: signed records it has not seen yet count as unstored
+        self._roster.members()  # first: signed records it has not seen yet count as unstored
         return self._writing or self.waits or self._records.has_unstored
 
     def has_stale_records(self) -> bool:
@@ -695,7 +614,7 @@ class Conversation:
 
     def restore_records(self) -> Written | None:
         """Write back the signed records the document shows older than the ones we hold
-        (``_hold_signed``), or no longer shows at all; None if there are none."""
+        (``Roster.hold_signed``), or no longer shows at all; None if there are none."""
         stale = self._stale_places()
         if not stale:
             return None
@@ -707,7 +626,7 @@ class Conversation:
 
     def _stale_places(self) -> set[tuple[str, str]]:
         """Checked on every remote update: reads the document only after signed records changed."""
-        self._member_map()
+        self._roster.members()
         return self._records.stale(self._catch_ups.waiting is not None, self._local_peer)
 
     def _signed_roots(self) -> dict[str, Map[Any]]:
@@ -715,7 +634,7 @@ class Conversation:
 
     def _record(self, member: Member) -> dict[str, Any]:
         """The stored form of ``member``'s record: signed in a signed conversation."""
-        conversation = self._signed_id()
+        conversation = self._roster.signed_id()
         if conversation is None:
             return encode_member(member)
         return self._sign(lambda signer: sign_member(signer, conversation, member))
@@ -741,7 +660,7 @@ class Conversation:
         return self._written(Changes(entries=[entry]))
 
     def _append_in_transaction(self, op: Op) -> StreamEntry:
-        conversation = self._signed_id()
+        conversation = self._roster.signed_id()
         seq, prev = self._own_tip(conversation)
         anchor = None
         if conversation is not None and prev is not None and is_anchor_seq(seq):
@@ -778,7 +697,7 @@ class Conversation:
     def _seal(self) -> None:
         """End a transaction of ours with our head (see ``signed``): our newest entry, and
         our Yjs client's clock after it, so that nobody else writes under our client id."""
-        conversation = self._signed_id()
+        conversation = self._roster.signed_id()
         if conversation is None or self._signer is None:
             return
         client = self._doc.client_id
@@ -805,7 +724,7 @@ class Conversation:
         ``conversation`` is the id the update is for, if known: a document that holds
         nothing yet (the update brings it all) does not know it, and would drop the heads
         beside a catch-up that needs them."""
-        signed_id = self._signed_id()
+        signed_id = self._roster.signed_id()
         if signed_id is None and conversation is not None and is_signed(conversation):
             signed_id = conversation  # a document that holds nothing yet
         carried: dict[str, list[Head]] = {}
@@ -829,7 +748,7 @@ class Conversation:
         keeps the old one's place in the chain (its ``prev``, and its commitment sealed)."""
         array, index, original = self._own_entry(seq, op.id if isinstance(op, Tombstone) else op.target)
         chained: tuple[bytes | None, bytes | None, bytes | None] = (None, None, None)
-        if self._signed_id() is not None:
+        if self._roster.signed_id() is not None:
             chained = (original.prev, commitment(original), original.anchor)
         del array[index]
         array.insert(index, encode_op(op, seq, *chained))
@@ -863,7 +782,7 @@ class Conversation:
         update = self._remember_written()
         changes.receipts.extend(self._acks.take_own())
         self._writing = False
-        self._member_map()  # see ``_hold_signed``: every signed record must be seen as it comes
+        self._roster.members()  # see ``Roster.hold_signed``: every signed record must be seen as it comes
         return Written(update, self._drain(changes), message_id)
 
     def _remember_written(self) -> bytes:
@@ -882,8 +801,7 @@ class Conversation:
 
     def _drain(self, changes: Changes) -> Changes:
         changes.receipts.extend(self._acks.take_remote())
-        changes.metadata_changed = changes.metadata_changed or self._meta_changed
-        self._meta_changed = False
+        changes.metadata_changed = self._roster.take_changed() or changes.metadata_changed
         return changes
 
     def _on_update(self, event: Any) -> None:
@@ -901,8 +819,7 @@ class Conversation:
         self._records.heads_moved.update(event.keys)
 
     def _on_meta(self, event: Any) -> None:
-        self._meta_changed = True
-        self._forget_metadata()
+        self._roster.note_change()
 
     def _require_member(self) -> None:
         if not self.is_member(self._local_peer):

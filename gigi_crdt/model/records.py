@@ -94,7 +94,7 @@ class SignedRecords:
         """The places where the document shows an older record than the one held, or none
         (unless something ``waiting`` may still bring it); heads only of ``local_peer``."""
         # A record can vanish for a while when its overwrite waits for a dependency (see
-        # ``Conversation._member_map``); with nothing waiting, it was deleted.
+        # ``Roster.members``); with nothing waiting, it was deleted.
         stale = self._stale | self._vanished if not waiting else self._stale
         # Only its author writes a head back. A copy by anyone else races with the author's
         # next head and, where Yjs orders the copy last, deletes that head from every
