@@ -206,6 +206,28 @@ class Streams:
         """New entries since the last call, by author, each author's in order (entries
         that filled a hole first, and entries at a seq a chain has ``unverified``: other
         candidates for it)."""
+        found, late = self._parse_appended(unverified)
+        for author, entries in found.items():
+            if len(entries) > 1:
+                entries.sort(key=lambda entry: entry.seq)
+            start = self.lengths.get(author, 0)
+            if entries[0].seq != start or entries[-1].seq - start + 1 != len(entries):
+                # A gap: yrs integrated some entries without an event (structs that waited
+                # for a dependency are retried silently). The document itself is the truth.
+                end = entries[-1].seq + 1
+                found[author] = entries = self.read_range(author, start, end)
+            else:
+                end = entries[-1].seq + 1
+            self.lengths[author] = max(start, end)
+        for author, entries in late.items():
+            found[author] = sorted(entries, key=lambda entry: entry.seq) + found.get(author, [])
+        return {author: entries for author, entries in found.items() if entries}
+
+    def _parse_appended(
+        self, unverified: Unverified
+    ) -> tuple[dict[str, list[StreamEntry]], dict[str, list[StreamEntry]]]:
+        """The entries ``note`` saw appended, by author: past each author's length, and
+        below it (filling a hole, or another candidate for a seq a chain has ``unverified``)."""
         found: dict[str, list[StreamEntry]] = {}
         late: dict[str, list[StreamEntry]] = {}
         # A bucket that came new is read whole, once: with what later transactions (the
@@ -244,21 +266,7 @@ class Streams:
                 elif unverified(author, entry.seq):
                     late.setdefault(author, []).append(entry)  # another candidate for that seq
         self._appended.clear()
-        for author, entries in found.items():
-            if len(entries) > 1:
-                entries.sort(key=lambda entry: entry.seq)
-            start = self.lengths.get(author, 0)
-            if entries[0].seq != start or entries[-1].seq - start + 1 != len(entries):
-                # A gap: yrs integrated some entries without an event (structs that waited
-                # for a dependency are retried silently). The document itself is the truth.
-                end = entries[-1].seq + 1
-                found[author] = entries = self.read_range(author, start, end)
-            else:
-                end = entries[-1].seq + 1
-            self.lengths[author] = max(start, end)
-        for author, entries in late.items():
-            found[author] = sorted(entries, key=lambda entry: entry.seq) + found.get(author, [])
-        return {author: entries for author, entries in found.items() if entries}
+        return found, late
 
     @property
     def shrunk(self) -> bool:

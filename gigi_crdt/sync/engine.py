@@ -454,16 +454,9 @@ class SyncEngine:
         fetched = conversation in session.fetching
         if fetched and isinstance(event, Update):
             return  # the step 2 we asked for is still coming, and holds this update too
-        proving = False
-        if not fetched and not await self._may_share(link, conversation):
-            if isinstance(event, SyncStep2) and conversation in session.proof_awaited:
-                session.proof_awaited.discard(conversation)  # one answer per question
-                proving = True
-            elif not await self._has_left(conversation, link.peer.peer_id):
-                log.info(
-                    "%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation
-                )
-                return
+        taken, proving = (True, False) if fetched else await self._taken_from(session, event)
+        if not taken:
+            return
         catch_up = isinstance(event, SyncStep2)
 
         def tell_application(changes: Changes) -> None:
@@ -488,6 +481,33 @@ class SyncEngine:
             session.fetching.discard(conversation)
             return
         self.replica.acknowledge_nowait(conversation, changes)  # no checkpoint before: see ``Replica.settled``
+        await self._after_update(session, conversation, changes, fetched=fetched, catch_up=catch_up)
+
+    async def _taken_from(self, session: _Session, event: SyncStep2 | Update) -> tuple[bool, bool]:
+        """Whether to take ``event`` (of a conversation we are not fetching) from the peer,
+        and whether it is to prove the peer a member (``_ask_outsider``): from a member
+        yes; from one that left yes (it may hand over what it wrote before leaving); from
+        a stranger only the one step 2 we asked it for."""
+        link, conversation = session.link, event.conversation
+        assert link.peer is not None  # the state machine allows no update before Hello
+        if await self._may_share(link, conversation):
+            return True, False
+        if isinstance(event, SyncStep2) and conversation in session.proof_awaited:
+            session.proof_awaited.discard(conversation)  # one answer per question
+            return True, True
+        if await self._has_left(conversation, link.peer.peer_id):
+            return True, False
+        log.info("%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation)
+        return False, False
+
+    async def _after_update(
+        self, session: _Session, conversation: str, changes: Changes, *, fetched: bool, catch_up: bool
+    ) -> None:
+        """Once an update from the peer is stored: tell the application what vanished,
+        share a conversation fetched from a member, ask at once for what a live update
+        waits for, and count a catch-up done."""
+        link = session.link
+        assert link.peer is not None  # the state machine allows no update before Hello
         for activity in describe_vanished(conversation, changes):
             self._publish(activity)
         if fetched:
