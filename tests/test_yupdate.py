@@ -778,18 +778,22 @@ import itertools, sys
 from pycrdt import Array, Doc, Map
 from gigi_crdt.errors import SchemaError
 from gigi_crdt.model import Conversation, HybridClock
-from gigi_crdt.model.gaps import PastGaps
+from gigi_crdt.model.gaps import Logged, PastGaps
 from gigi_crdt.model.yupdate import check_update
 
 def read(updates, in_slices):
     doc = Doc()
     past_gaps = PastGaps(doc)
     refused = ""
+    logged = []  # as a replica stores them, and loads them again
     for update in updates:
         try:
             if in_slices:  # of a struct or two, as a replica applies a large update
-                past_gaps.integrate(update, gappy=False, slices=check_update(update, slice_bytes=4).slices)
+                slices = check_update(update, slice_bytes=4).slices
+                logged.append(Logged(update, False, slices))
+                past_gaps.integrate(update, gappy=False, slices=slices)
             else:
+                logged.append(Logged(update, True))
                 doc.apply_update(update)
         except Exception as exc:  # a clean refusal; the document must stay readable
             refused = f"{type(exc).__name__}: {exc}"
@@ -801,7 +805,8 @@ def read(updates, in_slices):
                 len(value), str(value), list(value), value.to_py()
     if not refused:
         tick = itertools.count(1_700_000_000_000)
-        conversation = Conversation.from_updates(updates, "reader-peer-01", HybridClock(lambda: next(tick)))
+        # Loaded as stored: in the same slices (which may take what yrs refuses whole).
+        conversation = Conversation.from_log(logged, "reader-peer-01", HybridClock(lambda: next(tick)))
         conversation.history(), conversation.members(), conversation.receipts()
         try:
             conversation.metadata()
