@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from model_helpers import ALICE, BOB, CAROL, fixed_clock, group
-from pycrdt import Array, Doc, Map, merge_updates
+from pycrdt import Array, Doc, Map, merge_updates, write_var_uint
 
 import gigi_crdt.model.conversation as conversation_module
 import gigi_crdt.model.slices as slices_module
@@ -18,11 +18,11 @@ import gigi_crdt.replica._updates as updates_module
 import gigi_crdt.store.compaction as compaction_module
 import gigi_crdt.store.store as store_module
 import gigi_crdt.store.worker as worker_module
-from gigi_crdt import Text
+from gigi_crdt import ConversationKind, Text
 from gigi_crdt.model import Changes, Conversation, ReceiptKind
 from gigi_crdt.model.gaps import Logged, PastGaps
-from gigi_crdt.model.slices import NOTHING, Section, SlicePlan, joined, section_of, sliced
-from gigi_crdt.model.ydecode import clocks_of, decode_with_offsets
+from gigi_crdt.model.slices import NOTHING, SLICE_BYTES, Section, SlicePlan, joined, section_of, sliced
+from gigi_crdt.model.ydecode import clocks_of, decode_update, decode_with_offsets
 from gigi_crdt.model.yupdate import UpdateSummary, check_update
 from gigi_crdt.replica import open_replica
 from gigi_crdt.store import Record, Store
@@ -248,6 +248,7 @@ async def test_a_replica_merges_a_large_update_in_slices_and_loads_it_so(
     # Its plan is stored beside it: loading it again applies it in slices, without decoding it.
     assert rows[0].update == whole
     assert rows[0].slices is not None
+    assert rows[0].taken_in_slices  # a peer's: never merged with others as bytes
     assert [row.slices for row in rows[1:]] == [None] * (len(rows) - 1)  # bob's own receipts: small
     applies.clear()
     async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
@@ -270,6 +271,7 @@ async def test_compaction_plans_how_loads_slice_its_snapshot(
         (row,) = await replica._worker.read(replica._store.load_log, conversation)
         assert row.slices is not None
         assert len(row.slices.slices) > 5
+        assert not row.taken_in_slices  # a snapshot of ours
     applies.clear()
     async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as replica:
         assert await replica.export(conversation) == reference.history()
@@ -382,3 +384,50 @@ def test_a_plan_goes_only_beside_the_update_it_was_made_for(
         ]
     finally:
         store.close()
+
+
+def _overwrite_and_name_as_parent(item: tuple[int, int]) -> bytes:
+    """An update in which client 1 overwrites ``item`` (a receipt counter: no type) and
+    client 2 names it as its parent, client 1 listed first. yrs refuses the parent whole
+    (it takes the higher client id first); in slices, in the listed order, the overwrite
+    comes first and the parent is deleted by then, which yrs allows."""
+    owner, clock = write_var_uint(item[0]), write_var_uint(item[1])
+    overwrite = b"\x88" + owner + clock + b"\x01\x7d\x07"  # origin: the item; content: Any 7
+    child = b"\x08\x00" + owner + clock + b"\x01\x7e"  # parent: the item; content: Any null
+    return b"\x02" + section_of(1, 0, 1, overwrite) + section_of(2, 0, 1, child) + NOTHING
+
+
+async def test_an_update_taken_in_slices_that_yrs_refuses_whole_still_loads_after_compaction(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction that merged it with the log's other updates as bytes made a snapshot
+    that no load could apply: the conversation could not be opened again."""
+    async with (
+        open_replica(tmp_path / "alice", nickname="alice", peer_id=ALICE) as alice,
+        open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as bob,
+    ):
+        conversation = await alice.create_conversation(ConversationKind.GROUP, others={BOB: "bob"})
+        await alice.send(conversation, Text("hello"))
+        await bob.receive(conversation, await alice.diff(conversation, None), ALICE)  # bob's receipt follows
+        held = await bob.diff(conversation, None)
+        receipt = next(
+            (s.client, s.clock)
+            for structs in decode_update(held).clients.values()
+            for s in structs
+            if s.parent == "acks"
+        )
+        crafted = _overwrite_and_name_as_parent(receipt)
+        whole: Doc[Any] = Doc()
+        whole.apply_update(held)
+        with pytest.raises(Exception, match="must be deleted or shared ref type"):
+            whole.apply_update(crafted)
+        slice_at(monkeypatch, 4)
+        await bob.receive(conversation, crafted, ALICE)  # taken in slices
+        slice_at(monkeypatch, SLICE_BYTES)  # the snapshot is small: loads apply it whole
+        await bob.send(conversation, Text("after it"))
+        # As in the background: no message was deleted, so no garbage to collect.
+        await bob._worker.compact(conversation)
+    async with open_replica(tmp_path / "bob", nickname="bob", peer_id=BOB) as bob:
+        await bob.send(conversation, Text("once loaded again"))  # loads the document
+        texts = [message.content for message in await bob.export(conversation)]
+    assert texts == [Text("hello"), Text("after it"), Text("once loaded again")]

@@ -168,6 +168,10 @@ class Logged(NamedTuple):
     update: bytes
     waiting: bool
     slices: SlicePlan | None = None
+    taken_in_slices: bool = False
+    """It came from a peer and was applied in ``slices``, in which yrs may take what it
+    refuses whole (an item whose parent names an item that is no type, which another
+    struct of the update overwrites): its bytes are never merged with others'."""
 
 
 def load_document(

@@ -9,8 +9,13 @@ slower than the whole (measured: 0.18 s against 0.21 s).
 Slices follow the update's dependencies: an item's origin, right origin and parent id,
 when they are in the update, come in an earlier slice or the same one. yrs then never
 sets a struct aside for a later slice (it would retry it, silently, at every slice after),
-and the slices integrate exactly what the whole update would, in the same way. What an
-item hangs on outside the update, the document may lack: then yrs sets the struct aside,
+and the slices integrate what the whole update would, in the same way, with one
+exception found by fuzzing: yrs refuses, whole, an item whose parent names an item of
+the document that is no type, even where another struct of the update overwrites that
+item; in slices, if the overwrite comes first, the parent is deleted by then, which yrs
+allows. So an update taken in slices is loaded again in the same slices, and never
+merged with others as bytes (``gaps.Logged.taken_in_slices``). What an item hangs on
+outside the update, the document may lack: then yrs sets the struct aside,
 and the client's next slice would start past a gap, which yrs integrates differently
 from the whole (see ``gaps``). Whoever applies the slices checks after each that the
 document reached its sections' ends (``Section.reached``), and applies the rest whole

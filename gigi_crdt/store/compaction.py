@@ -38,12 +38,14 @@ def build_snapshot(log: Sequence[Logged], collect_garbage: bool) -> bytes:
     """A snapshot of a committed ``log``, losing nothing but deleted content, and holding
     no struct past a gap (so that it loads whole, as an update that left nothing waiting).
 
-    Without ``collect_garbage``, and if no update of the log left structs waiting, it is a
-    plain merge: linear, and cheap enough to run as the log grows. Else the log is applied
-    to a fresh document, which drops deleted content (a deleted message's text leaves the
-    disk) and holds back or sets aside structs that wait; ``still_waiting`` keeps those.
+    Without ``collect_garbage``, and if no update of the log left structs waiting or was
+    taken in slices (``Logged.taken_in_slices``: merged, its bytes could make a snapshot
+    no load applies), it is a plain merge: linear, and cheap enough to run as the log
+    grows. Else the log is applied to a fresh document (as a load applies it), which
+    drops deleted content (a deleted message's text leaves the disk) and holds back or
+    sets aside structs that wait; ``still_waiting`` keeps those.
     """
-    if not collect_garbage and not any(logged.waiting for logged in log):
+    if not collect_garbage and not any(logged.waiting or logged.taken_in_slices for logged in log):
         return merge_all([logged.update for logged in log])
     doc, _ = load_document(log)
     return doc.get_update()

@@ -24,7 +24,7 @@ from ..model.signed import is_signed
 from ..model.slices import SlicePlan
 from . import index
 from .database import DATABASE_NAME, connect, lock_directory, translated
-from .plans import decode_plan, encode_plan, is_plan
+from .plans import decode_plan, encode_plan, is_own_plan, is_plan
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ class Store:
             ).fetchall()
             for rowid, stored in candidates:
                 if stored == update:
-                    db.execute("UPDATE yupdates SET metadata = ? WHERE rowid = ?", (encode_plan(slices), rowid))
+                    plan = encode_plan(slices, own=True)
+                    db.execute("UPDATE yupdates SET metadata = ? WHERE rowid = ?", (plan, rowid))
 
     def purge_expired(self, conversation: str, before_ts: int) -> int:
         """Apply a retention cut to the index; returns how many messages left it."""
@@ -378,7 +379,7 @@ def _logged(conversation: str, update: bytes, metadata: bytes | None) -> Logged:
     slices = decode_plan(metadata, update)
     if slices is None:
         log.warning("the slice plan stored beside an update of %s is damaged: it loads whole", conversation)
-    return Logged(update, False, slices)
+    return Logged(update, False, slices, taken_in_slices=not is_own_plan(metadata))
 
 
 def _deletions(record: Record) -> int:
