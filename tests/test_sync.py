@@ -301,14 +301,25 @@ class CountingStream(trio.abc.Stream):
         await self.inner.aclose()
 
 
+async def link_in_a_line(nursery: trio.Nursery, group: list[Node], transport: str) -> None:
+    """Each node links to the one before it, over memory streams or by dialling it over
+    loopback TCP: updates must be passed on from peer to peer."""
+    for before, after in itertools.pairwise(group):
+        if transport == "memory":
+            link(nursery, before, after)
+            continue
+        listeners = await nursery.start(serve_tcp, before.engine)
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(functools.partial(keep_connected, after.engine, lambda p=port: connect_tcp("127.0.0.1", p)))
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
 @pytest.mark.parametrize("size", [2, 3, 10])
-async def test_mesh_over_memory_streams_converges(tmp_path: Path, size: int) -> None:
+async def test_a_line_of_peers_converges(tmp_path: Path, size: int, transport: str) -> None:
     names = [f"peer{i}" for i in range(size)]
     async with nodes(tmp_path, *names) as group, trio.open_nursery() as nursery:
         conversation = await group_of(group)
-        # A line, not a full mesh: updates must be passed on from peer to peer.
-        for a, b in itertools.pairwise(group):
-            link(nursery, a, b)
+        await link_in_a_line(nursery, group, transport)
         await joined(group, conversation)
         for round_ in range(3):
             for node in group:
@@ -487,6 +498,17 @@ async def test_a_new_member_fetches_the_conversation_from_one_peer_and_asks_the_
         nursery.cancel_scope.cancel()
 
 
+async def _silent_bobby_takes_the_turn(nursery: trio.Nursery, carol: Node) -> trio.abc.Stream:
+    """bobby, a raw peer, links to carol and takes her step 1 (the catch-up turn of their
+    conversation), then says nothing more; his end of the link."""
+    bobby, carol_side = trio.testing.memory_stream_pair()
+    nursery.start_soon(carol.engine.run_link, carol_side)
+    connection = Connection()
+    await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
+    await read_until(bobby, connection, SyncStep1)
+    return bobby
+
+
 @pytest.mark.parametrize("bobby_goes", [False, True])
 async def test_a_peer_that_does_not_bring_the_catch_up_holds_no_one_back(tmp_path: Path, bobby_goes: bool) -> None:
     """bobby takes carol's step 1 and never answers (and his link stays up): carol asks
@@ -497,11 +519,7 @@ async def test_a_peer_that_does_not_bring_the_catch_up_holds_no_one_back(tmp_pat
         trio.open_nursery() as nursery,
     ):
         chat = await _away_while_alice_writes(alice, carol, {"bobby-peer-1": "bobby"})
-        bobby, carol_side = trio.testing.memory_stream_pair()
-        nursery.start_soon(carol.engine.run_link, carol_side)
-        connection = Connection()
-        await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
-        await read_until(bobby, connection, SyncStep1)
+        bobby = await _silent_bobby_takes_the_turn(nursery, carol)
         link(nursery, alice, carol)
         await trio.testing.wait_all_tasks_blocked()
         if bobby_goes:
@@ -520,11 +538,7 @@ async def test_a_peer_that_let_its_catch_up_turn_run_out_is_not_waited_for_again
         chat = await _away_while_alice_writes(alice, carol, {"bobby-peer-1": "bobby"})
         for held in (20, 40):
             async with trio.open_nursery() as nursery:
-                bobby, carol_side = trio.testing.memory_stream_pair()
-                nursery.start_soon(carol.engine.run_link, carol_side)
-                connection = Connection()
-                await bobby.send_all(connection.send(Hello("bobby-peer-1", "bobby", 7)))
-                await read_until(bobby, connection, SyncStep1)
+                await _silent_bobby_takes_the_turn(nursery, carol)
                 link(nursery, alice, carol)
                 with trio.fail_after(10):
                     await converged([alice, carol], chat, held)
@@ -742,27 +756,6 @@ async def test_a_stranger_that_cannot_prove_membership_leaves_nothing(tmp_path: 
         assert await bob.replica.state_vector(conversation) == before
         assert not await bob.replica.is_member(conversation, mallory.peer_id)
         assert mallory.peer_id not in await bob.replica.members(conversation)
-
-
-@pytest.mark.parametrize("size", [2, 3, 10])
-async def test_a_line_over_loopback_tcp_converges(tmp_path: Path, size: int) -> None:
-    names = [f"peer{i}" for i in range(size)]
-    async with nodes(tmp_path, *names) as group, trio.open_nursery() as nursery:
-        conversation = await group_of(group)
-        # Each node dials the one before it: updates must be passed on from peer to peer.
-        for listening, dialling in itertools.pairwise(group):
-            listeners = await nursery.start(serve_tcp, listening.engine)
-            port = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(
-                functools.partial(keep_connected, dialling.engine, lambda p=port: connect_tcp("127.0.0.1", p))
-            )
-        await joined(group, conversation)
-        for round_ in range(3):
-            for node in group:
-                await node.replica.send(conversation, Text(f"{node.replica.nickname} says {round_}"))
-        views = await converged(group, conversation, 3 * size)
-        assert all(view == views[0] for view in views)
-        nursery.cancel_scope.cancel()
 
 
 async def test_over_real_tcp_with_reconnect(tmp_path: Path) -> None:
