@@ -108,7 +108,7 @@ async def test_messages_survive_reopening(tmp_path: Path) -> None:
         assert again.peer_id == peer_id
         # Served from the index: no document is loaded for this.
         assert texts(await again.history(conversation)) == [f"m{i}" for i in range(5)]
-        assert again._documents._conversations == {}
+        assert not again.is_loaded(conversation)
         assert texts(await again.export(conversation)) == [f"m{i}" for i in range(5)]
         await again.send(conversation, Text("after reopening"))
         assert texts(await again.history(conversation, limit=2)) == ["m4", "after reopening"]
