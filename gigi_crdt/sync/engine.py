@@ -58,6 +58,7 @@ from .activity import (
 from .limits import RateLimitedStream
 from .link import EMPTY_STATE_VECTOR, LinkSettings, PeerLink, read_events
 from .presence import RENEW_SECONDS, Presence, PresenceTable, local_state
+from .standing import PeerStanding
 from .turns import CatchUpTurns
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,11 @@ class _Session:
     nursery: trio.Nursery
     handshake: trio.CancelScope
     expected_peer: str | None
+    standing: PeerStanding
     fetching: set[str] = field(default_factory=set)
     catching_up: set[str] = field(default_factory=set)
     catch_up_total: int = 0
     registered: bool = False
-    asked_outsider: dict[str, float] = field(default_factory=dict)  # conversation -> when
-    proof_awaited: set[str] = field(default_factory=set)  # asked a stranger: its step 2 may prove it a member
     asked_missing: dict[str, float] = field(default_factory=dict)  # conversation -> when
     arriving_percent: int = -1  # last told of the large frame under way (-1: none told yet)
     parts: dict[str, list[bytes]] = field(default_factory=dict)  # step 2 parts held, by conversation
@@ -208,7 +208,9 @@ class SyncEngine:
                 capabilities = frozenset({HEADS_CAPABILITY, PARTS_CAPABILITY, REACH_CAPABILITY})
                 link.offer(Hello(self.replica.peer_id, self.replica.nickname, self._awareness_client_id, capabilities))
                 handshake = trio.CancelScope(deadline=trio.current_time() + self.settings.handshake_timeout)
-                session = _Session(link, nursery, handshake, expected_peer)
+                announce = functools.partial(self._announce_presence, link)
+                standing = PeerStanding(self.replica, link, self.settings.anti_entropy_interval, announce)
+                session = _Session(link, nursery, handshake, expected_peer, standing)
                 reason = await self._read(stream, session)
                 log.info("link to %s ended: %s", self._name(link), reason)
                 link.close()
@@ -389,10 +391,10 @@ class SyncEngine:
             session.catching_up.add(conversation)
             session.catch_up_total += 1
             link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
-        elif await self._may_share(link, conversation):
+        elif await session.standing.may_share(conversation):
             link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
         else:
-            return await self._ask_outsider(session, conversation)
+            return await session.standing.ask_outsider(conversation)
         return True
 
     async def _on_step1(self, session: _Session, step: SyncStep1) -> None:
@@ -401,8 +403,8 @@ class SyncEngine:
             # We are fetching it from this peer and hold nothing of it yet.
             link.offer(SyncStep2(step.conversation, EMPTY_UPDATE))
             return
-        if not await self._may_share(link, step.conversation):
-            if not await self._ask_outsider(session, step.conversation):
+        if not await session.standing.may_share(step.conversation):
+            if not await session.standing.ask_outsider(step.conversation):
                 log.info("%s asked for %s, which we do not share with it", self._name(link), step.conversation)
             return
         link.peer_state[step.conversation] = step.state_vector
@@ -454,8 +456,9 @@ class SyncEngine:
         fetched = conversation in session.fetching
         if fetched and isinstance(event, Update):
             return  # the step 2 we asked for is still coming, and holds this update too
-        taken, proving = (True, False) if fetched else await self._taken_from(session, event)
+        taken, proving = (True, False) if fetched else await session.standing.takes_from(event)
         if not taken:
+            log.info("%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation)
             return
         catch_up = isinstance(event, SyncStep2)
 
@@ -482,23 +485,6 @@ class SyncEngine:
             return
         self.replica.acknowledge_nowait(conversation, changes)  # no checkpoint before: see ``Replica.settled``
         await self._after_update(session, conversation, changes, fetched=fetched, catch_up=catch_up)
-
-    async def _taken_from(self, session: _Session, event: SyncStep2 | Update) -> tuple[bool, bool]:
-        """Whether to take ``event`` (of a conversation we are not fetching) from the peer,
-        and whether it is to prove the peer a member (``_ask_outsider``): from a member
-        yes; from one that left yes (it may hand over what it wrote before leaving); from
-        a stranger only the one step 2 we asked it for."""
-        link, conversation = session.link, event.conversation
-        assert link.peer is not None  # the state machine allows no update before Hello
-        if await self._may_share(link, conversation):
-            return True, False
-        if isinstance(event, SyncStep2) and conversation in session.proof_awaited:
-            session.proof_awaited.discard(conversation)  # one answer per question
-            return True, True
-        if await self._has_left(conversation, link.peer.peer_id):
-            return True, False
-        log.info("%s sent an update for %s, which it is not a member of; ignored", self._name(link), conversation)
-        return False, False
 
     async def _after_update(
         self, session: _Session, conversation: str, changes: Changes, *, fetched: bool, catch_up: bool
@@ -530,67 +516,6 @@ class SyncEngine:
         if now - session.asked_missing.get(conversation, -math.inf) >= MISSING_ASK_INTERVAL:
             session.asked_missing[conversation] = now
             session.link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
-
-    async def _may_share(self, link: PeerLink, conversation: str) -> bool:
-        """True if the peer is a member now (it may have joined or left since the link came up)."""
-        if link.peer is not None and await self._is_member(conversation, link.peer.peer_id):
-            if conversation not in link.shared:
-                link.shared.add(conversation)
-                self._announce_presence(link, conversation)  # not only at the next renewal
-            return True
-        link.shared.discard(conversation)
-        return False
-
-    async def _ask_outsider(self, session: _Session, conversation: str) -> bool:
-        """Ask a peer that is no member as far as we know, but may hold what we lack, for
-        it (our state vector); send it nothing. True if the peer is one of these:
-
-        - it left: its leave may have reached us ahead of its last writes (a leave waits
-          for its Yjs client's earlier writes, but a peer writes under a new client id
-          each time it loads the conversation), and no one else may hold them. (A removed
-          member is heard no more: what it wrote and had not shared before its removal is
-          lost.)
-        - it is a stranger to a signed conversation: it may be a member added by a record
-          we never saw, whose signature it can show. It is asked for its whole copy (an
-          empty state vector: it learns nothing of ours), and its answer is taken only if
-          it makes it a member (``Replica.receive(proving=True)``).
-
-        At most once per anti-entropy interval, so that two peers who each see the other
-        as an outsider cannot keep asking each other.
-        """
-        link = session.link
-        if link.peer is None:
-            return False
-        stranger = await self._is_stranger(conversation, link.peer.peer_id)
-        if not stranger and not await self._has_left(conversation, link.peer.peer_id):
-            return False
-        now = trio.current_time()
-        if now - session.asked_outsider.get(conversation, -math.inf) >= self.settings.anti_entropy_interval:
-            session.asked_outsider[conversation] = now
-            if stranger:
-                session.proof_awaited.add(conversation)
-                link.offer(SyncStep1(conversation, EMPTY_STATE_VECTOR))
-            else:
-                link.offer(SyncStep1(conversation, await self.replica.state_vector(conversation)))
-        return True
-
-    async def _is_member(self, conversation: str, peer_id: str) -> bool:
-        try:
-            return await self.replica.is_member(conversation, peer_id)
-        except GigiError:
-            return False
-
-    async def _is_stranger(self, conversation: str, peer_id: str) -> bool:
-        try:
-            return await self.replica.is_stranger(conversation, peer_id)
-        except GigiError:
-            return False
-
-    async def _has_left(self, conversation: str, peer_id: str) -> bool:
-        try:
-            return await self.replica.has_left(conversation, peer_id)
-        except GigiError:
-            return False
 
     # -- periodic work -----------------------------------------------------------------
 
