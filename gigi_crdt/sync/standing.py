@@ -7,7 +7,7 @@ Asked of the replica each time, not kept: a peer may join or leave while its lin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -33,7 +33,7 @@ class PeerStanding:
     async def may_share(self, conversation: str) -> bool:
         """True if the peer is a member now (it may have joined or left since the link came up)."""
         link = self._link
-        if link.peer is not None and await self._is_member(conversation, link.peer.peer_id):
+        if link.peer is not None and await self._replica_says(self._replica.is_member, conversation, link.peer.peer_id):
             if conversation not in link.shared:
                 link.shared.add(conversation)
                 self._on_shared(conversation)  # not only at the next renewal
@@ -53,7 +53,7 @@ class PeerStanding:
             self._proof_awaited.discard(conversation)  # one answer per question
             return True, True
         peer = self._link.peer
-        return peer is not None and await self._has_left(conversation, peer.peer_id), False
+        return peer is not None and await self._replica_says(self._replica.has_left, conversation, peer.peer_id), False
 
     async def ask_outsider(self, conversation: str) -> bool:
         """Ask a peer that is no member as far as we know, but may hold what we lack, for
@@ -75,8 +75,8 @@ class PeerStanding:
         link = self._link
         if link.peer is None:
             return False
-        stranger = await self._is_stranger(conversation, link.peer.peer_id)
-        if not stranger and not await self._has_left(conversation, link.peer.peer_id):
+        stranger = await self._replica_says(self._replica.is_stranger, conversation, link.peer.peer_id)
+        if not stranger and not await self._replica_says(self._replica.has_left, conversation, link.peer.peer_id):
             return False
         now = trio.current_time()
         if now - self._asked.get(conversation, -math.inf) >= self._ask_every:
@@ -88,20 +88,12 @@ class PeerStanding:
                 link.offer(SyncStep1(conversation, await self._replica.state_vector(conversation)))
         return True
 
-    async def _is_member(self, conversation: str, peer_id: str) -> bool:
+    async def _replica_says(
+        self, question: Callable[[str, str], Awaitable[bool]], conversation: str, peer_id: str
+    ) -> bool:
+        """The replica's answer to ``question``; False if it cannot tell (a document that
+        cannot load now)."""
         try:
-            return await self._replica.is_member(conversation, peer_id)
-        except GigiError:
-            return False
-
-    async def _is_stranger(self, conversation: str, peer_id: str) -> bool:
-        try:
-            return await self._replica.is_stranger(conversation, peer_id)
-        except GigiError:
-            return False
-
-    async def _has_left(self, conversation: str, peer_id: str) -> bool:
-        try:
-            return await self._replica.has_left(conversation, peer_id)
+            return await question(conversation, peer_id)
         except GigiError:
             return False
