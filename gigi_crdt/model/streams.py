@@ -119,11 +119,7 @@ class Streams:
     def expired(self, is_expired: Callable[[list[StreamEntry]], bool]) -> list[str]:
         """The keys of the full buckets whose entries ``is_expired``, on any author's
         stream but its last bucket (so that its stream positions stay known)."""
-        last: dict[str, int] = {}
-        for key in self.root.keys():
-            place = place_of(key)
-            if place is not None:
-                last[place[0]] = max(last.get(place[0], -1), place[1])
+        last = self._last_buckets()
         expired: list[str] = []
         for key in list(self.root.keys()):
             place = place_of(key)
@@ -346,13 +342,8 @@ class Streams:
         """Seqs an author's stream lacks below its last entry: entries deleted while their
         replacement waits (see ``Changes.vanished``), found again after a reload. Only a
         bucket shorter than its entries' seqs say is read whole."""
-        last_bucket: dict[str, int] = {}
-        for key in self.root.keys():
-            place = place_of(key)
-            if place is not None:
-                last_bucket[place[0]] = max(last_bucket.get(place[0], -1), place[1])
         holes: dict[str, set[int]] = {}
-        for author, last in last_bucket.items():
+        for author, last in self._last_buckets().items():
             for bucket in range(last + 1):
                 length = self._bucket_length(author, bucket)
                 if not length:
@@ -375,13 +366,22 @@ class Streams:
             return set()
         return set(range(start, end)) - {entry.seq for entry in self.read_bucket(author, bucket, 0)}
 
+    def _last_buckets(self) -> dict[str, int]:
+        """Author -> the number of its last bucket."""
+        last: dict[str, int] = {}
+        for key in self.root.keys():
+            place = place_of(key)
+            if place is not None:
+                last[place[0]] = max(last.get(place[0], -1), place[1])
+        return last
+
     def _stream_lengths(self) -> dict[str, int]:
         lengths: dict[str, int] = {}
         for key in self.root.keys():
-            try:
-                author, number = split_bucket_key(key)
-            except SchemaError:
+            place = place_of(key)
+            if place is None:
                 continue
+            author, number = place
             end = number * BUCKET_SIZE + self._bucket_length(author, number)
             lengths[author] = max(lengths.get(author, 0), end)
         return lengths
